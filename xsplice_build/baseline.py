@@ -1,0 +1,173 @@
+"""Baseline definitions (baseline/NAME.toml): which source, at which commit, built how.
+
+A baseline is what a payload is built against: a source tree pinned to a commit, a
+build recipe, and the image the running hypervisor was booted from. Nothing in the
+pipeline knows minixen from Xen; everything specific to one lives in its definition.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+from .project import Project, check_name
+from .schema import Field, check_string_list, check_string_map, check_table, load_toml
+
+DEFAULT_BASELINE = "minixen"
+
+_TOP = {
+    "name": Field(str, what="the baseline's name; must equal the file name"),
+    "description": Field(str, what="one line for `doit list`"),
+    "source": Field(dict, required=True, what="where the source comes from"),
+    "build": Field(dict, required=True, what="how to build it"),
+    "target": Field(dict, what="the target profile"),
+}
+_SOURCE = {
+    "path": Field(str, what="a directory or git repository, relative to baseline/ or absolute"),
+    "series": Field(str, what="a directory of patches committed in order after the path's content"),
+    "git": Field(str, what="URL of a git repository"),
+    "debian": Field(str, what="a Debian source package pinned as NAME=VERSION"),
+    "commit": Field(str, required=True, what="the pinned commit, 40 hex digits"),
+}
+_BUILD = {
+    "command": Field(list, required=True, what="argv of the build; {jobs} and {cc} are filled in"),
+    "image": Field(str, required=True, what="the linked image, relative to the tree"),
+    "split_sections": Field(str, what="'wrapper' (add -ffunction-sections for build-orig) or 'base'"),
+    "env": Field(dict, what="environment pinned for every build"),
+    "config": Field(str, what="a configuration file, relative to baseline/, copied into the tree"),
+    "config_dest": Field(str, what="where the configuration file goes in the tree"),
+    "prepare": Field(list, what="argv run once in a fresh tree before building"),
+    "objects_under": Field(str, what="only objects under this tree directory are diffed"),
+    "ignore_objects": Field(list, what="objects whose changes are never patched (version stamps)"),
+}
+_TARGET = {
+    "profile": Field(str, what="target profile, e.g. 'xen-x86_64'"),
+}
+_COMMIT_RE = re.compile(r"[0-9a-f]{40}")
+_SPLIT_MODES = ("wrapper", "base")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a baseline's tree comes from; exactly one of path, git, debian is set."""
+
+    commit: str
+    path: Path | None = None
+    series: Path | None = None
+    git: str | None = None
+    debian: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "path" if self.path else "git" if self.git else "debian"
+
+
+@dataclass(frozen=True)
+class BuildRecipe:
+    command: tuple[str, ...]
+    image: str
+    split_sections: str = "wrapper"
+    env: dict[str, str] = field(default_factory=dict)
+    config: Path | None = None
+    config_dest: str | None = None
+    prepare: tuple[str, ...] = ()
+    objects_under: str = ""
+    ignore_objects: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Baseline:
+    name: str
+    definition: Path
+    description: str
+    source: Source
+    build: BuildRecipe
+    profile: str = "xen-x86_64"
+
+    def inputs(self) -> list[Path]:
+        """Files whose content decides the checkout and builds (for the up-to-date checks)."""
+        files = [self.definition]
+        if self.build.config:
+            files.append(self.build.config)
+        for tree in (self.source.path, self.source.series):
+            if tree and tree.is_dir() and not (tree / ".git").exists():
+                files.extend(sorted(p for p in tree.rglob("*") if p.is_file()))
+        return files
+
+
+def baseline_names(project: Project) -> list[str]:
+    return sorted(p.stem for p in project.baseline_dir.glob("*.toml"))
+
+
+def load_baseline(project: Project, name: str) -> Baseline:
+    """Read and check baseline/NAME.toml; an unknown name lists the known ones."""
+    check_name("baseline", name)
+    path = project.baseline_dir / f"{name}.toml"
+    if not path.is_file():
+        known = ", ".join(baseline_names(project)) or "none"
+        raise ConfigError(f"unknown baseline {name!r}: no {path.relative_to(project.root)} (known: {known})")
+    data = check_table(path, "", load_toml(path), _TOP)
+    if data.get("name", name) != name:
+        raise ConfigError(f"{path}: key 'name' is {data['name']!r} but the file is named {name!r}")
+    return Baseline(
+        name=name,
+        definition=path,
+        description=data.get("description", f"baseline {name}"),
+        source=_source(path, data["source"], project),
+        build=_build(path, data["build"], project),
+        profile=check_table(path, "target", data.get("target", {}), _TARGET).get("profile", "xen-x86_64"),
+    )
+
+
+def load_all(project: Project) -> list[Baseline]:
+    return [load_baseline(project, name) for name in baseline_names(project)]
+
+
+def _source(path: Path, table: object, project: Project) -> Source:
+    data = check_table(path, "source", table, _SOURCE)
+    kinds = [key for key in ("path", "git", "debian") if key in data]
+    if len(kinds) != 1:
+        raise ConfigError(f"{path}: [source] needs exactly one of 'path', 'git' or 'debian' (found {kinds or 'none'})")
+    commit = data["commit"]
+    if not _COMMIT_RE.fullmatch(commit):
+        raise ConfigError(f"{path}: [source] key 'commit' must be 40 lowercase hex digits, not {commit!r}")
+    if "debian" in data and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*=[A-Za-z0-9.+~:-]+", data["debian"]):
+        raise ConfigError(f"{path}: [source] key 'debian' must be PACKAGE=VERSION, not {data['debian']!r}")
+    return Source(
+        commit=commit,
+        path=_local(project, data["path"]) if "path" in data else None,
+        series=_local(project, data["series"]) if "series" in data else None,
+        git=data.get("git"),
+        debian=data.get("debian"),
+    )
+
+
+def _build(path: Path, table: object, project: Project) -> BuildRecipe:
+    data = check_table(path, "build", table, _BUILD)
+    command = tuple(check_string_list(path, "build", "command", data["command"]))
+    if not command:
+        raise ConfigError(f"{path}: [build] key 'command' must not be empty")
+    split = data.get("split_sections", "wrapper")
+    if split not in _SPLIT_MODES:
+        raise ConfigError(f"{path}: [build] key 'split_sections' must be one of {_SPLIT_MODES}, not {split!r}")
+    config = _local(project, data["config"]) if "config" in data else None
+    if config and not data.get("config_dest"):
+        raise ConfigError(f"{path}: [build] key 'config' needs 'config_dest' (where it goes in the tree)")
+    return BuildRecipe(
+        command=command,
+        image=data["image"],
+        split_sections=split,
+        env=check_string_map(path, "build", "env", data.get("env", {})),
+        config=config,
+        config_dest=data.get("config_dest"),
+        prepare=tuple(check_string_list(path, "build", "prepare", data.get("prepare", []))),
+        objects_under=data.get("objects_under", ""),
+        ignore_objects=tuple(check_string_list(path, "build", "ignore_objects", data.get("ignore_objects", []))),
+    )
+
+
+def _local(project: Project, value: str) -> Path:
+    candidate = Path(value)
+    return candidate if candidate.is_absolute() else project.baseline_dir / candidate

@@ -1,0 +1,148 @@
+"""Stages 3 and 4: build the baseline as shipped, the original objects, and the patched ones.
+
+Every build runs the baseline's own recipe in the stage's own copy of the tree (the
+pristine checkout is never built in), with the locked compiler behind the xsplice-cc
+wrapper: it adds the stage's flags, maps the build directory out of every object, and
+logs each object it compiles. The patched build starts from a copy of the original
+build tree with its timestamps, so make recompiles only what the patch touches.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from .baseline import Baseline
+from .elf.notes import image_build_id
+from .elf.reader import read_elf_file
+from .errors import BuildError, PatchError
+from .files import copy_tree, remove_tree, sha256_file
+from .project import Project
+from .toolchain import Tool
+
+SPLIT_SECTIONS_FLAGS = "-ffunction-sections -fdata-sections"
+# Variables a caller's environment must not leak into a build: they change what make compiles.
+_SCRUBBED = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEFILES", "CFLAGS", "CPPFLAGS", "LDFLAGS", "CC", "LD",
+             "GCC_EXEC_PREFIX", "COMPILER_PATH", "LIBRARY_PATH", "C_INCLUDE_PATH", "CPATH", "DEPENDENCIES_OUTPUT")
+
+
+@dataclass(frozen=True)
+class BuildOutput:
+    tree: Path
+    objects: dict[str, str]  # relative path in the tree -> sha256, for each object compiled by this build
+    image: Path
+    build_id: str
+
+
+def wrapper_path() -> Path:
+    return Path(str(resources.files("xsplice_build") / "data" / "xsplice-cc"))
+
+
+def prepare_tree(project: Project, baseline: Baseline, source_tree: Path, tree: Path) -> None:
+    """A fresh copy of the pristine tree with the pinned configuration in place."""
+    copy_tree(source_tree, tree)
+    if baseline.build.config and baseline.build.config_dest:
+        destination = tree / baseline.build.config_dest
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes(baseline.build.config.read_bytes())
+
+
+def run_build(baseline: Baseline, tree: Path, tools: dict[str, Tool], extra_cflags: str, log: Path,
+              prepare: bool) -> BuildOutput:
+    """Run the recipe in `tree`; returns what it compiled and the image it linked."""
+    objlog = log.with_suffix(".objects")
+    objlog.unlink(missing_ok=True)
+    env = _environment(baseline, tree, tools, extra_cflags, objlog)
+    commands = [baseline.build.prepare] if prepare and baseline.build.prepare else []
+    commands.append(baseline.build.command)
+    with log.open("w") as output:
+        for template in commands:
+            argv = [_fill(word, tools) for word in template]
+            output.write("$ " + " ".join(argv) + "\n")
+            output.flush()
+            result = subprocess.run(argv, cwd=tree, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, check=False)
+            if result.returncode != 0:
+                raise BuildError(f"building {baseline.name} failed ({' '.join(argv)} exited "
+                                 f"{result.returncode}): {_first_error(log)}; full log: {log}")
+    image = tree / baseline.build.image
+    if not image.is_file():
+        raise BuildError(f"{baseline.definition}: the build made no image at {baseline.build.image}")
+    return BuildOutput(tree=tree, objects=_compiled_objects(baseline, tree, objlog), image=image,
+                       build_id=image_build_id(read_elf_file(image)).hex())
+
+
+def apply_patch(patch: Path, tree: Path) -> list[str]:
+    """Apply `patch` with git apply (atomic: all hunks or none); returns the files it touches."""
+    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(tree.parent), "LC_ALL": "C"}
+    listed = _git_apply(["--numstat"], patch, tree, env)
+    touched = [line.split("\t", 2)[2] for line in listed.splitlines() if line.count("\t") >= 2]
+    _git_apply([], patch, tree, env)
+    return touched
+
+
+def _git_apply(options: list[str], patch: Path, tree: Path, env: dict[str, str]) -> str:
+    result = subprocess.run(["git", "apply", "--whitespace=nowarn", *options, str(patch.resolve())], cwd=tree,
+                            env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        reasons = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        reason = " ".join(reasons[:2]) or result.stderr.strip() or "git apply failed"
+        raise PatchError(f"{patch}: does not apply to the baseline: {reason}; rebase the patch onto the "
+                         "baseline's commit")
+    return result.stdout
+
+
+def remove_stage_tree(tree: Path) -> None:
+    remove_tree(tree)
+
+
+def _environment(baseline: Baseline, tree: Path, tools: dict[str, Tool], extra_cflags: str,
+                 objlog: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in _SCRUBBED}
+    env.update({"LC_ALL": "C", "TZ": "UTC", "SOURCE_DATE_EPOCH": "1439856000"})
+    env.update(baseline.build.env)
+    env.update({"XSPLICE_CC": tools["gcc"].path, "XSPLICE_CFLAGS": extra_cflags,
+                "XSPLICE_PREFIX_MAP": str(tree.resolve()), "XSPLICE_OBJLOG": str(objlog.resolve())})
+    return env
+
+
+def _fill(word: str, tools: dict[str, Tool]) -> str:
+    return word.format(jobs=os.cpu_count() or 1, cc=wrapper_path(), ld=tools["ld"].path)
+
+
+def _compiled_objects(baseline: Baseline, tree: Path, objlog: Path) -> dict[str, str]:
+    """The objects the wrapper logged, as paths in the tree, with their hashes."""
+    if not objlog.is_file():
+        return {}
+    root = tree.resolve()
+    under = (root / baseline.build.objects_under).resolve()
+    ignored = [re.compile(pattern) for pattern in baseline.build.ignore_objects]
+    objects: dict[str, str] = {}
+    for line in sorted(set(objlog.read_text().splitlines())):
+        path = _final_object(Path(os.path.normpath(line)))
+        if not path.is_relative_to(under) or not path.is_file():
+            continue
+        relative = path.relative_to(root).as_posix()
+        if any(pattern.search(relative) for pattern in ignored):
+            continue
+        objects[relative] = sha256_file(path)
+    return objects
+
+
+def _final_object(path: Path) -> Path:
+    # kbuild-style builds (Xen with ENFORCE_UNIQUE_SYMBOLS) compile to dir/.name.o.tmp and then
+    # post-process into dir/name.o: the object that reaches the image is the latter.
+    match = re.fullmatch(r"\.(.+\.o)\.tmp", path.name)
+    return path.with_name(match.group(1)) if match else path
+
+
+def _first_error(log: Path) -> str:
+    lines = log.read_text(errors="replace").splitlines()
+    for line in lines:
+        if re.search(r"\berror\b", line, re.IGNORECASE) and not line.startswith("$ "):
+            return line.strip()[:300]
+    return (lines[-1].strip() if lines else "no output")[:300]

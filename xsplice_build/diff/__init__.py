@@ -1,0 +1,1 @@
+"""The function diff engine (see engine.py for the passes, in order)."""

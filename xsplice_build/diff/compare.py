@@ -1,0 +1,126 @@
+"""Pass 2, compare: decide which correlated sections changed, and say how.
+
+Two sections are the same when their bytes and their relocations are: a relocation
+is compared by what it points at (the correlated section and offset, the external
+name, or for string literals the string itself, since ld merges strings and their
+offsets move whenever any string of the file changes), never by symbol index.
+A function that reads changed read-only data (a constant table) changed too: left
+alone it would keep reading the old table.
+"""
+
+from __future__ import annotations
+
+from ..elf.constants import R_X86_64_PC32, R_X86_64_PLT32, SHF_MERGE, SHF_STRINGS, relocation_name
+from ..elf.model import ElfFile, Rela, Section
+from .state import Kind, ObjectDiff, SectionState, Status
+
+_PC_RELATIVE = frozenset({R_X86_64_PC32, R_X86_64_PLT32})
+Target = tuple[object, ...]
+
+
+def compare(diff: ObjectDiff) -> None:
+    original_key_of = {section.index: key for key, section in diff.original_keys.items()}
+    patched_key_of = {index: state.key for index, state in diff.states.items()}
+    for state in diff.states.values():
+        if state.kind in (Kind.IGNORED, Kind.SPECIAL):
+            continue
+        if state.twin is None:
+            state.status = Status.NEW
+            continue
+        reasons = _differences(diff, state, original_key_of, patched_key_of)
+        if reasons:
+            state.status = Status.CHANGED
+            state.reasons.extend(reasons)
+    _propagate_changed_rodata(diff)
+
+
+def relocation_target(elf: ElfFile, rela: Rela, key_of: dict[int, str]) -> Target:
+    """What a relocation points at, in terms that survive recompilation."""
+    symbol = elf.symbols[rela.symbol]
+    if symbol.is_undefined:
+        return ("external", symbol.name, rela.addend)
+    if symbol.is_special_index:
+        return ("absolute", symbol.name, symbol.value + rela.addend)
+    section = elf.sections[symbol.shndx]
+    if section.index not in key_of:
+        return ("unknown", section.name, symbol.value + rela.addend)
+    if is_strings(section):
+        return ("string", string_at(section, string_offset(rela, symbol.value)))
+    return ("section", key_of[section.index], symbol.value + rela.addend)
+
+
+def string_offset(rela: Rela, symbol_value: int) -> int:
+    # A RIP-relative reference stores target - 4 (the displacement ends its instruction).
+    return symbol_value + rela.addend + (4 if rela.type in _PC_RELATIVE else 0)
+
+
+def string_at(section: Section, offset: int) -> bytes:
+    if not 0 <= offset < len(section.data):
+        return b"<outside %s>" % section.name.encode()
+    end = section.data.find(b"\0", offset)
+    return section.data[offset: end if end >= 0 else len(section.data)]
+
+
+def describe_target(target: Target) -> str:
+    kind, *rest = target
+    if kind == "string":
+        return f"string {rest[0].decode('utf-8', 'backslashreplace')!r}"
+    if kind == "section":
+        return f"{rest[0]}+{rest[1]:#x}"
+    return f"{rest[0]}{rest[1]:+#x}" if len(rest) > 1 and isinstance(rest[1], int) else str(rest[0])
+
+
+def is_strings(section: Section) -> bool:
+    return bool(section.flags & SHF_MERGE and section.flags & SHF_STRINGS)
+
+
+def _differences(diff: ObjectDiff, state: SectionState, original_key_of: dict[int, str],
+                 patched_key_of: dict[int, str]) -> list[str]:
+    new, old = state.section, state.twin
+    assert old is not None
+    if state.kind is Kind.STRINGS:
+        return [] if new.data == old.data else ["string literals differ"]
+    reasons = []
+    if new.size != old.size:
+        reasons.append(f"size {old.size:#x} -> {new.size:#x}")
+    elif new.data != old.data:
+        first = next(i for i, (a, b) in enumerate(zip(old.data, new.data, strict=True)) if a != b)
+        reasons.append(f"bytes differ from +{first:#x}")
+    old_relocations = [(r.offset, r.type, relocation_target(diff.original, r, original_key_of))
+                       for r in old.relocations]
+    new_relocations = [(r.offset, r.type, relocation_target(diff.patched, r, patched_key_of))
+                       for r in new.relocations]
+    if old_relocations != new_relocations:
+        reasons.append(_relocation_difference(old_relocations, new_relocations))
+    return reasons
+
+
+def _relocation_difference(old: list[tuple[int, int, Target]], new: list[tuple[int, int, Target]]) -> str:
+    if len(old) != len(new):
+        return f"{len(old)} -> {len(new)} relocations"
+    for (old_offset, old_type, old_target), (new_offset, new_type, new_target) in zip(old, new, strict=True):
+        if old_target != new_target:
+            return (f"relocation at +{new_offset:#x} now refers to {describe_target(new_target)} "
+                    f"(was {describe_target(old_target)})")
+        if old_type != new_type:
+            return f"relocation at +{new_offset:#x} is {relocation_name(new_type)} (was {relocation_name(old_type)})"
+        if old_offset != new_offset:
+            return (f"code moved: the reference to {describe_target(new_target)} is at +{new_offset:#x} "
+                    f"(was +{old_offset:#x})")
+    return "relocations differ"
+
+
+def _propagate_changed_rodata(diff: ObjectDiff) -> None:
+    changed = {state.section.index: state for state in diff.states.values()
+               if state.kind is Kind.RODATA and state.status is Status.CHANGED}
+    if not changed:
+        return
+    for state in diff.functions():
+        if state.status is not Status.SAME:
+            continue
+        for rela in state.section.relocations:
+            target = changed.get(diff.patched.symbols[rela.symbol].shndx)
+            if target is not None:
+                state.status = Status.CHANGED
+                state.reasons.append(f"reads {target.label}, which changed")
+                break

@@ -1,0 +1,81 @@
+"""Pass 1, correlate: pair each section of the patched object with its original.
+
+Names are the key, once the numbers gcc makes up per build are taken out: clone
+suffixes (foo.isra.0, foo.constprop.3, foo.part.1) and static-local suffixes
+(count.1234) may shift between two compilations of almost the same file. Where two
+sections still share a key (two functions each with a static local "count"), the
+functions that reference them tell them apart, as kpatch correlates static locals.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+from ..elf.model import ElfFile, Section
+from .state import Kind, ObjectDiff, SectionState, classify, naming_symbol
+
+_CLONE_SUFFIX = re.compile(r"\.(isra|constprop|part|lto_priv|localalias|specialized)\.\d+")
+_NUMBER_SUFFIX = re.compile(r"\.\d+$")
+
+
+def normalise(name: str) -> str:
+    """`name` with gcc's per-build numbers replaced by N."""
+    return _NUMBER_SUFFIX.sub(".N", _CLONE_SUFFIX.sub(r".\1.N", name))
+
+
+def correlate(diff: ObjectDiff) -> None:
+    original_keys = _keys(diff.original, diff)
+    patched_keys = _keys(diff.patched, diff)
+    diff.original_keys = {key: section for key, section in original_keys.items()}
+    for key, section in patched_keys.items():
+        kind = classify(section, diff.profile)
+        state = SectionState(section=section, kind=kind, key=key, symbol=naming_symbol(diff.patched, section))
+        twin = original_keys.get(key)
+        if twin is not None:
+            state.twin = twin
+            state.twin_symbol = naming_symbol(diff.original, twin)
+            state.how = "same name" if twin.name == section.name else f"numbers normalised ({twin.name})"
+        diff.states[section.index] = state
+    _attach_cold_parts(diff)
+
+
+def _keys(elf: ElfFile, diff: ObjectDiff) -> dict[str, Section]:
+    """Correlation key -> section, for every section the diff looks at."""
+    groups: dict[str, list[Section]] = defaultdict(list)
+    for section in elf.sections:
+        if classify(section, diff.profile) is Kind.IGNORED:
+            continue
+        special = diff.profile.special(section.name) is not None
+        groups[section.name if special else normalise(section.name)].append(section)
+    keys: dict[str, Section] = {}
+    for key, sections in groups.items():
+        if len(sections) == 1:
+            keys[key] = sections[0]
+            continue
+        for section in sections:
+            owners = ",".join(sorted(_referencing_functions(elf, section)))
+            refined = f"{key}@{owners}"
+            # Still ambiguous: fall back to the exact name, which at worst leaves a section uncorrelated.
+            keys[refined if refined not in keys else section.name] = section
+    return keys
+
+
+def _referencing_functions(elf: ElfFile, target: Section) -> set[str]:
+    owners = set()
+    for section in elf.sections:
+        if not section.is_text:
+            continue
+        for rela in section.relocations:
+            if elf.symbols[rela.symbol].shndx == target.index:
+                owners.add(normalise(section.name))
+                break
+    return owners
+
+
+def _attach_cold_parts(diff: ObjectDiff) -> None:
+    """A foo.cold part jumps back into foo's body: it is part of foo, never a function of its own."""
+    by_symbol = {state.symbol.name: state for state in diff.states.values() if state.symbol}
+    for state in diff.states.values():
+        if state.kind is Kind.FUNCTION and state.symbol and state.symbol.name.endswith(".cold"):
+            state.parent = by_symbol.get(state.symbol.name[: -len(".cold")])

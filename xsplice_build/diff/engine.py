@@ -1,0 +1,79 @@
+"""The function diff: which functions of an object pair changed, and what a payload needs.
+
+The passes run in order over one ObjectDiff per object pair, each setting its own
+fields (see state.py):
+
+1. correlate  pair each patched section with its original (numbers normalised);
+2. compare    bytes and relocations, by what they point at; rodata changes reach users;
+3. include    changed and new functions, then what they need; special-section entries;
+4. verify     the rules a live patch must keep, every refusal gathered;
+5. extract    the included sections of all objects linked into one relocatable object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..elf.model import ElfFile
+from ..elf.reader import read_elf, read_elf_file
+from ..elf.writer import write_relocatable
+from ..errors import NothingToPatch, Unpatchable
+from .compare import compare
+from .correlate import correlate
+from .extract import Extract, PatchedFunction
+from .include import include
+from .profile import TargetProfile
+from .rules import verify
+from .state import ObjectDiff
+
+EMPTY_OBJECT_LABEL = "(new file)"
+
+
+@dataclass(frozen=True)
+class PatchDiff:
+    objects: list[ObjectDiff]
+    functions: list[PatchedFunction]
+    extract: bytes
+
+
+def diff_objects(original: Path | None, patched: Path, label: str, profile: TargetProfile) -> ObjectDiff:
+    """Run passes 1-4 on one object pair; refusals are recorded, not raised."""
+    patched_elf = read_elf_file(patched, label)
+    original_elf = read_elf_file(original, label) if original else _empty_like(label)
+    diff = ObjectDiff(label=label, original=original_elf, patched=patched_elf, profile=profile)
+    correlate(diff)
+    compare(diff)
+    include(diff)
+    verify(diff)
+    return diff
+
+
+def diff_patch(pairs: list[tuple[str, Path | None, Path]], profile: TargetProfile) -> PatchDiff:
+    """Diff every changed object pair of a patch; raise when it is unpatchable or changes nothing."""
+    diffs = [diff_objects(original, patched, label, profile) for label, original, patched in sorted(pairs)]
+    refusals = [refusal for diff in diffs for refusal in diff.refusals]
+    if refusals:
+        raise Unpatchable(refusals)
+    extract = Extract()
+    for diff in diffs:
+        extract.add(diff)
+    data, functions = extract.finish()
+    if not functions:
+        raise NothingToPatch(nothing_to_patch_message(diffs))
+    return PatchDiff(objects=diffs, functions=functions, extract=data)
+
+
+def nothing_to_patch_message(diffs: list[ObjectDiff]) -> str:
+    if not diffs:
+        return ("nothing to patch: the patch changes no compiled object (comments, whitespace, or files "
+                "the build does not compile); check that it is the fix you meant")
+    notes = [note for diff in diffs for note in diff.warnings + diff.ignored]
+    detail = f" ({notes[0]})" if notes else ""
+    objects = ", ".join(diff.label for diff in diffs)
+    return (f"nothing to patch: {objects} changed but no function in them did{detail}; "
+            "run `xsplice-build diff --explain` on the pair to see every decision")
+
+
+def _empty_like(label: str) -> ElfFile:
+    return read_elf(write_relocatable([], []), label + " " + EMPTY_OBJECT_LABEL)

@@ -1,0 +1,51 @@
+"""Why the diff decided what it did: a record per object, and a readable rendering of it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .state import ObjectDiff, Status
+
+
+def explain_record(diff: ObjectDiff) -> dict[str, Any]:
+    """Every decision for one object pair, as plain data (report.json, --json)."""
+    states = sorted(diff.states.values(), key=lambda s: s.section.index)
+    return {
+        "object": diff.label,
+        "correlated": [{"section": s.name, "twin": s.twin.name, "how": s.how} for s in states if s.twin],
+        "uncorrelated": [s.name for s in states if s.twin is None],
+        "changed": [{"section": s.name, "symbol": s.label, "kind": s.kind.value, "reasons": s.reasons}
+                    for s in states if s.status is Status.CHANGED],
+        "changed_functions": [s.twin_symbol.xen_name if s.twin_symbol else s.label
+                              for s in diff.changed_functions() if s.included],
+        "new_functions": [s.label for s in diff.new_functions() if s.included],
+        "included": [{"section": s.name, "why": s.why} for s in states if s.included],
+        "base_references": sorted(diff.base_references),
+        "ignored": list(diff.ignored),
+        "warnings": list(diff.warnings),
+        "refusals": list(diff.refusals),
+    }
+
+
+def render(record: dict[str, Any]) -> list[str]:
+    """The record as lines a person reads top to bottom."""
+    lines = [f"object {record['object']}:"]
+    for item in record["correlated"]:
+        lines.append(f"  correlated  {item['section']} <-> {item['twin']} ({item['how']})")
+    for name in record["uncorrelated"]:
+        lines.append(f"  new         {name} (no counterpart in the original)")
+    for item in record["changed"]:
+        lines.append(f"  changed     {item['symbol']} [{item['kind']}]: {'; '.join(item['reasons'])}")
+    for item in record["included"]:
+        lines.append(f"  included    {item['section']}: {item['why']}")
+    for name in record["base_references"]:
+        lines.append(f"  references  {name} (in the base image)")
+    for text in record["ignored"]:
+        lines.append(f"  ignored     {text}")
+    for text in record["warnings"]:
+        lines.append(f"  warning     {text}")
+    for text in record["refusals"]:
+        lines.append(f"  refused     {text}")
+    return lines
+
+

@@ -1,0 +1,145 @@
+"""Pass 5, extract: the included sections of every object, linked into one relocatable object.
+
+References into the payload's own sections go through section symbols; references to
+the base image become undefined symbols named as the base image's symbol table names
+them ("file#name" for statics), which the loader resolves. Special sections are
+merged across objects into one of each, as the loader looks them up by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..elf.constants import STB_GLOBAL, STB_LOCAL, STT_FUNC, STT_NOTYPE, STT_OBJECT
+from ..elf.model import Rela
+from ..elf.writer import OutRela, OutSection, OutSymbol, section_symbol, symbol_order, write_relocatable
+from ..errors import XspliceError
+from .include import base_reference, kept_special_entries
+from .state import Kind, ObjectDiff, SectionState
+
+
+@dataclass(frozen=True)
+class PatchedFunction:
+    """One entry of .livepatch.funcs: which function of the base image is replaced by which code."""
+
+    object: str
+    name: str  # the base image's name for the old function
+    symbol: str  # the name of the new code's symbol in the extract
+    symbol_index: int  # its index in the extract's symbol table (names of statics can repeat)
+    old_size: int  # in the original object (the payload stage checks it against the base image)
+    new_size: int
+
+
+class Extract:
+    def __init__(self) -> None:
+        self.sections: list[OutSection] = []
+        self.symbols: list[OutSymbol] = []
+        self._functions: list[tuple[str, str, OutSymbol, int]] = []
+        self._externals: dict[str, OutSymbol] = {}
+        self._globals: dict[str, OutSymbol] = {}
+        self._specials: dict[str, OutSection] = {}
+        self._section_symbols: dict[int, OutSymbol] = {}
+
+    def add(self, diff: ObjectDiff) -> None:
+        included = sorted((s for s in diff.states.values() if s.included), key=lambda s: s.section.index)
+        out_of: dict[int, OutSection] = {}
+        named: dict[int, OutSymbol] = {}
+        for state in included:
+            section = state.section
+            out = OutSection(section.name, section.type, section.flags, section.data, section.align,
+                             section.entsize, size=section.size)
+            out_of[section.index] = out
+            self._add_section(out)
+            if state.symbol is not None:
+                named[state.symbol.index] = self._define(state, out)
+        for state in included:
+            out_of[state.section.index].relocations = [
+                self._relocation(diff, state, rela, rela.offset, out_of) for rela in state.section.relocations]
+        for special in [s for s in diff.states.values() if s.kind is Kind.SPECIAL]:
+            self._add_special_entries(diff, special, out_of)
+        for state in diff.changed_functions():
+            if state.included and state.symbol and state.twin_symbol:
+                self._functions.append((diff.label, state.twin_symbol.xen_name, named[state.symbol.index],
+                                        state.twin_symbol.size))
+
+    def finish(self) -> tuple[bytes, list[PatchedFunction]]:
+        """The linked object, and the functions it replaces (by their symbols' final indices)."""
+        for section in self.sections:
+            for rela in section.relocations:
+                defined = self._globals.get(rela.symbol.name)
+                if rela.symbol.section is None and defined is not None:
+                    rela.symbol = defined
+        used = {id(r.symbol) for s in self.sections for r in s.relocations}
+        symbols = self.symbols + [s for s in self._externals.values() if id(s) in used]
+        index = {id(symbol): number for number, symbol in enumerate(symbol_order(symbols), start=1)}
+        functions = [PatchedFunction(label, name, symbol.name, index[id(symbol)], old_size, symbol.size)
+                     for label, name, symbol, old_size in self._functions]
+        return write_relocatable(self.sections, symbols), functions
+
+    def _define(self, state: SectionState, out: OutSection) -> OutSymbol:
+        symbol = state.symbol
+        assert symbol is not None
+        kind = STT_FUNC if symbol.is_function else STT_OBJECT
+        bind = STB_LOCAL if symbol.is_local else STB_GLOBAL
+        defined = OutSymbol(symbol.name, kind, bind, out, symbol.value, symbol.size, symbol.other)
+        self.symbols.append(defined)
+        if bind != STB_LOCAL:
+            self._globals[symbol.name] = defined
+        return defined
+
+    def _external(self, name: str) -> OutSymbol:
+        if name not in self._externals:
+            self._externals[name] = OutSymbol(name, STT_NOTYPE, STB_GLOBAL)
+        return self._externals[name]
+
+    def _relocation(self, diff: ObjectDiff, state: SectionState, rela: Rela, offset: int,
+                    out_of: dict[int, OutSection]) -> OutRela:
+        symbol = diff.patched.symbols[rela.symbol]
+        if symbol.is_undefined:
+            return OutRela(offset, rela.type, self._external(symbol.name), rela.addend)
+        if symbol.is_special_index:
+            raise XspliceError(f"{diff.label}: {state.label}+{rela.offset:#x}: refers to special symbol "
+                               f"{symbol.name!r}, which a payload cannot carry")
+        out = out_of.get(symbol.shndx)
+        if out is not None:
+            return OutRela(offset, rela.type, self._section_symbol(out), symbol.value + rela.addend)
+        target = diff.state_of(symbol.shndx)
+        name = base_reference(diff, target) if target is not None else None
+        if target is None or name is None or target.symbol is None:
+            what = target.label if target else f"section {symbol.shndx}"
+            raise XspliceError(f"{diff.label}: {state.label}+{rela.offset:#x}: refers to {what}, which is "
+                               "neither carried in the payload nor named in the base image")
+        diff.base_references.add(name)
+        return OutRela(offset, rela.type, self._external(name), symbol.value + rela.addend - target.symbol.value)
+
+    def _add_section(self, out: OutSection) -> None:
+        self.sections.append(out)
+        symbol = section_symbol(out)
+        self.symbols.append(symbol)
+        self._section_symbols[id(out)] = symbol
+
+    def _section_symbol(self, out: OutSection) -> OutSymbol:
+        return self._section_symbols[id(out)]
+
+    def _add_special_entries(self, diff: ObjectDiff, special: SectionState,
+                             out_of: dict[int, OutSection]) -> None:
+        layout = diff.profile.special(special.name)
+        assert layout is not None
+        entries = kept_special_entries(diff, special)
+        if not entries:
+            return
+        merged = self._specials.get(special.name)
+        if merged is None:
+            section = special.section
+            merged = OutSection(section.name, section.type, section.flags, bytearray(), section.align,
+                                section.entsize)
+            self._specials[special.name] = merged
+            self._add_section(merged)
+        by_entry: dict[int, list[Rela]] = {}
+        for rela in special.section.relocations:
+            by_entry.setdefault(rela.offset - rela.offset % layout.entry_size, []).append(rela)
+        for start in entries:
+            base = len(merged.data)
+            merged.data += special.section.data[start:start + layout.entry_size]
+            merged.relocations.extend(self._relocation(diff, special, rela, base + rela.offset - start, out_of)
+                                      for rela in by_entry.get(start, []))

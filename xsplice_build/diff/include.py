@@ -1,0 +1,105 @@
+"""Pass 3, include: from the changed and new functions, take along everything they need.
+
+Starting from each changed or new function (and the .cold part that belongs to it),
+follow relocations. A target is either carried in the payload (new code, string
+literals, jump tables, anything without a name in the base image) or referenced in
+the base image by the name Xen's symbol table gives it. Entries of the target's
+special sections (bug frames, exception table) come along with their function and
+no others do.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ..elf.model import Rela
+from .state import Kind, ObjectDiff, SectionState, Status
+
+
+def include(diff: ObjectDiff) -> None:
+    queue: deque[SectionState] = deque()
+
+    def take(state: SectionState, why: str) -> None:
+        if not state.included:
+            state.included = True
+            state.why = why
+            queue.append(state)
+
+    for state in diff.functions():
+        if state.parent is not None or diff.profile.is_init_section(state.name):
+            continue
+        if state.status is Status.CHANGED:
+            take(state, "changed: " + "; ".join(state.reasons))
+        elif state.status is Status.NEW:
+            take(state, "new function")
+    specials = [s for s in diff.states.values() if s.kind is Kind.SPECIAL]
+    # Kept special entries may need more (a bug frame names its file's string): repeat until still.
+    while queue:
+        while queue:
+            state = queue.popleft()
+            for part in _cold_parts(diff, state):
+                take(part, f"cold part of {state.label}")
+            for rela in state.section.relocations:
+                _follow(diff, state, rela, take)
+        for special in specials:
+            for rela in kept_special_relocations(diff, special):
+                _follow(diff, special, rela, take)
+
+
+def kept_special_entries(diff: ObjectDiff, special: SectionState) -> list[int]:
+    """Offsets of the entries of a special section whose anchor points into included code."""
+    layout = diff.profile.special(special.name)
+    assert layout is not None
+    anchors = {rela.offset: rela for rela in special.section.relocations}
+    kept = []
+    for offset in range(0, special.section.size - layout.entry_size + 1, layout.entry_size):
+        anchor = anchors.get(offset + layout.anchor)
+        if anchor is None:
+            continue
+        target = diff.state_of(diff.patched.symbols[anchor.symbol].shndx)
+        if target is not None and target.kind is Kind.FUNCTION and target.included:
+            kept.append(offset)
+    return kept
+
+
+def kept_special_relocations(diff: ObjectDiff, special: SectionState) -> list[Rela]:
+    layout = diff.profile.special(special.name)
+    assert layout is not None
+    starts = set(kept_special_entries(diff, special))
+    return [rela for rela in special.section.relocations
+            if rela.offset - rela.offset % layout.entry_size in starts]
+
+
+def base_reference(diff: ObjectDiff, target: SectionState) -> str | None:
+    """The base image's name for an unchanged section's symbol, or None when it has none."""
+    if target.status is not Status.SAME or target.twin_symbol is None or target.symbol is None:
+        return None
+    return target.twin_symbol.xen_name
+
+
+def _follow(diff: ObjectDiff, source: SectionState, rela: Rela, take) -> None:  # type: ignore[no-untyped-def]
+    symbol = diff.patched.symbols[rela.symbol]
+    if symbol.is_undefined or symbol.is_special_index:
+        return
+    target = diff.state_of(symbol.shndx)
+    if target is None or target.included:
+        return
+    if target.kind is Kind.STRINGS:
+        take(target, f"string literals used by {source.label}")
+    elif target.kind is Kind.FUNCTION:
+        if target.parent is not None:
+            take(target, f"cold part of {target.parent.label}")
+        elif target.status is not Status.SAME:
+            take(target, f"{target.status.value} function called by {source.label}")
+        elif base_reference(diff, target) is None:
+            take(target, f"used by {source.label} and has no symbol to reference in the base image")
+    elif target.kind is Kind.RODATA:
+        if target.status is not Status.SAME or base_reference(diff, target) is None:
+            take(target, f"read-only data used by {source.label}")
+    elif target.kind is Kind.DATA and target.status is Status.NEW:
+        # Decided by the rules pass (a new variable): recorded here so the refusal can name its user.
+        target.reasons.append(f"new data used by {source.label}")
+
+
+def _cold_parts(diff: ObjectDiff, state: SectionState) -> list[SectionState]:
+    return [s for s in diff.states.values() if s.parent is state]

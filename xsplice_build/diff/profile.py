@@ -1,0 +1,92 @@
+"""Target profiles: what is specific to one hypervisor and architecture, as data.
+
+The passes ask a profile how large the patching jump is, which special sections
+hold per-function entries (and how large an entry is), which relocation types the
+loader accepts, and which sections are init-only. Adding a target means adding a
+profile here, not touching the passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..elf.constants import R_X86_64_64, R_X86_64_NONE, R_X86_64_PC32, R_X86_64_PLT32
+
+
+@dataclass(frozen=True)
+class SpecialSection:
+    """A table whose entries each belong to one function (bug frames, exception fixups).
+
+    `anchor` is the byte offset, within an entry, of the relocation that names the code
+    the entry belongs to; an entry travels with its function or not at all.
+    """
+
+    name: str
+    entry_size: int
+    anchor: int = 0
+    # Entry fields (by offset) that hold a source line number in the relocation addend.
+    line_fields: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class TargetProfile:
+    name: str
+    jump_size: int
+    endbr_size: int
+    endbr_bytes: bytes
+    special_sections: tuple[SpecialSection, ...]
+    accepted_relocations: frozenset[int]
+    init_section_prefixes: tuple[str, ...]
+    # Sections never diffed nor carried: debug info, notes and the like.
+    ignored_section_prefixes: tuple[str, ...]
+    livepatch_func_size: int = 104
+    livepatch_payload_version: int = 2
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def special(self, section_name: str) -> SpecialSection | None:
+        for special in self.special_sections:
+            if special.name == section_name:
+                return special
+        return None
+
+    def is_ignored_section(self, section_name: str) -> bool:
+        return section_name.startswith(self.ignored_section_prefixes)
+
+    def is_init_section(self, section_name: str) -> bool:
+        return section_name.startswith(self.init_section_prefixes)
+
+
+def _bug_frame(number: int) -> SpecialSection:
+    # xen/arch/x86/include/asm/bug.h: two 32-bit displacements with the line split into their
+    # top bits (8 bytes); an ASSERT frame (type 3) adds two more words for its message (16).
+    size = 16 if number == 3 else 8
+    return SpecialSection(f".bug_frames.{number}", size, anchor=0, line_fields=(0, 4))
+
+
+XEN_X86_64 = TargetProfile(
+    name="xen-x86_64",
+    jump_size=5,  # jmp rel32 (arch_livepatch_apply: ARCH_PATCH_INSN_SIZE)
+    endbr_size=4,  # with CET-IBT the jump goes after the ENDBR64 (arch_livepatch_verify_func)
+    endbr_bytes=bytes.fromhex("f30f1efa"),
+    special_sections=(
+        *(_bug_frame(number) for number in range(4)),
+        # struct exception_table_entry { s32 addr, cont; } (asm/uaccess.h)
+        SpecialSection(".ex_table", 8, anchor=0),
+    ),
+    # arch_livepatch_perform_rela in xen/arch/x86/livepatch.c
+    accepted_relocations=frozenset({R_X86_64_NONE, R_X86_64_64, R_X86_64_PC32, R_X86_64_PLT32}),
+    init_section_prefixes=(".init.",),
+    ignored_section_prefixes=(".debug_", ".comment", ".note.GNU-stack", ".note.gnu.property", ".eh_frame",
+                              ".group", ".discard", ".rela", ".symtab", ".strtab", ".shstrtab",
+                              ".llvm_addrsig"),
+)
+
+PROFILES = {XEN_X86_64.name: XEN_X86_64}
+
+
+def profile_named(name: str) -> TargetProfile:
+    from ..errors import ConfigError
+
+    if name not in PROFILES:
+        raise ConfigError(f"unknown target profile {name!r}; known: {', '.join(sorted(PROFILES))}")
+    return PROFILES[name]

@@ -1,0 +1,85 @@
+"""Pass 4, verify: what a live patch cannot do, each rule a named predicate with its reason.
+
+Every rule adds a one-line refusal naming the object, the symbol and the rule, and
+what to do instead; the engine raises them together, so a user fixes all in one go.
+"""
+
+from __future__ import annotations
+
+from ..elf.constants import relocation_name
+from .state import Kind, ObjectDiff, SectionState, Status
+
+
+def verify(diff: ObjectDiff) -> None:
+    for state in diff.states.values():
+        _changed_data(diff, state)
+        _new_data(diff, state)
+        _init_only_change(diff, state)
+        if state.included:
+            _relocation_types(diff, state)
+    for state in diff.changed_functions():
+        if state.included:
+            _room_for_the_jump(diff, state)
+    for state in diff.states.values():
+        if state.kind is Kind.STRINGS and state.status is Status.CHANGED and not state.included:
+            diff.ignored.append(f"{state.name}: string literals differ but no changed function uses them")
+
+
+def jump_room(diff: ObjectDiff, code: bytes) -> int:
+    """Bytes a function needs for the patching jump: after its ENDBR64, when it starts with one."""
+    profile = diff.profile
+    needed = profile.jump_size
+    if code.startswith(profile.endbr_bytes):
+        needed += profile.endbr_size
+    return needed
+
+
+def _room_for_the_jump(diff: ObjectDiff, state: SectionState) -> None:
+    # Xen overwrites the first bytes of the old function with `jmp new` (arch_livepatch_apply);
+    # a shorter function would have its neighbour overwritten.
+    old = state.twin_symbol
+    if old is None or state.twin is None:
+        return
+    needed = jump_room(diff, state.twin.data[old.value:old.value + old.size])
+    if old.size < needed:
+        endbr = " after its ENDBR64" if needed > diff.profile.jump_size else ""
+        diff.refusals.append(
+            f"{diff.label}: {old.name}: function is {old.size} bytes, too small for the "
+            f"{diff.profile.jump_size}-byte jump{endbr} ({needed} bytes) [rule: jump-room]; "
+            "change its callers instead, or make it larger (noinline padding)")
+
+
+def _changed_data(diff: ObjectDiff, state: SectionState) -> None:
+    if state.kind is not Kind.DATA or state.status is not Status.CHANGED:
+        return
+    diff.refusals.append(
+        f"{diff.label}: {state.label}: changed data ({'; '.join(state.reasons)}) [rule: changed-data]; "
+        "the running hypervisor owns this state and a payload cannot rewrite or resize it: keep the "
+        "data as it is and change the code that uses it")
+
+
+def _new_data(diff: ObjectDiff, state: SectionState) -> None:
+    if state.kind is not Kind.DATA or state.status is not Status.NEW or not state.reasons:
+        return
+    users = ", ".join(reason.removeprefix("new data used by ") for reason in state.reasons)
+    diff.refusals.append(
+        f"{diff.label}: {state.label}: new variable used by {users} [rule: new-data]; a payload's "
+        "variables start fresh and are lost on revert: use existing state, or a constant")
+
+
+def _init_only_change(diff: ObjectDiff, state: SectionState) -> None:
+    if state.kind is not Kind.FUNCTION or state.status is Status.SAME:
+        return
+    if diff.profile.is_init_section(state.name):
+        diff.warnings.append(
+            f"{diff.label}: {state.label}: change to init-only code ignored (it ran at boot and is gone)")
+
+
+def _relocation_types(diff: ObjectDiff, state: SectionState) -> None:
+    for rela in state.section.relocations:
+        if rela.type not in diff.profile.accepted_relocations:
+            diff.refusals.append(
+                f"{diff.label}: {state.label}+{rela.offset:#x}: {relocation_name(rela.type)} is not accepted "
+                f"by the {diff.profile.name} loader [rule: relocation-type]; build with -fpic and hidden "
+                "visibility, as Xen does")
+            return

@@ -1,0 +1,65 @@
+"""doit commands of this project: `doit build-patch [--baseline NAME] PATCH`.
+
+A command plugin maps the advisory name onto the ordinary per-(baseline, patch)
+subtasks of dodo.py, so each keeps its own dependency state and `doit list`, `info`,
+`forget` and `clean` keep working on them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from doit.cmd_run import Run
+
+from .baseline import DEFAULT_BASELINE, load_baseline
+from .errors import XspliceError
+from .patches import patch_file
+from .project import Project
+
+opt_baseline = {
+    "name": "baseline",
+    "long": "baseline",
+    "type": str,
+    "default": DEFAULT_BASELINE,
+    "help": f"baseline to build against (a name from baseline/*.toml) [default: {DEFAULT_BASELINE}]",
+}
+
+
+class BuildPatch(Run):
+    name = "build-patch"
+    doc_purpose = "build a signed live-patch payload for PATCH against a baseline"
+    doc_usage = "[--baseline NAME] PATCH"
+    doc_description = ("Runs every stage that is not up to date (checkout, toolchain, build-base, build-orig, "
+                       "build-patched, diff, payload, sign) and writes out/<baseline>/<patch>/.")
+    cmd_options = (*Run.cmd_options, opt_baseline)
+
+    def execute(self, params: Any, args: list[str]) -> int:
+        try:
+            baseline, patch = self._selection(params, args)
+        except XspliceError as error:
+            print(f"xsplice: error: {error.message}", file=sys.stderr)
+            return 2
+        result = super().execute(params, ["toolchain", f"sign:{baseline}/{patch}"])
+        if result == 0:
+            self._summary(baseline, patch)
+        return result
+
+    @staticmethod
+    def _selection(params: Any, args: list[str]) -> tuple[str, str]:
+        if len(args) != 1:
+            raise XspliceError(f"usage: doit build-patch [--baseline NAME] PATCH (got {len(args)} arguments)")
+        project = Project.find()
+        baseline = load_baseline(project, params["baseline"]).name
+        patch_file(project, args[0], baseline)
+        return baseline, args[0]
+
+    @staticmethod
+    def _summary(baseline: str, patch: str) -> None:
+        project = Project.find()
+        out = project.patch_out(baseline, patch)
+        report = json.loads((out / "report.json").read_text())
+        functions = ", ".join(f["name"] for f in report["functions"])
+        print(f"xsplice: payload {out.relative_to(project.root) / report['payload']} "
+              f"(signed; replaces {functions}; depends on build-id {report['base_build_id']})")

@@ -1,0 +1,65 @@
+"""The errors a user can cause, each rendered as one line that says what to do.
+
+Anything raised that is not an XspliceError is a bug in this tool and keeps its
+traceback; an XspliceError is the user's input or machine at fault and never does.
+"""
+
+from __future__ import annotations
+
+
+class XspliceError(Exception):
+    """A refusal with a one-line message: what is wrong, where, and what to do."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split()))
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class ConfigError(XspliceError):
+    """A baseline definition, patch name, lock file or setting is malformed or unknown."""
+
+
+class ToolchainMismatch(XspliceError):
+    """The compiler or binutils on this machine differ from toolchain.lock."""
+
+
+class BuildError(XspliceError):
+    """A build command failed or did not produce what the baseline says it does."""
+
+
+class PatchError(XspliceError):
+    """A patch does not apply, or touches what it must not."""
+
+
+class ElfError(XspliceError):
+    """An ELF file is malformed, truncated or of the wrong kind."""
+
+
+class SignatureError(XspliceError):
+    """A signature is missing, malformed or does not verify."""
+
+
+class NothingToPatch(XspliceError):
+    """The patch changes no function that a payload could replace."""
+
+    exit_code = 3
+
+
+class Unpatchable(XspliceError):
+    """The patch changes something a live patch cannot safely change.
+
+    Carries every refusal found, so the user fixes them all in one round.
+    """
+
+    exit_code = 4
+
+    def __init__(self, refusals: list[str]) -> None:
+        self.refusals = list(refusals)
+        first = self.refusals[0] if self.refusals else "unpatchable change"
+        more = f" (and {len(self.refusals) - 1} more)" if len(self.refusals) > 1 else ""
+        super().__init__(first + more)

@@ -1,0 +1,128 @@
+"""Stage 6, payload: the extracted code plus Xen's livepatch metadata, as one ET_REL.
+
+What Xen 4.17's loader requires (xen/common/livepatch.c): .livepatch.funcs (one
+struct livepatch_func per replaced function, writable since the loader fills it in),
+.livepatch.depends and .livepatch.xen_depends (the build-id of what this payload
+applies on top of, here the hypervisor itself), and the payload's own
+.note.gnu.build-id, each allocated so the loader can read it once loaded. Every
+name the code uses in the base image must resolve there to exactly one symbol, and
+each old function must be the one the original objects were compiled from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+
+from .diff.extract import PatchedFunction
+from .diff.profile import TargetProfile
+from .elf.constants import (
+    R_X86_64_64,
+    SHF_ALLOC,
+    SHF_WRITE,
+    SHT_NOTE,
+    SHT_PROGBITS,
+)
+from .elf.livepatch import XEN_4_17_FUNC, FuncLayout
+from .elf.model import ElfFile
+from .elf.notes import build_id_note
+from .elf.reader import read_elf
+from .elf.relink import to_output
+from .elf.writer import OutRela, OutSection, OutSymbol, section_symbol, write_relocatable
+from .errors import XspliceError
+from .image import BaseImage
+
+FUNCS = ".livepatch.funcs"
+STRINGS = ".livepatch.strings"
+DEPENDS = ".livepatch.depends"
+XEN_DEPENDS = ".livepatch.xen_depends"
+BUILD_ID = ".note.gnu.build-id"
+
+
+@dataclass(frozen=True)
+class FunctionEntry:
+    name: str
+    object: str
+    old_addr: int
+    old_size: int
+    new_size: int
+
+
+@dataclass(frozen=True)
+class Payload:
+    data: bytes
+    build_id: str
+    functions: list[FunctionEntry]
+
+    def record(self) -> dict[str, object]:
+        return {"build_id": self.build_id, "functions": [asdict(f) for f in self.functions]}
+
+
+def make_payload(extract: bytes, functions: list[PatchedFunction], base: BaseImage, profile: TargetProfile,
+                 layout: FuncLayout = XEN_4_17_FUNC) -> Payload:
+    code = read_elf(extract, "extracted code")
+    _check_references(code, base)
+    sections, symbols = to_output(code)
+    entries = [_old_function(f, base, profile) for f in functions]
+    strings = OutSection(STRINGS, SHT_PROGBITS, SHF_ALLOC, b"", 1)
+    funcs = OutSection(FUNCS, SHT_PROGBITS, SHF_ALLOC | SHF_WRITE, b"", 8)
+    strings_symbol, funcs_symbol = section_symbol(strings), section_symbol(funcs)
+    names = bytearray()
+    table = bytearray()
+    for function, entry in zip(functions, entries, strict=True):
+        new_symbol = _function_symbol(symbols, function, code)
+        offset = len(table)
+        funcs.relocations.append(OutRela(offset + layout.name, R_X86_64_64, strings_symbol, len(names)))
+        funcs.relocations.append(OutRela(offset + layout.new_addr, R_X86_64_64, new_symbol, 0))
+        names += entry.name.encode() + b"\0"
+        table += layout.pack(entry.old_addr, entry.new_size, entry.old_size)
+    strings.data, funcs.data = bytes(names), bytes(table)
+    depends = _note_section(DEPENDS, base.build_id)
+    xen_depends = _note_section(XEN_DEPENDS, base.build_id)
+    own = _note_section(BUILD_ID, b"\0" * 20)
+    sections += [strings, funcs, depends, xen_depends, own]
+    symbols += [strings_symbol, funcs_symbol]
+    unsigned = write_relocatable(sections, symbols)
+    # Like ld --build-id=sha1: the id is the hash of the output with the id itself zeroed.
+    build_id = hashlib.sha1(unsigned).digest()
+    own.data = build_id_note(build_id)
+    return Payload(data=write_relocatable(sections, symbols), build_id=build_id.hex(), functions=entries)
+
+
+def _old_function(function: PatchedFunction, base: BaseImage, profile: TargetProfile) -> FunctionEntry:
+    symbol = base.lookup(function.name, f"{function.object}: {function.symbol}")
+    if not symbol.is_function:
+        raise XspliceError(f"{function.object}: {function.name}: is not a function in the base image")
+    if symbol.size != function.old_size:
+        raise XspliceError(
+            f"{function.object}: {function.name}: {symbol.size} bytes in the base image but {function.old_size} "
+            "in the original object: the base image was not built from the same source and compiler; rebuild "
+            "the baseline (doit forget build-base)")
+    needed = profile.jump_size
+    if base.read(symbol.value, min(symbol.size, profile.endbr_size)) == profile.endbr_bytes:
+        needed += profile.endbr_size
+    if symbol.size < needed:
+        raise XspliceError(f"{function.object}: {function.name}: {symbol.size} bytes in the base image, too "
+                           f"small for the {needed}-byte patch [rule: jump-room]")
+    return FunctionEntry(name=function.name, object=function.object, old_addr=symbol.value,
+                         old_size=symbol.size, new_size=function.new_size)
+
+
+def _check_references(code: ElfFile, base: BaseImage) -> None:
+    for symbol in code.symbols[1:]:
+        if symbol.is_undefined:
+            base.lookup(symbol.name, "payload")
+
+
+def _function_symbol(symbols: list[OutSymbol], function: PatchedFunction, code: ElfFile) -> OutSymbol:
+    # to_output keeps the symbol table's order, so index N of the extract is symbols[N - 1].
+    number = function.symbol_index
+    if not 0 < number <= len(symbols) or code.symbols[number].name != function.symbol \
+            or symbols[number - 1].section is None:
+        raise XspliceError(f"{function.object}: new code for {function.symbol} is missing from the extract")
+    return symbols[number - 1]
+
+
+def _note_section(name: str, build_id: bytes) -> OutSection:
+    return OutSection(name, SHT_NOTE, SHF_ALLOC, build_id_note(build_id), 4)
+

@@ -1,0 +1,222 @@
+"""The pipeline's stages as functions of (project, baseline[, patch]): read records, write records.
+
+Each stage reads the JSON records of the stages before it, does its work in its own
+directory under work/, and writes its record last, so an interrupted stage leaves
+no record and runs again. dodo.py wires these into doit tasks; nothing here knows
+about doit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from . import __version__, toolchain
+from .baseline import Baseline, load_baseline
+from .build import SPLIT_SECTIONS_FLAGS, apply_patch, prepare_tree, run_build
+from .checkout import checkout
+from .diff.engine import diff_patch
+from .diff.explain import explain_record
+from .diff.extract import PatchedFunction
+from .diff.profile import profile_named
+from .files import copy_tree, read_json, relative, remove_tree, sha256_bytes, sha256_file, write_atomic, write_json
+from .image import BaseImage
+from .patches import patch_file
+from .payload import make_payload
+from .project import Project
+from .sign import configured_keys, load_keys, make_development_keys, sign
+
+
+class Records:
+    """Where each stage keeps its record for one baseline (and patch)."""
+
+    def __init__(self, project: Project, baseline: str, patch: str | None = None) -> None:
+        self.project = project
+        self.base = project.baseline_work(baseline)
+        self.checkout = self.base / "checkout.json"
+        self.build_base = self.base / "base.json"
+        self.build_orig = self.base / "orig.json"
+        if patch is not None:
+            self.patch_dir = project.patch_work(baseline, patch)
+            self.patched = self.patch_dir / "patched.json"
+            self.diff = self.patch_dir / "diff.json"
+            self.extract = self.patch_dir / "extract.o"
+            self.payload = self.patch_dir / "payload.json"
+            self.unsigned = self.patch_dir / f"{patch}.livepatch.unsigned"
+            self.out_dir = project.patch_out(baseline, patch)
+            self.signed = self.out_dir / f"{patch}.livepatch"
+            self.report = self.out_dir / "report.json"
+
+
+def stage_toolchain(project: Project) -> None:
+    tools = toolchain.check(project.lock_path)
+    write_json(project.toolchain_state, toolchain.state(tools, project.lock_path))
+
+
+def stage_lock_toolchain(project: Project) -> None:
+    toolchain.write_lock(project.lock_path, toolchain.probe())
+
+
+def stage_dev_keys(project: Project) -> None:
+    keys = configured_keys(project.root)
+    if keys.development and not (keys.key.is_file() and keys.certificate.is_file()):
+        make_development_keys(keys)
+
+
+def stage_checkout(project: Project, baseline: str) -> None:
+    result = checkout(project, load_baseline(project, baseline))
+    write_json(Records(project, baseline).checkout, asdict(result))
+
+
+def stage_build_base(project: Project, baseline: str) -> None:
+    definition = load_baseline(project, baseline)
+    records = Records(project, baseline)
+    source = project.root / read_json(records.checkout, "checkout record")["tree"]
+    tree = records.base / "base" / "tree"
+    prepare_tree(project, definition, source, tree)
+    # With split_sections = "base" the shipped build already has one section per function.
+    output = run_build(definition, tree, _tools(project), "", records.base / "base" / "build.log", prepare=True)
+    write_json(records.build_base, {
+        "tree": relative(tree, project.root),
+        "image": relative(output.image, project.root),
+        "image_sha256": sha256_file(output.image),
+        "build_id": output.build_id,
+        "objects": output.objects,
+    })
+
+
+def stage_build_orig(project: Project, baseline: str) -> None:
+    definition = load_baseline(project, baseline)
+    records = Records(project, baseline)
+    if definition.build.split_sections == "base":
+        base = read_json(records.build_base, "base build record")
+        write_json(records.build_orig, {"tree": base["tree"], "objects": base["objects"], "built_by": "build-base"})
+        return
+    source = project.root / read_json(records.checkout, "checkout record")["tree"]
+    tree = records.base / "orig" / "tree"
+    prepare_tree(project, definition, source, tree)
+    output = run_build(definition, tree, _tools(project), SPLIT_SECTIONS_FLAGS, records.base / "orig" / "build.log",
+                       prepare=True)
+    write_json(records.build_orig, {"tree": relative(tree, project.root), "objects": output.objects,
+                                    "built_by": "build-orig"})
+
+
+def stage_build_patched(project: Project, baseline: str, patch: str) -> None:
+    definition = load_baseline(project, baseline)
+    records = Records(project, baseline, patch)
+    source = patch_file(project, patch, baseline)
+    orig = read_json(records.build_orig, "original build record")
+    tree = records.patch_dir / "tree"
+    copy_tree(project.root / orig["tree"], tree)
+    touched = apply_patch(source, tree)
+    flags = SPLIT_SECTIONS_FLAGS if definition.build.split_sections == "wrapper" else ""
+    output = run_build(definition, tree, _tools(project), flags, records.patch_dir / "build.log", prepare=False)
+    objects_dir = records.patch_dir / "objects"
+    remove_tree(objects_dir)
+    changed = []
+    for name, digest in sorted(output.objects.items()):
+        if orig["objects"].get(name) == digest:
+            continue
+        kept = objects_dir / f"{name}.XSPLICE"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(tree / name, kept)
+        changed.append({"object": name, "original": name if name in orig["objects"] else None,
+                        "original_sha256": orig["objects"].get(name), "patched_sha256": digest})
+    # The objects are all the later stages need; a patched tree of a real hypervisor is large.
+    remove_tree(tree)
+    write_json(records.patched, {"patch": patch, "patch_sha256": sha256_file(source), "touched": touched,
+                                 "recompiled": sorted(output.objects), "changed": changed})
+
+
+def stage_diff(project: Project, baseline: str, patch: str) -> None:
+    definition = load_baseline(project, baseline)
+    records = Records(project, baseline, patch)
+    patched = read_json(records.patched, "patched build record")
+    orig_tree = project.root / read_json(records.build_orig, "original build record")["tree"]
+    pairs: list[tuple[str, Path | None, Path]] = []
+    for change in patched["changed"]:
+        if change["object"] in definition.build.ignore_objects:
+            continue
+        original = orig_tree / change["original"] if change["original"] else None
+        pairs.append((change["object"], original, records.patch_dir / "objects" / f"{change['object']}.XSPLICE"))
+    result = diff_patch(pairs, profile_named(definition.profile))
+    write_atomic(records.extract, result.extract)
+    write_json(records.diff, {
+        "functions": [asdict(function) for function in result.functions],
+        "objects": [explain_record(diff) for diff in result.objects],
+        "extract_sha256": sha256_bytes(result.extract),
+    })
+
+
+def stage_payload(project: Project, baseline: str, patch: str) -> None:
+    definition = load_baseline(project, baseline)
+    records = Records(project, baseline, patch)
+    diff = read_json(records.diff, "diff record")
+    base = read_json(records.build_base, "base build record")
+    image = BaseImage.load(project.root / base["image"])
+    functions = [PatchedFunction(**function) for function in diff["functions"]]
+    payload = make_payload(records.extract.read_bytes(), functions, image, profile_named(definition.profile))
+    write_atomic(records.unsigned, payload.data)
+    write_json(records.payload, {**payload.record(), "sha256": sha256_bytes(payload.data)})
+
+
+def stage_sign(project: Project, baseline: str, patch: str) -> list[str]:
+    """Sign and publish to out/; returns warnings (a loosely protected key) for the user."""
+    definition = load_baseline(project, baseline)
+    records = Records(project, baseline, patch)
+    keys = configured_keys(project.root)
+    key, certificate, warnings = load_keys(keys)
+    unsigned = records.unsigned.read_bytes()
+    signed = sign(unsigned, key, certificate)
+    report = _report(project, definition, records, patch, unsigned, signed, keys.certificate)
+    write_atomic(records.signed, signed)
+    write_json(records.report, report)
+    return warnings
+
+
+def _report(project: Project, definition: Baseline, records: Records, patch: str, unsigned: bytes, signed: bytes,
+            certificate: Path) -> dict[str, Any]:
+    checkout_record = read_json(records.checkout, "checkout record")
+    base = read_json(records.build_base, "base build record")
+    payload = read_json(records.payload, "payload record")
+    diff = read_json(records.diff, "diff record")
+    patched = read_json(records.patched, "patched build record")
+    new_functions = sorted({f"{entry['object']}: {name}" for entry in diff["objects"]
+                            for name in entry["new_functions"]})
+    return {
+        "patch": patch,
+        "baseline": definition.name,
+        "commit": checkout_record["commit"],
+        "source": checkout_record["source"],
+        "patch_sha256": patched["patch_sha256"],
+        "base_build_id": base["build_id"],
+        "base_image": _path_for_report(project.root / base["image"], records.out_dir),
+        "base_image_sha256": base["image_sha256"],
+        "toolchain_lock_sha256": toolchain.lock_digest(project.lock_path),
+        "functions": [{"name": f["name"], "old_size": f["old_size"], "new_size": f["new_size"],
+                       "old_addr": f"{f['old_addr']:#x}", "object": f["object"]} for f in payload["functions"]],
+        "new_functions": new_functions,
+        "objects_changed": [entry["object"] for entry in diff["objects"]],
+        "warnings": [w for entry in diff["objects"] for w in entry["warnings"]],
+        "ignored": [i for entry in diff["objects"] for i in entry["ignored"]],
+        "payload_build_id": payload["build_id"],
+        "unsigned_payload_sha256": sha256_bytes(unsigned),
+        "payload_sha256": sha256_bytes(signed),
+        "payload": records.signed.name,
+        "signer_certificate": _path_for_report(certificate, records.out_dir),
+        "xsplice_build_version": __version__,
+    }
+
+
+def _path_for_report(path: Path, report_dir: Path) -> str:
+    """Relative to report.json when both live in this checkout (so the tree can move), else absolute."""
+    resolved, root = path.resolve(), report_dir.resolve().parents[2]
+    return os.path.relpath(resolved, report_dir.resolve()) if resolved.is_relative_to(root) else str(resolved)
+
+
+def _tools(project: Project) -> dict[str, toolchain.Tool]:
+    recorded = read_json(project.toolchain_state, "toolchain check record")
+    return {name: toolchain.Tool(**tool) for name, tool in recorded["tools"].items()}
