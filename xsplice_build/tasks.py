@@ -147,13 +147,15 @@ class Pipeline:
         keys = configured_keys(self.project.root)
         for baseline, patch in self._pairs():
             records = stages.Records(self.project, baseline, patch)
-            task = self._subtask("sign", f"{baseline}/{patch}", "sign",
-                                 [records.payload, records.unsigned, self.project.lock_path],
+            # The report also reads the earlier records (commit, patch hash, base image).
+            inputs = [records.payload, records.unsigned, self.project.lock_path, records.checkout,
+                      records.build_base, records.patched, records.diff]
+            task = self._subtask("sign", f"{baseline}/{patch}", "sign", inputs,
                                  [records.signed, records.report], baseline=baseline, patch=patch)
             task["task_dep"] = ["dev-keys"]
             # One config_changed per task: doit keeps a single saved value for all of them.
-            task["uptodate"] = [config_changed({"code": code_fingerprint("sign"), "key": str(keys.key),
-                                                "certificate": str(keys.certificate)}), _keys_unchanged(keys)]
+            task["uptodate"] = [config_changed({"code": code_fingerprint("sign"), "key": self._path(keys.key),
+                                                "certificate": self._path(keys.certificate)}), _keys_unchanged(keys)]
             yield task
 
     def _subtask(self, basename: str, name: str, code: str, inputs: list[Path], targets: list[Path],
@@ -170,7 +172,8 @@ class Pipeline:
 
     def _path(self, path: Path) -> str:
         # Relative to the checkout (doit runs tasks from there), so a copied checkout keeps its cache.
-        return os.path.relpath(path, self.project.root)
+        inside = path.resolve().is_relative_to(self.project.root.resolve())
+        return os.path.relpath(path, self.project.root) if inside else str(path)
 
     def _pairs(self) -> list[tuple[str, str]]:
         return pairs(self.project, [b.name for b in self.baselines])

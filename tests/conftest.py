@@ -1,0 +1,88 @@
+"""Fixtures: copies of this checkout in temporary directories, built by the real pipeline.
+
+Tests never touch the checkout's own work/, out/ or keys/: each works in a copy, and
+the expensive cold build is done once per session and copied (caches stay valid,
+since every task path is relative to the checkout).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+_COPIED = ("dodo.py", "pyproject.toml", "toolchain.lock", "baseline", "patches")
+
+
+@dataclass
+class Checkout:
+    root: Path
+
+    def doit(self, *args: str, check: bool = True, env: dict[str, str] | None = None,
+             timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([str(BIN / "doit"), *args], cwd=self.root, capture_output=True, text=True,
+                                env={**os.environ, "XSPLICE_ROOT": str(self.root), **(env or {})},
+                                timeout=timeout, check=False)
+        if check and result.returncode != 0:
+            raise AssertionError(f"doit {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n"
+                                 f"{result.stderr}")
+        return result
+
+    def xsplice(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([str(BIN / "xsplice-build"), *args], cwd=self.root, capture_output=True,
+                                text=True, check=False, timeout=300)
+        if check and result.returncode != 0:
+            raise AssertionError(f"xsplice-build {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def out(self, patch: str, baseline: str = "minixen") -> Path:
+        return self.root / "out" / baseline / patch
+
+    def work(self, *parts: str) -> Path:
+        return self.root.joinpath("work", *parts)
+
+    def report(self, patch: str, baseline: str = "minixen") -> dict:
+        import json
+
+        return json.loads((self.out(patch, baseline) / "report.json").read_text())
+
+
+def copy_checkout(destination: Path, source: Path = REPO, with_state: bool = False) -> Checkout:
+    destination.mkdir(parents=True, exist_ok=True)
+    names = _COPIED + (("work", "out", "keys") if with_state else ())
+    for name in names:
+        path = source / name
+        if path.is_dir():
+            shutil.copytree(path, destination / name, symlinks=True)
+        elif path.exists():
+            shutil.copy2(path, destination / name)
+    return Checkout(destination)
+
+
+@pytest.fixture
+def checkout(tmp_path: Path) -> Checkout:
+    """A fresh copy of this checkout: sources only, nothing built."""
+    return copy_checkout(tmp_path / "checkout")
+
+
+@pytest.fixture(scope="session")
+def built_once(tmp_path_factory: pytest.TempPathFactory) -> Checkout:
+    """One copy where both bundled patches were built through the pipeline (shared, do not modify)."""
+    built = copy_checkout(tmp_path_factory.mktemp("built") / "checkout")
+    built.doit("build-patch", "XSA-131")
+    built.doit("build-patch", "regression-test")
+    return built
+
+
+@pytest.fixture
+def built(built_once: Checkout, tmp_path: Path) -> Iterator[Checkout]:
+    """A private copy of the built checkout, caches intact, to modify freely."""
+    yield copy_checkout(tmp_path / "built", built_once.root, with_state=True)

@@ -1,0 +1,38 @@
+"""Baseline definitions: read strictly, each mistake named with its file and key."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import Checkout
+
+from xsplice_build.baseline import load_baseline
+from xsplice_build.errors import ConfigError
+from xsplice_build.project import Project
+
+
+def test_the_bundled_definition_loads(checkout: Checkout) -> None:
+    baseline = load_baseline(Project(checkout.root), "minixen")
+    assert baseline.source.kind == "path" and baseline.build.image == "xen-syms"
+    assert baseline.profile == "xen-x86_64"
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda t: t.replace("[target]", "[targett]"), "unknown key 'targett'"),
+    (lambda t: t.replace('image = "xen-syms"', "image = 3"), "[build] key 'image' must be a string"),
+    (lambda t: t.replace('image = "xen-syms"\n', ""), "[build] missing key 'image'"),
+    (lambda t: t.replace('commit = "', 'commit = "zz', 1), "key 'commit' must be 40 lowercase hex digits"),
+    (lambda t: t.replace('split_sections = "wrapper"', 'split_sections = "always"'), "'split_sections' must be"),
+    (lambda t: t.replace('path = "sources/minixen"', 'path = "sources/minixen"\ngit = "x"'), "exactly one of"),
+])
+def test_a_malformed_definition_is_refused(checkout: Checkout, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    path = checkout.root / "baseline" / "minixen.toml"
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(ConfigError) as error:
+        load_baseline(Project(checkout.root), "minixen")
+    assert message in str(error.value) and "minixen.toml" in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["../minixen", "/etc/passwd", ".hidden", "a/b", ""])
+def test_names_that_would_leave_baseline_dir_are_refused(checkout: Checkout, name: str) -> None:
+    with pytest.raises(ConfigError, match="is not allowed"):
+        load_baseline(Project(checkout.root), name)

@@ -1,0 +1,48 @@
+"""Checkout: the bundled source reaches a pristine tree through git, pinned and reproducible."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import git
+import pytest
+from conftest import Checkout, copy_checkout
+
+from xsplice_build.baseline import load_baseline
+from xsplice_build.checkout import checkout, directory_commits
+from xsplice_build.errors import ConfigError
+from xsplice_build.project import Project
+
+
+def test_checkout_gives_a_clean_tree_at_the_pinned_commit(checkout_project: Project) -> None:
+    baseline = load_baseline(checkout_project, "minixen")
+    result = checkout(checkout_project, baseline)
+    repo = git.Repo(checkout_project.root / result.tree)
+    try:
+        assert repo.head.commit.hexsha == baseline.source.commit
+        assert not repo.is_dirty(untracked_files=True)
+    finally:
+        repo.close()
+
+
+def test_the_same_files_give_the_same_commit_in_another_directory(checkout_project: Project,
+                                                                   tmp_path: Path) -> None:
+    other = Project(copy_checkout(tmp_path / "elsewhere").root)
+    first = directory_commits(checkout_project, load_baseline(checkout_project, "minixen"))
+    assert directory_commits(other, load_baseline(other, "minixen")) == first
+
+
+def test_changed_bundled_files_are_refused_with_the_commit_to_pin(checkout_project: Project) -> None:
+    source = checkout_project.baseline_dir / "sources" / "minixen" / "common" / "version.c"
+    source.write_text(source.read_text() + "\n/* an unreviewed change */\n")
+    with pytest.raises(ConfigError) as error:
+        checkout(checkout_project, load_baseline(checkout_project, "minixen"))
+    message = str(error.value)
+    assert "pinned commit" in message and "update the pin" in message
+    new = directory_commits(checkout_project, load_baseline(checkout_project, "minixen"))[-1]
+    assert new in message
+
+
+@pytest.fixture
+def checkout_project(checkout: Checkout) -> Project:
+    return Project(checkout.root)

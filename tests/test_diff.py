@@ -1,0 +1,73 @@
+"""The function diff on real objects that gcc compiled for the bundled baseline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import Checkout
+
+from xsplice_build.diff.engine import diff_objects, diff_patch
+from xsplice_build.diff.profile import XEN_X86_64
+from xsplice_build.diff.state import Status
+from xsplice_build.errors import NothingToPatch
+
+
+def _orig(built: Checkout, name: str) -> Path:
+    return built.work("minixen", "orig", "tree", name)
+
+
+def _patched(built: Checkout, patch: str, name: str) -> Path:
+    return built.work("minixen", "patches", patch, "objects", f"{name}.XSPLICE")
+
+
+def test_xsa_131_changes_exactly_the_dispatcher(built_once: Checkout) -> None:
+    diff = diff_objects(_orig(built_once, "common/domctl.o"), _patched(built_once, "XSA-131", "common/domctl.o"),
+                        "common/domctl.o", XEN_X86_64)
+    assert [s.label for s in diff.changed_functions()] == ["do_domctl"]
+    assert diff.new_functions() == [] and diff.refusals == []
+    included = {s.name for s in diff.states.values() if s.included}
+    # The jump table travels with the function whose labels it holds.
+    assert included == {".text.do_domctl", ".rodata.do_domctl"}
+
+
+def test_the_static_local_is_referenced_in_the_base_image_not_copied(built_once: Checkout) -> None:
+    diff = diff_objects(_orig(built_once, "common/domctl.o"), _patched(built_once, "XSA-131", "common/domctl.o"),
+                        "common/domctl.o", XEN_X86_64)
+    result = diff_patch([("common/domctl.o", _orig(built_once, "common/domctl.o"),
+                          _patched(built_once, "XSA-131", "common/domctl.o"))], XEN_X86_64)
+    assert "domctl.c#domctl_count.0" in result.objects[0].base_references
+    assert not any(s.name.startswith(".bss") and s.included for s in diff.states.values())
+
+
+def test_a_changed_string_literal_travels_in_the_payload(built_once: Checkout) -> None:
+    diff = diff_objects(_orig(built_once, "common/version.o"),
+                        _patched(built_once, "regression-test", "common/version.o"), "common/version.o", XEN_X86_64)
+    [function] = diff.changed_functions()
+    assert function.label == "xen_extra_version"
+    assert function.reasons == ["relocation at +0x7 now refers to string '-Hello_World' (was string '-unstable')"]
+    strings = [s for s in diff.states.values() if s.included and ".str" in s.name]
+    assert len(strings) == 1 and b"-Hello_World\0" in strings[0].section.data
+
+
+def test_identity_every_object_against_itself_finds_no_change(built_once: Checkout) -> None:
+    objects = json.loads(built_once.work("minixen", "orig.json").read_text())["objects"]
+    assert len(objects) >= 10
+    for name in objects:
+        path = _orig(built_once, name)
+        diff = diff_objects(path, path, name, XEN_X86_64)
+        assert [s.name for s in diff.states.values() if s.status is not Status.SAME] == [], name
+        with pytest.raises(NothingToPatch):
+            diff_patch([(name, path, path)], XEN_X86_64)
+
+
+def test_the_diff_command_gives_the_pipelines_decision(built_once: Checkout) -> None:
+    result = built_once.xsplice("diff", str(_orig(built_once, "common/domctl.o")),
+                                str(_patched(built_once, "XSA-131", "common/domctl.o")), "--explain")
+    assert result.returncode == 0, result.stderr
+    assert "changed do_domctl (384 -> 400 bytes)" in result.stdout
+    assert "included    .rodata.do_domctl: read-only data used by do_domctl" in result.stdout
+    same = built_once.xsplice("diff", str(_orig(built_once, "common/domctl.o")),
+                              str(_orig(built_once, "common/domctl.o")))
+    assert same.returncode == 3 and "nothing to patch" in same.stderr

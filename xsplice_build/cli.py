@@ -1,0 +1,75 @@
+"""`xsplice-build`: the pipeline's engines as commands on files.
+
+    xsplice-build diff ORIG.o PATCHED.o [--explain] [--json] [-o EXTRACT.o]
+        The function diff of one object pair, as create-diff-object runs it. Exit 0:
+        something to patch; 3: nothing to patch; 4: unpatchable; 1: bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .diff.engine import diff_objects, nothing_to_patch_message
+from .diff.explain import explain_record, render
+from .diff.extract import Extract
+from .diff.profile import PROFILES, profile_named
+from .errors import NothingToPatch, Unpatchable, XspliceError
+from .files import write_atomic
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    arguments = parser.parse_args(argv)
+    try:
+        return int(arguments.run(arguments))
+    except XspliceError as error:
+        print(f"xsplice-build: {error.message}", file=sys.stderr)
+        return error.exit_code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xsplice-build", description="xsplice-build's engines on single files")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    diff = commands.add_parser("diff", help="diff one original and patched object, as create-diff-object does")
+    diff.add_argument("original", type=Path)
+    diff.add_argument("patched", type=Path)
+    diff.add_argument("--explain", action="store_true", help="show every correlation, change and inclusion")
+    diff.add_argument("--json", action="store_true", help="print the decisions as JSON")
+    diff.add_argument("-o", "--output", type=Path, help="write the extracted code (a relocatable object)")
+    diff.add_argument("--profile", default="xen-x86_64", choices=sorted(PROFILES))
+    diff.set_defaults(run=_diff)
+    return parser
+
+
+def _diff(arguments: argparse.Namespace) -> int:
+    result = diff_objects(arguments.original, arguments.patched, str(arguments.patched),
+                          profile_named(arguments.profile))
+    record = explain_record(result)
+    if arguments.json:
+        print(json.dumps(record, indent=2, sort_keys=True))
+    elif arguments.explain:
+        print("\n".join(render(record)))
+    if result.refusals:
+        raise Unpatchable(result.refusals)
+    extract = Extract()
+    extract.add(result)
+    data, functions = extract.finish()
+    if not functions:
+        raise NothingToPatch(nothing_to_patch_message([result]))
+    if not arguments.json:
+        for function in functions:
+            print(f"changed {function.name} ({function.old_size} -> {function.new_size} bytes)")
+        for name in record["new_functions"]:
+            print(f"new     {name}")
+        for text in record["warnings"] + record["ignored"]:
+            print(f"note    {text}")
+    if arguments.output:
+        write_atomic(arguments.output, data)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
