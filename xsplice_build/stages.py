@@ -24,6 +24,7 @@ from .diff.extract import PatchedFunction
 from .diff.profile import profile_named
 from .files import copy_tree, read_json, relative, remove_tree, sha256_bytes, sha256_file, write_atomic, write_json
 from .image import BaseImage
+from .layout import apply_layout, baseline_layout, func_layout
 from .patches import patch_file
 from .payload import make_payload
 from .project import Project
@@ -85,6 +86,7 @@ def stage_build_base(project: Project, baseline: str) -> None:
         "image_sha256": sha256_file(output.image),
         "build_id": output.build_id,
         "objects": output.objects,
+        "layout": baseline_layout(output.image, profile_named(definition.profile)),
     })
 
 
@@ -136,13 +138,12 @@ def stage_diff(project: Project, baseline: str, patch: str) -> None:
     records = Records(project, baseline, patch)
     patched = read_json(records.patched, "patched build record")
     orig_tree = project.root / read_json(records.build_orig, "original build record")["tree"]
+    layout = read_json(records.build_base, "base build record")["layout"]
     pairs: list[tuple[str, Path | None, Path]] = []
     for change in patched["changed"]:
-        if change["object"] in definition.build.ignore_objects:
-            continue
         original = orig_tree / change["original"] if change["original"] else None
         pairs.append((change["object"], original, records.patch_dir / "objects" / f"{change['object']}.XSPLICE"))
-    result = diff_patch(pairs, profile_named(definition.profile))
+    result = diff_patch(pairs, apply_layout(profile_named(definition.profile), layout))
     write_atomic(records.extract, result.extract)
     write_json(records.diff, {
         "functions": [asdict(function) for function in result.functions],
@@ -158,7 +159,9 @@ def stage_payload(project: Project, baseline: str, patch: str) -> None:
     base = read_json(records.build_base, "base build record")
     image = BaseImage.load(project.root / base["image"])
     functions = [PatchedFunction(**function) for function in diff["functions"]]
-    payload = make_payload(records.extract.read_bytes(), functions, image, profile_named(definition.profile))
+    profile = profile_named(definition.profile)
+    layout = func_layout(base["layout"], profile.livepatch_payload_version)
+    payload = make_payload(records.extract.read_bytes(), functions, image, profile, layout)
     write_atomic(records.unsigned, payload.data)
     write_json(records.payload, {**payload.record(), "sha256": sha256_bytes(payload.data)})
 

@@ -28,7 +28,7 @@ _PACKAGE = Path(__file__).resolve().parent
 # The code each stage runs: a change to it makes the stage's cached results stale.
 _STAGE_CODE = {
     "checkout": ["checkout.py", "baseline.py"],
-    "build": ["build.py", "baseline.py", "data/xsplice-cc", "elf/reader.py", "elf/notes.py"],
+    "build": ["build.py", "baseline.py", "data/xsplice-cc", "elf/reader.py", "elf/notes.py", "layout.py"],
     "diff": ["diff", "elf"],
     "payload": ["payload.py", "image.py", "elf"],
     "sign": ["sign.py", "stages.py"],

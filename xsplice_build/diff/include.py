@@ -86,6 +86,8 @@ def _follow(diff: ObjectDiff, source: SectionState, rela: Rela, take) -> None:  
         return
     if target.kind is Kind.STRINGS:
         take(target, f"string literals used by {source.label}")
+    elif target.kind is Kind.AUXILIARY:
+        take(target, f"out-of-line code or data used by {source.label}")
     elif target.kind is Kind.FUNCTION:
         if target.parent is not None:
             take(target, f"cold part of {target.parent.label}")

@@ -8,7 +8,7 @@ profile here, not touching the passes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..elf.constants import R_X86_64_64, R_X86_64_NONE, R_X86_64_PC32, R_X86_64_PLT32
 
@@ -26,6 +26,11 @@ class SpecialSection:
     anchor: int = 0
     # Entry fields (by offset) that hold a source line number in the relocation addend.
     line_fields: tuple[int, ...] = ()
+    # The C struct one entry is (read from the baseline's DWARF when it has it), plus trailing bytes.
+    struct: str | None = None
+    extra: int = 0
+    # False for a table the target's loader ignores: a patched function with entries there is refused.
+    loader_supported: bool = True
 
 
 @dataclass(frozen=True)
@@ -39,9 +44,9 @@ class TargetProfile:
     init_section_prefixes: tuple[str, ...]
     # Sections never diffed nor carried: debug info, notes and the like.
     ignored_section_prefixes: tuple[str, ...]
-    livepatch_func_size: int = 104
+    auxiliary_sections: tuple[str, ...] = ()
+    readonly_data_prefixes: tuple[str, ...] = ()
     livepatch_payload_version: int = 2
-    extra: dict[str, str] = field(default_factory=dict)
 
     def special(self, section_name: str) -> SpecialSection | None:
         for special in self.special_sections:
@@ -55,12 +60,19 @@ class TargetProfile:
     def is_init_section(self, section_name: str) -> bool:
         return section_name.startswith(self.init_section_prefixes)
 
+    def is_auxiliary(self, section_name: str) -> bool:
+        return section_name in self.auxiliary_sections
+
+    def is_readonly_data(self, section_name: str) -> bool:
+        return section_name.startswith(self.readonly_data_prefixes) if self.readonly_data_prefixes else False
+
 
 def _bug_frame(number: int) -> SpecialSection:
     # xen/arch/x86/include/asm/bug.h: two 32-bit displacements with the line split into their
     # top bits (8 bytes); an ASSERT frame (type 3) adds two more words for its message (16).
-    size = 16 if number == 3 else 8
-    return SpecialSection(f".bug_frames.{number}", size, anchor=0, line_fields=(0, 4))
+    extra = 8 if number == 3 else 0
+    return SpecialSection(f".bug_frames.{number}", 8 + extra, anchor=0, line_fields=(0, 4), struct="bug_frame",
+                          extra=extra)
 
 
 XEN_X86_64 = TargetProfile(
@@ -71,8 +83,18 @@ XEN_X86_64 = TargetProfile(
     special_sections=(
         *(_bug_frame(number) for number in range(4)),
         # struct exception_table_entry { s32 addr, cont; } (asm/uaccess.h)
-        SpecialSection(".ex_table", 8, anchor=0),
+        SpecialSection(".ex_table", 8, anchor=0, struct="exception_table_entry"),
+        # The pre-exception table (asm_defns.h _ASM_EXTABLE(..., .pre)): prepare_payload never reads it.
+        SpecialSection(".ex_table.pre", 8, anchor=0, struct="exception_table_entry", loader_supported=False),
+        # struct alt_instr { s32 orig_offset, repl_offset; u16 cpuid; u8 orig_len, repl_len, pad_len, priv; }
+        # __packed (asm/alternative.h): 14 bytes, anchored on the instruction it may replace.
+        SpecialSection(".altinstructions", 14, anchor=0, struct="alt_instr"),
     ),
+    # Out-of-line code that belongs to the functions whose entries point at it: carried when a kept
+    # entry needs it, never a function to patch in its own right.
+    auxiliary_sections=(".fixup", ".altinstr_replacement"),
+    # Written once by relocation processing, then only read: constant tables of pointers under -fpic.
+    readonly_data_prefixes=(".data.rel.ro",),
     # arch_livepatch_perform_rela in xen/arch/x86/livepatch.c
     accepted_relocations=frozenset({R_X86_64_NONE, R_X86_64_64, R_X86_64_PC32, R_X86_64_PLT32}),
     init_section_prefixes=(".init.",),

@@ -7,6 +7,7 @@ what to do instead; the engine raises them together, so a user fixes all in one 
 from __future__ import annotations
 
 from ..elf.constants import relocation_name
+from .include import kept_special_entries
 from .state import Kind, ObjectDiff, SectionState, Status
 
 
@@ -20,6 +21,9 @@ def verify(diff: ObjectDiff) -> None:
     for state in diff.changed_functions():
         if state.included:
             _room_for_the_jump(diff, state)
+    for state in diff.states.values():
+        if state.kind is Kind.SPECIAL:
+            _unsupported_table(diff, state)
     for state in diff.states.values():
         if state.kind is Kind.STRINGS and state.status is Status.CHANGED and not state.included:
             diff.ignored.append(f"{state.name}: string literals differ but no changed function uses them")
@@ -47,6 +51,15 @@ def _room_for_the_jump(diff: ObjectDiff, state: SectionState) -> None:
             f"{diff.label}: {old.name}: function is {old.size} bytes, too small for the "
             f"{diff.profile.jump_size}-byte jump{endbr} ({needed} bytes) [rule: jump-room]; "
             "change its callers instead, or make it larger (noinline padding)")
+
+
+def _unsupported_table(diff: ObjectDiff, state: SectionState) -> None:
+    layout = diff.profile.special(state.name)
+    if layout is None or layout.loader_supported or not kept_special_entries(diff, state):
+        return
+    diff.refusals.append(
+        f"{diff.label}: {state.name}: a patched function has entries here, which the {diff.profile.name} "
+        "loader does not process [rule: unsupported-table]; keep such code out of the patched functions")
 
 
 def _changed_data(diff: ObjectDiff, state: SectionState) -> None:

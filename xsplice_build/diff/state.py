@@ -20,6 +20,7 @@ class Kind(enum.Enum):
     STRINGS = "strings"  # mergeable string literals (.rodata.str*): no symbols, deduplicated by ld
     DATA = "data"  # writable data or bss: state the running hypervisor owns
     SPECIAL = "special"  # per-function tables of the target (bug frames, exception table)
+    AUXILIARY = "auxiliary"  # out-of-line code or data of kept special entries (.fixup, replacements)
     IGNORED = "ignored"  # debug info, notes, groups: never diffed, never carried
 
 
@@ -89,11 +90,13 @@ def classify(section: Section, profile: TargetProfile) -> Kind:
         return Kind.IGNORED
     if profile.special(section.name):
         return Kind.SPECIAL
+    if profile.is_auxiliary(section.name):
+        return Kind.AUXILIARY
     if section.is_text:
         return Kind.FUNCTION
     if section.flags & SHF_MERGE and section.flags & SHF_STRINGS:
         return Kind.STRINGS
-    if section.is_writable or section.type == SHT_NOBITS:
+    if (section.is_writable or section.type == SHT_NOBITS) and not profile.is_readonly_data(section.name):
         return Kind.DATA
     return Kind.RODATA
 
