@@ -23,6 +23,7 @@ _TOP = {
     "source": Field(dict, required=True, what="where the source comes from"),
     "build": Field(dict, required=True, what="how to build it"),
     "target": Field(dict, what="the target profile"),
+    "layout": Field(dict, what="where record layouts come from when the image has no DWARF"),
 }
 _SOURCE = {
     "path": Field(str, what="a directory or git repository, relative to baseline/ or absolute"),
@@ -40,7 +41,14 @@ _BUILD = {
     "config_dest": Field(str, what="where the configuration file goes in the tree"),
     "prepare": Field(list, what="argv run once in a fresh tree before building"),
     "objects_under": Field(str, what="only objects under this tree directory are diffed"),
-    "ignore_objects": Field(list, what="objects whose changes are never patched (version stamps)"),
+    "ignore_objects": Field(list, what="regular expressions of objects never diffed (32-bit boot code, symbol tables)"),
+    "compiler": Field(str, what="the name the compiler is invoked by (it can reach the image: `gcc --version`)"),
+    "expected_build_id": Field(str, what="the build-id the shipped image has; a rebuild must reproduce it"),
+}
+_LAYOUT = {
+    "probe_command": Field(str, what="a kbuild .cmd file whose compile command is reused to probe the headers"),
+    "probe_directory": Field(str, what="the tree directory that command runs in"),
+    "probe_includes": Field(list, what="headers that declare the records the payload needs"),
 }
 _TARGET = {
     "profile": Field(str, what="target profile, e.g. 'xen-x86_64'"),
@@ -75,6 +83,17 @@ class BuildRecipe:
     prepare: tuple[str, ...] = ()
     objects_under: str = ""
     ignore_objects: tuple[str, ...] = ()
+    compiler: str = "gcc"
+    expected_build_id: str | None = None
+
+
+@dataclass(frozen=True)
+class LayoutProbe:
+    """Compile a probe of the tree's own headers with its own flags (and -g), and read the DWARF."""
+
+    command_file: str
+    directory: str
+    includes: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -85,6 +104,7 @@ class Baseline:
     source: Source
     build: BuildRecipe
     profile: str = "xen-x86_64"
+    layout_probe: LayoutProbe | None = None
 
     def inputs(self) -> list[Path]:
         """Files whose content decides the checkout and builds (for the up-to-date checks)."""
@@ -118,6 +138,7 @@ def load_baseline(project: Project, name: str) -> Baseline:
         source=_source(path, data["source"], project),
         build=_build(path, data["build"], project),
         profile=check_table(path, "target", data.get("target", {}), _TARGET).get("profile", "xen-x86_64"),
+        layout_probe=_layout(path, data["layout"]) if "layout" in data else None,
     )
 
 
@@ -165,7 +186,24 @@ def _build(path: Path, table: object, project: Project) -> BuildRecipe:
         prepare=tuple(check_string_list(path, "build", "prepare", data.get("prepare", []))),
         objects_under=data.get("objects_under", ""),
         ignore_objects=tuple(check_string_list(path, "build", "ignore_objects", data.get("ignore_objects", []))),
+        compiler=data.get("compiler", "gcc"),
+        expected_build_id=_build_id(path, data.get("expected_build_id")),
     )
+
+
+def _build_id(path: Path, value: str | None) -> str | None:
+    if value is not None and not re.fullmatch(r"[0-9a-f]{16,128}", value):
+        raise ConfigError(f"{path}: [build] key 'expected_build_id' must be lowercase hex, not {value!r}")
+    return value
+
+
+def _layout(path: Path, table: object) -> LayoutProbe:
+    data = check_table(path, "layout", table, _LAYOUT)
+    for key in _LAYOUT:
+        if key not in data:
+            raise ConfigError(f"{path}: [layout] missing key {key!r} ({_LAYOUT[key].what})")
+    return LayoutProbe(command_file=data["probe_command"], directory=data["probe_directory"],
+                       includes=tuple(check_string_list(path, "layout", "probe_includes", data["probe_includes"])))
 
 
 def _local(project: Project, value: str) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass
 from importlib import resources
@@ -51,17 +52,38 @@ def prepare_tree(project: Project, baseline: Baseline, source_tree: Path, tree: 
         destination.write_bytes(baseline.build.config.read_bytes())
 
 
+def compiler_link(bin_dir: Path, baseline: Baseline, tools: dict[str, Tool]) -> Path:
+    """The wrapper, under the name the recipe invokes the compiler by.
+
+    `gcc --version` reaches Xen's compile.h and so the image: the wrapper must carry the
+    compiler's name, and the one place it lives (per baseline) keeps make's recorded
+    command lines identical in every copy of a build tree.
+    """
+    real = shutil.which(baseline.build.compiler)
+    if real is None or os.path.realpath(real) != tools["gcc"].path:
+        raise BuildError(f"{baseline.definition}: compiler {baseline.build.compiler!r} does not resolve to the "
+                         f"locked gcc {tools['gcc'].path}; install it or fix [build] compiler")
+    link = bin_dir / Path(baseline.build.compiler).name
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink() or os.readlink(link) != str(wrapper_path()):
+        link.unlink(missing_ok=True)
+        link.symlink_to(wrapper_path())
+    return link
+
+
 def run_build(baseline: Baseline, tree: Path, tools: dict[str, Tool], extra_cflags: str, log: Path,
-              prepare: bool) -> BuildOutput:
+              prepare: bool, bin_dir: Path) -> BuildOutput:
     """Run the recipe in `tree`; returns what it compiled and the image it linked."""
     objlog = log.with_suffix(".objects")
     objlog.unlink(missing_ok=True)
+    compiler = compiler_link(bin_dir, baseline, tools)
     env = _environment(baseline, tree, tools, extra_cflags, objlog)
+    env["XSPLICE_CC"] = shutil.which(baseline.build.compiler) or tools["gcc"].path
     commands = [baseline.build.prepare] if prepare and baseline.build.prepare else []
     commands.append(baseline.build.command)
     with log.open("w") as output:
         for template in commands:
-            argv = [_fill(word, tools) for word in template]
+            argv = [_fill(word, tools, compiler) for word in template]
             output.write("$ " + " ".join(argv) + "\n")
             output.flush()
             result = subprocess.run(argv, cwd=tree, env=env, stdout=output, stderr=subprocess.STDOUT,
@@ -74,6 +96,15 @@ def run_build(baseline: Baseline, tree: Path, tools: dict[str, Tool], extra_cfla
         raise BuildError(f"{baseline.definition}: the build made no image at {baseline.build.image}")
     return BuildOutput(tree=tree, objects=_compiled_objects(baseline, tree, objlog), image=image,
                        build_id=image_build_id(read_elf_file(image)).hex())
+
+
+def check_expected_build_id(baseline: Baseline, output: BuildOutput) -> None:
+    """Is the old code the same as what the hot-patch is based on? The rebuild must be the shipped image."""
+    expected = baseline.build.expected_build_id
+    if expected and output.build_id != expected:
+        raise BuildError(f"{baseline.definition}: the rebuilt image has build-id {output.build_id}, but the shipped "
+                         f"one is {expected}: same source, config and toolchain must give the same image; check the "
+                         "toolchain lock and [build] env before trusting this baseline")
 
 
 def apply_patch(patch: Path, tree: Path) -> list[str]:
@@ -110,8 +141,8 @@ def _environment(baseline: Baseline, tree: Path, tools: dict[str, Tool], extra_c
     return env
 
 
-def _fill(word: str, tools: dict[str, Tool]) -> str:
-    return word.format(jobs=os.cpu_count() or 1, cc=wrapper_path(), ld=tools["ld"].path)
+def _fill(word: str, tools: dict[str, Tool], compiler: Path) -> str:
+    return word.format(jobs=os.cpu_count() or 1, cc=compiler, ld=tools["ld"].path)
 
 
 def _compiled_objects(baseline: Baseline, tree: Path, objlog: Path) -> dict[str, str]:

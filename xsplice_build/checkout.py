@@ -176,7 +176,8 @@ def _require_commit(clone: Path, baseline: Baseline) -> None:
     if _has_commit(clone, baseline.source.commit):
         return
     hint = ""
-    if baseline.source.path and not (baseline.source.path / ".git").exists():
+    source = baseline.source
+    if source.debian or (source.path and not (source.path / ".git").exists()):
         commits = _run_git(["-C", str(clone), "rev-list", "--reverse", "--all"]).split()
         hint = f"; the files there give {', '.join(commits)} (oldest first): review the change, then update the pin"
     raise ConfigError(f"{baseline.definition}: pinned commit {baseline.source.commit} is not in "

@@ -9,6 +9,9 @@ record says which source each figure came from.
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,8 +21,10 @@ from elftools.common.exceptions import ELFError as PyElfError
 from elftools.dwarf.die import DIE
 from elftools.elf.elffile import ELFFile
 
+from .baseline import LayoutProbe
 from .diff.profile import TargetProfile
 from .elf.livepatch import XEN_4_17_FUNC, FuncLayout
+from .errors import BuildError
 
 # Where each record is declared, to look there first: scanning every unit of a real hypervisor's
 # DWARF costs far more than the few units that use the type.
@@ -64,21 +69,83 @@ def read_structs(image: Path, names: Iterable[str]) -> dict[str, StructLayout]:
     return found
 
 
-def baseline_layout(image: Path, profile: TargetProfile) -> dict[str, Any]:
+def wanted_structs(profile: TargetProfile) -> set[str]:
+    return {*(s.struct for s in profile.special_sections if s.struct), "livepatch_func"}
+
+
+def probe_structs(tree: Path, probe: LayoutProbe, compiler: str, names: set[str]) -> dict[str, StructLayout]:
+    """Compile a probe of the tree's headers with the flags the tree compiled `probe.command_file`'s object with.
+
+    Used when the shipped image has no DWARF (Xen without CONFIG_DEBUG_INFO): the records'
+    layouts still come from the baseline's own headers, through its own compiler flags.
+    """
+    command = _kbuild_command(tree / probe.command_file)
+    flags = _without_outputs(shlex.split(command)[1:])
+    with tempfile.TemporaryDirectory(prefix="xsplice-probe-") as scratch:
+        source, output = Path(scratch) / "probe.c", Path(scratch) / "probe.o"
+        lines = [f"#include <{header}>" for header in probe.includes]
+        lines += [f"struct {name} *xsplice_probe_{name};" for name in sorted(names)]
+        source.write_text("\n".join(lines) + "\n")
+        result = subprocess.run([compiler, *flags, "-g", "-c", str(source), "-o", str(output)],
+                                cwd=tree / probe.directory, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            first = (result.stderr.strip().splitlines() or ["no output"])[0]
+            raise BuildError(f"{probe.command_file}: the layout probe does not compile with the tree's flags: {first}")
+        return read_structs(output, names)
+
+
+def _kbuild_command(path: Path) -> str:
+    try:
+        for line in path.read_text().splitlines():
+            if line.startswith("cmd_") and ":=" in line:
+                return line.split(":=", 1)[1].strip()
+    except OSError as error:
+        raise BuildError(f"{path}: cannot read the compile command for the layout probe: {error}") from None
+    raise BuildError(f"{path}: no cmd_ line (is it a kbuild .cmd file?)")
+
+
+_TAKES_VALUE = frozenset({"-include", "-imacros", "-I", "-isystem", "-iquote", "-idirafter", "-x", "-D", "-U",
+                          "-MF", "-MQ", "-MT", "-o"})
+_DROPPED_WITH_VALUE = frozenset({"-MF", "-MQ", "-MT", "-o"})
+
+
+def _without_outputs(arguments: list[str]) -> list[str]:
+    """The compile flags alone: no source, no object, no dependency files written into the tree."""
+    kept: list[str] = []
+    previous = ""
+    for argument in arguments:
+        if previous in _DROPPED_WITH_VALUE:
+            previous = ""
+            continue
+        if argument in _DROPPED_WITH_VALUE or argument in ("-c", "-MMD", "-MD", "-MP"):
+            previous = argument
+            continue
+        if previous not in _TAKES_VALUE and not argument.startswith("-") and argument.endswith((".c", ".S", ".s")):
+            previous = argument
+            continue
+        kept.append(argument)
+        previous = argument
+    return kept
+
+
+def baseline_layout(image: Path, profile: TargetProfile,
+                    probed: dict[str, StructLayout] | None = None) -> dict[str, Any]:
     """The figures the diff and payload stages need, each with where it came from."""
-    structs = read_structs(image, {*(s.struct for s in profile.special_sections if s.struct), "livepatch_func"})
+    structs = probed if probed is not None else read_structs(image, wanted_structs(profile))
+    origin = "DWARF of the headers (probe)" if probed is not None else "DWARF"
     entries: dict[str, dict[str, Any]] = {}
     for special in profile.special_sections:
         struct = structs.get(special.struct) if special.struct else None
         if struct is not None:
-            entries[special.name] = {"entry_size": struct.size + special.extra, "source": f"DWARF struct {struct.name}"
+            entries[special.name] = {"entry_size": struct.size + special.extra,
+                                     "source": f"{origin} struct {struct.name}"
                                      + (f" + {special.extra}" if special.extra else "")}
         else:
             entries[special.name] = {"entry_size": special.entry_size, "source": "target profile"}
     func = structs.get("livepatch_func")
     if func is not None and all(member in func.members for member in _FUNC_MEMBERS):
         layout = {"size": func.size, **{member: func.members[member] for member in _FUNC_MEMBERS},
-                  "source": "DWARF struct livepatch_func"}
+                  "source": f"{origin} struct livepatch_func"}
     else:
         layout = {**_func_fields(XEN_4_17_FUNC), "source": "target profile (Xen 4.17 public/sysctl.h)"}
     return {"special_sections": entries, "livepatch_func": layout}

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import __version__, toolchain
 from .baseline import Baseline, load_baseline
-from .build import SPLIT_SECTIONS_FLAGS, apply_patch, prepare_tree, run_build
+from .build import SPLIT_SECTIONS_FLAGS, apply_patch, check_expected_build_id, prepare_tree, run_build
 from .checkout import checkout
 from .diff.engine import diff_patch
 from .diff.explain import explain_record
@@ -24,7 +24,7 @@ from .diff.extract import PatchedFunction
 from .diff.profile import profile_named
 from .files import copy_tree, read_json, relative, remove_tree, sha256_bytes, sha256_file, write_atomic, write_json
 from .image import BaseImage
-from .layout import apply_layout, baseline_layout, func_layout
+from .layout import apply_layout, baseline_layout, func_layout, probe_structs, wanted_structs
 from .patches import patch_file
 from .payload import make_payload
 from .project import Project
@@ -40,6 +40,7 @@ class Records:
         self.checkout = self.base / "checkout.json"
         self.build_base = self.base / "base.json"
         self.build_orig = self.base / "orig.json"
+        self.bin = self.base / "bin"
         if patch is not None:
             self.patch_dir = project.patch_work(baseline, patch)
             self.patched = self.patch_dir / "patched.json"
@@ -79,15 +80,26 @@ def stage_build_base(project: Project, baseline: str) -> None:
     tree = records.base / "base" / "tree"
     prepare_tree(project, definition, source, tree)
     # With split_sections = "base" the shipped build already has one section per function.
-    output = run_build(definition, tree, _tools(project), "", records.base / "base" / "build.log", prepare=True)
+    output = run_build(definition, tree, _tools(project), "", records.base / "base" / "build.log", prepare=True,
+                       bin_dir=records.bin)
+    check_expected_build_id(definition, output)
     write_json(records.build_base, {
         "tree": relative(tree, project.root),
         "image": relative(output.image, project.root),
         "image_sha256": sha256_file(output.image),
         "build_id": output.build_id,
         "objects": output.objects,
-        "layout": baseline_layout(output.image, profile_named(definition.profile)),
+        "layout": _layout(definition, tree, output.image),
     })
+
+
+def _layout(definition: Baseline, tree: Path, image: Path) -> dict[str, Any]:
+    profile = profile_named(definition.profile)
+    if definition.layout_probe is None:
+        return baseline_layout(image, profile)
+    compiler = shutil.which(definition.build.compiler) or definition.build.compiler
+    probed = probe_structs(tree, definition.layout_probe, compiler, wanted_structs(profile))
+    return baseline_layout(image, profile, probed)
 
 
 def stage_build_orig(project: Project, baseline: str) -> None:
@@ -101,7 +113,7 @@ def stage_build_orig(project: Project, baseline: str) -> None:
     tree = records.base / "orig" / "tree"
     prepare_tree(project, definition, source, tree)
     output = run_build(definition, tree, _tools(project), SPLIT_SECTIONS_FLAGS, records.base / "orig" / "build.log",
-                       prepare=True)
+                       prepare=True, bin_dir=records.bin)
     write_json(records.build_orig, {"tree": relative(tree, project.root), "objects": output.objects,
                                     "built_by": "build-orig"})
 
@@ -115,7 +127,8 @@ def stage_build_patched(project: Project, baseline: str, patch: str) -> None:
     copy_tree(project.root / orig["tree"], tree)
     touched = apply_patch(source, tree)
     flags = SPLIT_SECTIONS_FLAGS if definition.build.split_sections == "wrapper" else ""
-    output = run_build(definition, tree, _tools(project), flags, records.patch_dir / "build.log", prepare=False)
+    output = run_build(definition, tree, _tools(project), flags, records.patch_dir / "build.log", prepare=False,
+                       bin_dir=records.bin)
     objects_dir = records.patch_dir / "objects"
     remove_tree(objects_dir)
     changed = []

@@ -13,7 +13,7 @@ import re
 from collections import defaultdict
 
 from ..elf.model import ElfFile, Section
-from .state import Kind, ObjectDiff, SectionState, classify, naming_symbol
+from .state import Kind, ObjectDiff, SectionState, anchor_symbol, classify, naming_symbol
 
 _CLONE_SUFFIX = re.compile(r"\.(isra|constprop|part|lto_priv|localalias|specialized)\.\d+")
 _NUMBER_SUFFIX = re.compile(r"\.\d+$")
@@ -36,6 +36,10 @@ def correlate(diff: ObjectDiff) -> None:
             state.twin = twin
             state.twin_symbol = naming_symbol(diff.original, twin)
             state.how = "same name" if twin.name == section.name else f"numbers normalised ({twin.name})"
+            state.anchor = state.symbol or anchor_symbol(diff.patched, section)
+            if state.anchor is not None:
+                state.twin_anchor = state.twin_symbol if state.symbol else \
+                    anchor_symbol(diff.original, twin, state.anchor.name)
         diff.states[section.index] = state
     _attach_cold_parts(diff)
 

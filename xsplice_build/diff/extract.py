@@ -105,12 +105,12 @@ class Extract:
             return OutRela(offset, rela.type, self._section_symbol(out), symbol.value + rela.addend)
         target = diff.state_of(symbol.shndx)
         name = base_reference(diff, target) if target is not None else None
-        if target is None or name is None or target.symbol is None:
+        if target is None or name is None or target.anchor is None:
             what = target.label if target else f"section {symbol.shndx}"
             raise XspliceError(f"{diff.label}: {state.label}+{rela.offset:#x}: refers to {what}, which is "
                                "neither carried in the payload nor named in the base image")
         diff.base_references.add(name)
-        return OutRela(offset, rela.type, self._external(name), symbol.value + rela.addend - target.symbol.value)
+        return OutRela(offset, rela.type, self._external(name), symbol.value + rela.addend - target.anchor.value)
 
     def _add_section(self, out: OutSection) -> None:
         self.sections.append(out)

@@ -72,9 +72,9 @@ def kept_special_relocations(diff: ObjectDiff, special: SectionState) -> list[Re
 
 def base_reference(diff: ObjectDiff, target: SectionState) -> str | None:
     """The base image's name for an unchanged section's symbol, or None when it has none."""
-    if target.status is not Status.SAME or target.twin_symbol is None or target.symbol is None:
+    if target.status is not Status.SAME or target.twin_anchor is None or target.anchor is None:
         return None
-    return target.twin_symbol.xen_name
+    return target.twin_anchor.xen_name
 
 
 def _follow(diff: ObjectDiff, source: SectionState, rela: Rela, take) -> None:  # type: ignore[no-untyped-def]

@@ -97,7 +97,7 @@ XEN_X86_64 = TargetProfile(
     readonly_data_prefixes=(".data.rel.ro",),
     # arch_livepatch_perform_rela in xen/arch/x86/livepatch.c
     accepted_relocations=frozenset({R_X86_64_NONE, R_X86_64_64, R_X86_64_PC32, R_X86_64_PLT32}),
-    init_section_prefixes=(".init.",),
+    init_section_prefixes=(".init.", ".initcall"),
     ignored_section_prefixes=(".debug_", ".comment", ".note.GNU-stack", ".note.gnu.property", ".eh_frame",
                               ".group", ".discard", ".rela", ".symtab", ".strtab", ".shstrtab",
                               ".llvm_addrsig"),

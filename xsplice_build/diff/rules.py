@@ -65,14 +65,29 @@ def _unsupported_table(diff: ObjectDiff, state: SectionState) -> None:
 def _changed_data(diff: ObjectDiff, state: SectionState) -> None:
     if state.kind is not Kind.DATA or state.status is not Status.CHANGED:
         return
+    if diff.profile.is_init_section(state.name):
+        diff.warnings.append(f"{diff.label}: {state.label}: change to init-only data ignored (used at boot only)")
+        return
     diff.refusals.append(
-        f"{diff.label}: {state.label}: changed data ({'; '.join(state.reasons)}) [rule: changed-data]; "
+        f"{diff.label}: {_data_label(diff, state)}: changed data ({'; '.join(state.reasons)}) [rule: changed-data]; "
         "the running hypervisor owns this state and a payload cannot rewrite or resize it: keep the "
         "data as it is and change the code that uses it")
 
 
+def _data_label(diff: ObjectDiff, state: SectionState) -> str:
+    """The variables whose bytes differ, when a section holds several (.data.read_mostly)."""
+    if state.symbol is not None or state.twin is None:
+        return state.label
+    old, new = state.twin.data, state.section.data
+    changed = [s.name for s in diff.patched.symbols_in(state.section.index) if s.name and s.size and
+               (s.value + s.size > len(old) or old[s.value:s.value + s.size] != new[s.value:s.value + s.size])]
+    return f"{', '.join(changed)} in {state.name}" if changed else state.label
+
+
 def _new_data(diff: ObjectDiff, state: SectionState) -> None:
     if state.kind is not Kind.DATA or state.status is not Status.NEW or not state.reasons:
+        return
+    if diff.profile.is_init_section(state.name):
         return
     users = ", ".join(reason.removeprefix("new data used by ") for reason in state.reasons)
     diff.refusals.append(

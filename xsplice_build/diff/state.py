@@ -38,6 +38,10 @@ class SectionState:
     symbol: Symbol | None  # the function or object that names the section, if exactly one does
     twin: Section | None = None
     twin_symbol: Symbol | None = None
+    # A named symbol of the section (and its twin's namesake) to reach it from the base image when
+    # no single symbol names it (several variables in .data.read_mostly, asm sections).
+    anchor: Symbol | None = None
+    twin_anchor: Symbol | None = None
     how: str = ""  # how the twin was found, for --explain
     status: Status = Status.SAME
     reasons: list[str] = field(default_factory=list)
@@ -103,9 +107,18 @@ def classify(section: Section, profile: TargetProfile) -> Kind:
 
 def naming_symbol(elf: ElfFile, section: Section) -> Symbol | None:
     """The one function or object symbol at the start of `section`, as -ffunction-sections makes."""
-    candidates = [s for s in elf.symbols if s.shndx == section.index and (s.is_function or s.is_object)
-                  and s.name]
+    candidates = [s for s in elf.symbols_in(section.index) if (s.is_function or s.is_object) and s.name]
     if len(candidates) == 1:
         return candidates[0]
     at_start = [s for s in candidates if s.value == 0]
     return at_start[0] if len(at_start) == 1 else None
+
+
+def anchor_symbol(elf: ElfFile, section: Section, name: str | None = None) -> Symbol | None:
+    """A named symbol in `section` (the one called `name` if given): any such symbol locates the whole
+    section in the linked image, because ld keeps an input section's bytes together."""
+    named = [s for s in elf.symbols_in(section.index) if s.name and not s.is_section and not s.is_file
+             and not s.name.startswith(".L")]
+    if name is not None:
+        named = [s for s in named if s.name == name]
+    return min(named, key=lambda s: (s.value, s.index)) if named else None

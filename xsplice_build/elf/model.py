@@ -133,6 +133,7 @@ class ElfFile:
     symbols: list[Symbol]
     symtab_index: int | None
     program_headers: list[tuple[int, int, int, int, int, int, int, int]] = field(default_factory=list)
+    _by_section: dict[int, list[Symbol]] | None = field(default=None, repr=False)
 
     def section_named(self, name: str) -> Section | None:
         for section in self.sections:
@@ -147,6 +148,16 @@ class ElfFile:
         if symbol.is_undefined or symbol.is_special_index:
             return None
         return self.sections[symbol.shndx]
+
+    def symbols_in(self, section_index: int) -> list[Symbol]:
+        """The symbols defined in a section, in symbol-table order (indexed once per file)."""
+        if self._by_section is None:
+            index: dict[int, list[Symbol]] = {}
+            for symbol in self.symbols[1:]:
+                if not symbol.is_undefined and not symbol.is_special_index:
+                    index.setdefault(symbol.shndx, []).append(symbol)
+            self._by_section = index
+        return self._by_section.get(section_index, [])
 
     def defined_symbols(self) -> list[Symbol]:
         return [s for s in self.symbols[1:] if not s.is_undefined and not s.is_special_index and s.name]
