@@ -7,6 +7,8 @@ what to do instead; the engine raises them together, so a user fixes all in one 
 from __future__ import annotations
 
 from ..elf.constants import relocation_name
+from ..elf.model import ElfFile, Section, Symbol
+from .correlate import normalise
 from .include import kept_special_entries
 from .state import Kind, ObjectDiff, SectionState, Status
 
@@ -75,13 +77,41 @@ def _changed_data(diff: ObjectDiff, state: SectionState) -> None:
 
 
 def _data_label(diff: ObjectDiff, state: SectionState) -> str:
-    """The variables whose bytes differ, when a section holds several (.data.read_mostly)."""
+    """What changed, by name, when a section holds several symbols (.data.read_mostly, .init.text)."""
     if state.symbol is not None or state.twin is None:
         return state.label
-    old, new = state.twin.data, state.section.data
-    changed = [s.name for s in diff.patched.symbols_in(state.section.index) if s.name and s.size and
-               (s.value + s.size > len(old) or old[s.value:s.value + s.size] != new[s.value:s.value + s.size])]
+    changed = changed_symbols(diff, state)
     return f"{', '.join(changed)} in {state.name}" if changed else state.label
+
+
+def changed_symbols(diff: ObjectDiff, state: SectionState) -> list[str]:
+    """The named symbols of a shared section whose bytes or relocations differ from their twins'."""
+    assert state.twin is not None
+    old_by_name = {s.name: s for s in diff.original.symbols_in(state.twin.index) if s.name}
+    changed = []
+    for new in diff.patched.symbols_in(state.section.index):
+        old = old_by_name.get(new.name)
+        if not new.name or new.is_section or new.is_file or new.name.startswith(".L"):
+            continue
+        if old is None or _symbol_bytes(diff.original, state.twin, old) != _symbol_bytes(diff.patched,
+                                                                                          state.section, new):
+            changed.append(new.name)
+    return changed
+
+
+def _symbol_bytes(elf: ElfFile, section: Section, symbol: Symbol) -> tuple[bytes, tuple[object, ...]]:
+    """A symbol's bytes, and its relocations by symbol-relative offset, type and target name."""
+    start, end = symbol.value, symbol.value + max(symbol.size, 1)
+    relocations = tuple((r.offset - start, r.type, _target_name(elf, r.symbol), r.addend)
+                        for r in section.relocations if start <= r.offset < end)
+    return section.data[start:end], relocations
+
+
+def _target_name(elf: ElfFile, index: int) -> str:
+    target = elf.symbols[index]
+    if target.is_section and not target.is_special_index and not target.is_undefined:
+        return normalise(elf.sections[target.shndx].name)
+    return normalise(target.name)
 
 
 def _new_data(diff: ObjectDiff, state: SectionState) -> None:
@@ -100,7 +130,7 @@ def _init_only_change(diff: ObjectDiff, state: SectionState) -> None:
         return
     if diff.profile.is_init_section(state.name):
         diff.warnings.append(
-            f"{diff.label}: {state.label}: change to init-only code ignored (it ran at boot and is gone)")
+            f"{diff.label}: {_data_label(diff, state)}: change to init-only code ignored (it ran at boot and is gone)")
 
 
 def _relocation_types(diff: ObjectDiff, state: SectionState) -> None:

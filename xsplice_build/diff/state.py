@@ -110,8 +110,11 @@ def naming_symbol(elf: ElfFile, section: Section) -> Symbol | None:
     candidates = [s for s in elf.symbols_in(section.index) if (s.is_function or s.is_object) and s.name]
     if len(candidates) == 1:
         return candidates[0]
-    at_start = [s for s in candidates if s.value == 0]
-    return at_start[0] if len(at_start) == 1 else None
+    # Several names for one thing (aliases, all at the start) still name the section; several
+    # things (variables in .data.read_mostly, functions in .init.text) do not.
+    if candidates and all(s.value == 0 and s.size == candidates[0].size for s in candidates):
+        return min(candidates, key=lambda s: (s.bind == 0, s.index))
+    return None
 
 
 def anchor_symbol(elf: ElfFile, section: Section, name: str | None = None) -> Symbol | None:
