@@ -43,6 +43,7 @@ struct payload {
     uint8_t build_id[BUILD_ID_MAX], depends[BUILD_ID_MAX];
     unsigned int build_id_len, depends_len;
     char sections[1024];
+    char error[128];
 };
 
 static struct payload payloads[LIVEPATCH_MAX_PAYLOADS];
@@ -532,6 +533,7 @@ void livepatch_quiesce(void)
     pending.data = NULL;
     error[0] = '\0';
     data->rc = pending.cmd == LIVEPATCH_ACTION_APPLY ? apply_payload(data) : revert_payload(data);
+    snprintf(data->error, sizeof(data->error), "%s", data->rc ? error : "");
 }
 
 static int livepatch_action(const char *name, unsigned int cmd)
@@ -596,6 +598,8 @@ static size_t livepatch_get(const struct payload *data, char *buf, size_t size, 
     for ( i = 0; i < data->build_id_len; i++ )
         len = emit(buf, size, len, "%02x", data->build_id[i]);
     len = emit(buf, size, len, "\nsections : %s\n", data->sections);
+    if ( data->error[0] )
+        len = emit(buf, size, len, "error : %s\n", data->error);
     for ( i = 0; i < data->nfuncs; i++ )
         len = emit(buf, size, len, "func : %s old=%p new=%p old_size=%u new_size=%u patch_offset=%u\n",
                    data->funcs[i].name, data->funcs[i].old_addr, data->funcs[i].new_addr,

@@ -131,6 +131,7 @@ static void serve_socket(const char *path)
     fd = syscall3(__NR_socket, AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if ( fd < 0 || syscall3(__NR_bind, fd, &addr, sizeof(addr)) || syscall3(__NR_listen, fd, 4, 0) )
         panic("cannot listen on %s", path);
+    syscall3(__NR_chmod, path, 0600, 0); /* only the owner may connect */
     printk("listening on %s\n", path);
     for ( ;; )
     {

@@ -13,6 +13,7 @@
 #define __NR_lseek         8
 #define __NR_umask        95
 #define __NR_unlink       87
+#define __NR_chmod        90
 
 #define O_RDONLY          0
 #define O_RDWR            2
