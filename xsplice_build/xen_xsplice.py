@@ -4,6 +4,7 @@
     xen-xsplice info                   the running image's version lines (xen_extra : ...)
     xen-xsplice upload NAME PATH [--cert CERT]
     xen-xsplice list | check NAME | apply NAME | revert NAME | unload NAME | shutdown
+    xen-xsplice prove PATCH [PATH]     upload, probe, apply, probe, revert, probe, unload
 
 Every refusal is one line on stderr and a non-zero exit; the running image is untouched.
 """
@@ -11,6 +12,7 @@ Every refusal is one line on stderr and a non-zero exit; the running image is un
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -19,7 +21,8 @@ from .elf.notes import parse_build_id_note
 from .elf.reader import read_elf
 from .errors import PayloadRejected, XspliceError
 from .hypervisor import STATE_APPLIED, STATE_CHECKED, STATE_NAMES, Connection, HypervisorError, RunDir
-from .project import Project
+from .probes import check_phase, load_probes, probe_file
+from .project import Project, check_name
 
 # The states an action may start from (Xen's livepatch state machine), shown as "ok are".
 ALLOWED = {"check": STATE_CHECKED | STATE_APPLIED, "apply": STATE_CHECKED, "revert": STATE_APPLIED,
@@ -53,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(action, help=f"{action} a loaded payload")
         command.add_argument("name")
         command.set_defaults(run=_check if action == "check" else _action, action=action)
+    prove = commands.add_parser("prove", help="apply and revert a patch's payload, checking its probes each time")
+    prove.add_argument("patch")
+    prove.add_argument("path", type=Path, nargs="?", help="the signed payload (default: out/BASELINE/PATCH/)")
+    prove.add_argument("--cert", type=Path, help="trusted certificate")
+    prove.set_defaults(run=_prove)
     commands.add_parser("shutdown", help="stop the running image").set_defaults(run=_shutdown)
     return parser
 
@@ -71,18 +79,22 @@ def _info(project: Project, arguments: argparse.Namespace) -> None:
 
 def _upload(project: Project, arguments: argparse.Namespace) -> None:
     certificate = arguments.cert or hypervisor.trusted_certificate(project)
+    with RunDir.of(project).connect() as connection:
+        upload(connection, arguments.name, arguments.path, certificate)
+
+
+def upload(connection: Connection, name: str, path: Path, certificate: Path) -> None:
+    """Verify the signature and the build-id dependency here, then hand the unsigned payload over."""
     try:
-        signed = arguments.path.read_bytes()
+        signed = path.read_bytes()
     except OSError as error:
-        raise HypervisorError(f"{arguments.path}: cannot read: {error.strerror or error}") from None
+        raise HypervisorError(f"{path}: cannot read: {error.strerror or error}") from None
     if not certificate.is_file():
         raise HypervisorError(f"{certificate}: trusted certificate not found; pass --cert or run `doit dev-keys`")
-    payload = sign.verify(signed, certificate, str(arguments.path))
-    with RunDir.of(project).connect() as connection:
-        _check_build_id(connection, payload, str(arguments.path))
-        print(f"Uploading {arguments.path} ({len(signed)} bytes)")
-        _checked(connection.request(f"livepatch upload {arguments.name} {len(payload)}", payload),
-                 f"upload {arguments.name}")
+    payload = sign.verify(signed, certificate, str(path))
+    _check_build_id(connection, payload, str(path))
+    print(f"Uploading {path} ({len(signed)} bytes)")
+    _checked(connection.request(f"livepatch upload {name} {len(payload)}", payload), f"upload {name}")
 
 
 def _check_build_id(connection: Connection, payload: bytes, name: str) -> None:
@@ -124,19 +136,49 @@ def _check(project: Project, arguments: argparse.Namespace) -> None:
 
 
 def _action(project: Project, arguments: argparse.Namespace) -> None:
-    name, action = arguments.name, arguments.action
     with RunDir.of(project).connect() as connection:
-        state, _rc, _error = _state(connection, name)
-        if not state & ALLOWED[action]:
-            raise PayloadRejected(f"{name}: State is {state:#x}, ok are {ALLOWED[action]:#x}: cannot {action} "
-                                  f"a payload that is {_state_name(state)}")
-        _checked(connection.request(f"livepatch {action} {name}"), f"{action} {name}")
-        if action != "unload":
-            # Xen's actions complete asynchronously: the image patches at its quiescent point.
-            _after, rc, error = _state(connection, name)
-            if rc:
-                raise PayloadRejected(f"{name}: {action} failed (rc {rc}): {error}")
+        perform(connection, arguments.name, arguments.action)
+
+
+def perform(connection: Connection, name: str, action: str) -> None:
+    """apply, revert or unload `name`, from a state that allows it; wait for the outcome."""
+    state, _rc, _error = _state(connection, name)
+    if not state & ALLOWED[action]:
+        raise PayloadRejected(f"{name}: State is {state:#x}, ok are {ALLOWED[action]:#x}: cannot {action} "
+                              f"a payload that is {_state_name(state)}")
+    _checked(connection.request(f"livepatch {action} {name}"), f"{action} {name}")
+    if action != "unload":
+        # Xen's actions complete asynchronously: the image patches at its quiescent point.
+        _after, rc, error = _state(connection, name)
+        if rc:
+            raise PayloadRejected(f"{name}: {action} failed (rc {rc}): {error}")
     print(f"{name}: State is {state:#x}, ok are {ALLOWED[action]:#x}. Commencing {action}:completed!")
+
+
+def _prove(project: Project, arguments: argparse.Namespace) -> None:
+    run = RunDir.of(project)
+    pid = run.pid()
+    baseline = json.loads(run.record.read_text())["baseline"] if pid and run.record.is_file() else None
+    if baseline is None:
+        raise HypervisorError("no image is running; start one with `xen-xsplice boot minixen`")
+    patch = check_name("patch", arguments.patch)
+    path = arguments.path or project.patch_out(baseline, patch) / f"{patch}.livepatch"
+    probes = load_probes(probe_file(project, patch, baseline))
+    with run.connect() as connection:
+        check_phase(connection, probes, "before", patch)
+        upload(connection, patch, path, arguments.cert or hypervisor.trusted_certificate(project))
+        try:
+            perform(connection, patch, "apply")
+            try:
+                check_phase(connection, probes, "applied", patch)
+            finally:
+                perform(connection, patch, "revert")
+            check_phase(connection, probes, "reverted", patch)
+        finally:
+            perform(connection, patch, "unload")
+    if run.pid() != pid:
+        raise HypervisorError(f"{patch}: the image restarted during the proof (pid {pid} -> {run.pid()})")
+    print(f"{patch}: proven on {baseline} (pid {pid}): {len(probes)} probe(s) before, applied and reverted")
 
 
 def _state_name(state: int) -> str:
