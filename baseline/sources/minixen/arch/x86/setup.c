@@ -85,7 +85,11 @@ static int serve(int in, int out)
             {
                 body = body_size <= LIVEPATCH_MAX_SIZE ? livepatch_alloc(body_size) : NULL;
                 if ( !read_body(in, &used, body, body_size) )
+                {
+                    if ( body )
+                        livepatch_free(body, body_size);
                     return 0;
+                }
                 livepatch_take_body(body, body_size);
             }
             stop = handle_request(line, answer, sizeof(answer), &len);
