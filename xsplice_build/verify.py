@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import sign
+from .diff.profile import XEN_X86_64, TargetProfile
 from .elf.constants import (
     ET_REL,
     R_X86_64_64,
@@ -34,6 +35,7 @@ from .elf.notes import parse_build_id_note
 from .elf.reader import read_elf
 from .errors import PayloadRejected, XspliceError
 from .image import BaseImage
+from .layout import apply_layout, baseline_layout, func_layout
 
 SPECIAL_SECTIONS = (".livepatch.depends", ".livepatch.xen_depends", ".note.gnu.build-id", ".livepatch.funcs")
 MAX_SECTIONS = 1024
@@ -85,11 +87,19 @@ def verify_file(payload: Path, image_path: Path, certificate: Path) -> tuple[Lin
         raise XspliceError(f"{certificate}: trusted certificate not found; pass --cert or run `doit dev-keys`")
     unsigned = sign.verify(signed, certificate, str(payload))
     image = BaseImage.load(image_path)
-    return link_payload(unsigned, str(payload), image), image
+    # The image's own headers (DWARF) say how large its records are, as the pipeline reads them.
+    try:
+        layout = baseline_layout(image_path, XEN_X86_64)
+    except ValueError as error:
+        raise XspliceError(str(error)) from None
+    profile = apply_layout(XEN_X86_64, layout)
+    func = func_layout(layout, profile.livepatch_payload_version)
+    return link_payload(unsigned, str(payload), image, layout=func, profile=profile), image
 
 
 def link_payload(unsigned: bytes, name: str, image: BaseImage, base: int = PLAUSIBLE_LOAD_ADDRESS,
-                 running_build_id: bytes | None = None, layout: FuncLayout = XEN_4_17_FUNC) -> LinkedPayload:
+                 running_build_id: bytes | None = None, layout: FuncLayout = XEN_4_17_FUNC,
+                 profile: TargetProfile = XEN_X86_64) -> LinkedPayload:
     """Apply every loader rule to an unsigned payload and link it at `base` against `image`."""
     elf = read_elf(unsigned, name)
     _check_header(elf, unsigned)
@@ -104,7 +114,7 @@ def link_payload(unsigned: bytes, name: str, image: BaseImage, base: int = PLAUS
             _relocate(linked, section, values)
             linked.relocations += len(section.relocations)
     linked.functions = _check_functions(linked, image, layout)
-    _check_bug_frames(elf)
+    _check_entry_sizes(elf, profile)
     return linked
 
 
@@ -298,12 +308,13 @@ def _in_text(linked: LinkedPayload, address: int, size: int) -> bool:
                for index, start in linked.addresses.items())
 
 
-def _check_bug_frames(elf: ElfFile) -> None:
-    for kind in range(4):
-        name, size = f".bug_frames.{kind}", 16 if kind == 3 else 8
-        for section in elf.sections_named(name):
-            if section.size % size:
-                raise _reject(elf, name, f"size {section.size} is not a multiple of {size}-byte bug frames")
+def _check_entry_sizes(elf: ElfFile, profile: TargetProfile) -> None:
+    """Bug frames and the other tables the loader walks hold whole entries (Xen's section_ok)."""
+    for special in profile.special_sections:
+        for section in elf.sections_named(special.name):
+            if special.entry_size and section.size % special.entry_size:
+                raise _reject(elf, special.name, f"size {section.size} is not a multiple of its "
+                                                 f"{special.entry_size}-byte entries")
 
 
 def summary(linked: LinkedPayload, image: BaseImage, certificate: Path) -> str:
