@@ -94,6 +94,21 @@ def wrong_version(data: bytes) -> bytes:
     return bytes(out)
 
 
+def unallocated_depends(data: bytes) -> bytes:
+    out = bytearray(data)
+    section = read_elf(data, "payload").section_named(".livepatch.depends")
+    flags_at = _section_header_offset(data, section.index) + 8
+    struct.pack_into("<Q", out, flags_at, section.flags & ~0x2)
+    return bytes(out)
+
+
+def relocations_for_section_zero(data: bytes) -> bytes:
+    out = bytearray(data)
+    rela = next(s for s in read_elf(data, "payload").sections if s.type == 4)
+    struct.pack_into("<I", out, _section_header_offset(data, rela.index) + 44, 0)
+    return bytes(out)
+
+
 def not_relocatable(data: bytes) -> bytes:
     return data[:16] + struct.pack("<H", 2) + data[18:]
 
@@ -116,6 +131,9 @@ EDITS = [
     Edit("wrong-old-size", wrong_old_size, "do not match the image", "do not match the running image"),
     Edit("wrong-version", wrong_version, "version 1, the loader expects 2", "wrong version (1)"),
     Edit("not-relocatable", not_relocatable, "is not ET_REL", "invalid ELF payload"),
+    Edit("unallocated-depends", unallocated_depends, "must be allocated", "must be allocated"),
+    Edit("relocations-for-section-0", relocations_for_section_zero, "sh_info 0 names no section",
+         "sh_info 0 names no section"),
 ]
 
 

@@ -153,6 +153,8 @@ def _check_special_sections(elf: ElfFile) -> None:
             raise _reject(elf, name, f"was seen {len(found)} times, once is the rule")
         if not found[0].size:
             raise _reject(elf, name, "is empty")
+        if not found[0].is_alloc or found[0].is_nobits:
+            raise _reject(elf, name, "must be allocated, with contents (SHF_ALLOC, not SHT_NOBITS)")
 
 
 def _check_dependencies(elf: ElfFile, running: bytes, image: BaseImage) -> tuple[bytes, bytes]:

@@ -196,6 +196,8 @@ static int check_special_sections(const struct livepatch_elf *elf)
             return livepatch_fail(-EINVAL, "%s: %s is missing", elf->name, names[i]);
         if ( !sec->sec->sh_size )
             return livepatch_fail(-EINVAL, "%s: %s is empty", elf->name, names[i]);
+        if ( livepatch_elf_ignore_section(sec->sec) || sec->sec->sh_type == SHT_NOBITS )
+            return livepatch_fail(-EINVAL, "%s: %s must be allocated, with contents", elf->name, names[i]);
         for ( j = sec - elf->sec + 1; j < elf->hdr->e_shnum; j++ )
             if ( !strcmp(elf->sec[j].name, names[i]) )
                 return livepatch_fail(-EINVAL, "%s: %s was seen more than once", elf->name, names[i]);

@@ -261,6 +261,9 @@ int livepatch_elf_perform_relocs(struct livepatch_elf *elf)
             continue;
         if ( r->sec->sh_info >= elf->hdr->e_shnum )
             continue;
+        if ( !r->sec->sh_info )
+            return livepatch_fail(-EINVAL, "%s: relocation section %s: sh_info 0 names no section", elf->name,
+                                  r->name);
         base = &elf->sec[r->sec->sh_info];
         if ( !(base->sec->sh_flags & SHF_ALLOC) )
             continue;
