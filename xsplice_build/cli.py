@@ -3,6 +3,10 @@
     xsplice-build diff ORIG.o PATCHED.o [--explain] [--json] [-o EXTRACT.o]
         The function diff of one object pair, as create-diff-object runs it. Exit 0:
         something to patch; 3: nothing to patch; 4: unpatchable; 1: bad input.
+
+    xsplice-build verify PAYLOAD --image IMAGE [--cert CERT]
+        Xen's loader rules, checked offline: one summary line and exit 0, or one line
+        naming what breaks which rule and exit 1.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from .diff.extract import Extract
 from .diff.profile import PROFILES, profile_named
 from .errors import NothingToPatch, Unpatchable, XspliceError
 from .files import write_atomic
+from .hypervisor import trusted_certificate
+from .project import Project
+from .verify import summary, verify_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +48,19 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("-o", "--output", type=Path, help="write the extracted code (a relocatable object)")
     diff.add_argument("--profile", default="xen-x86_64", choices=sorted(PROFILES))
     diff.set_defaults(run=_diff)
+    verify = commands.add_parser("verify", help="check a signed payload against a base image, as Xen's loader")
+    verify.add_argument("payload", type=Path)
+    verify.add_argument("--image", type=Path, required=True, help="the base image (xen-syms) it was built for")
+    verify.add_argument("--cert", type=Path, help="trusted certificate (default: the development certificate)")
+    verify.set_defaults(run=_verify)
     return parser
+
+
+def _verify(arguments: argparse.Namespace) -> int:
+    certificate = arguments.cert or trusted_certificate(Project.find())
+    linked, image = verify_file(arguments.payload, arguments.image, certificate)
+    print(summary(linked, image, certificate))
+    return 0
 
 
 def _diff(arguments: argparse.Namespace) -> int:

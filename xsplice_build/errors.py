@@ -44,6 +44,10 @@ class SignatureError(XspliceError):
     """A signature is missing, malformed or does not verify."""
 
 
+class PayloadRejected(XspliceError):
+    """A payload breaks a rule of Xen's livepatch loader, or a running image refused it."""
+
+
 class NothingToPatch(XspliceError):
     """The patch changes no function that a payload could replace."""
 

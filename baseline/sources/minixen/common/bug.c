@@ -1,5 +1,6 @@
 /* Bug frames: what a ud2 at a given address means (xen/arch/x86/traps.c, do_bug_frame). */
 #include <xen/lib.h>
+#include <xen/livepatch.h>
 
 static const struct bug_frame *const stop_frames[BUGFRAME_NR] = {
     __stop_bug_frames_0, __stop_bug_frames_1,
@@ -37,6 +38,8 @@ int do_bug_frame(unsigned long *rip)
     unsigned int line;
 
     bug = find_frame(*rip, &type);
+    if ( !bug ) /* Xen's virtual regions: the payloads' own bug frames */
+        bug = livepatch_find_bug_frame(*rip, &type);
     if ( !bug )
         return -1;
 

@@ -5,6 +5,7 @@
 #include <xen/lib.h>
 #include <xen/errno.h>
 #include <xen/version.h>
+#include <xen/livepatch.h>
 #include <public/domctl.h>
 
 long do_domctl(struct xen_domctl *op);
@@ -159,6 +160,8 @@ int handle_request(char *line, char *buf, size_t size, size_t *len)
         ret = do_info(&r);
     else if ( starts_with(line, "domctl ") )
         ret = do_domctl_request(&r, line + 7);
+    else if ( starts_with(line, "livepatch ") )
+        ret = livepatch_request(line + 10, r.buf, r.size, &r.len);
     else if ( !strcmp(line, "quit") )
     {
         ret = 0;

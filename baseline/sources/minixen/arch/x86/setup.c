@@ -5,13 +5,15 @@
  */
 #include <xen/lib.h>
 #include <xen/version.h>
-#include <asm/syscall.h>
+#include <xen/livepatch.h>
+#include <asm/syscall_ext.h>
 
 void trap_init(void);
 void setup_dom0(void);
 int handle_request(char *line, char *buf, size_t size, size_t *len);
 
 static char request[4096];
+static char line[4096];
 static char answer[8192];
 
 static char *memchr_line(char *buf, size_t len)
@@ -30,8 +32,36 @@ static void banner(void)
            xen_extra_version(), xen_changeset());
 }
 
-/* Read requests from fd, one per line, until "quit" or end of input. */
-static void serve(int in, int out)
+/*
+ * A request's body (a payload upload: its length is on its line) follows the line:
+ * first what is already buffered, then from fd. Too large a body is read and dropped,
+ * so the next request still starts on a line. Returns false at end of input.
+ */
+static bool read_body(int in, size_t *used, void *data, size_t size)
+{
+    size_t got = *used < size ? *used : size;
+
+    if ( data )
+        memcpy(data, request, got);
+    *used -= got;
+    memmove(request, request + got, *used);
+    while ( got < size )
+    {
+        size_t want = size - got;
+        ssize_t n;
+
+        if ( !data && want > sizeof(answer) )
+            want = sizeof(answer);
+        n = sys_read(in, data ? (char *)data + got : answer, want);
+        if ( n <= 0 )
+            return false;
+        got += n;
+    }
+    return true;
+}
+
+/* Read requests from fd, one per line, until "quit" (returns 1) or end of input (0). */
+static int serve(int in, int out)
 {
     size_t used = 0;
 
@@ -42,25 +72,84 @@ static void serve(int in, int out)
 
         if ( newline )
         {
-            size_t line_len = newline - request, len;
+            size_t line_len = newline - request, len, body_size;
+            void *body = NULL;
             int stop;
 
             *newline = '\0';
-            stop = handle_request(request, answer, sizeof(answer), &len);
-            console_write(out, answer, len);
+            memcpy(line, request, line_len + 1);
             used -= line_len + 1;
             memmove(request, newline + 1, used);
+            body_size = livepatch_body_size(line);
+            if ( body_size )
+            {
+                body = body_size <= LIVEPATCH_MAX_SIZE ? livepatch_alloc(body_size) : NULL;
+                if ( !read_body(in, &used, body, body_size) )
+                {
+                    if ( body )
+                        livepatch_free(body, body_size);
+                    return 0;
+                }
+                livepatch_take_body(body, body_size);
+            }
+            stop = handle_request(line, answer, sizeof(answer), &len);
+            if ( body )
+                livepatch_free(body, body_size);
+            /* The quiescent point: the handler has returned, queued patching happens now. */
+            livepatch_quiesce();
+            console_write(out, answer, len);
             if ( stop )
-                return;
+                return 1;
             continue;
         }
         if ( used == sizeof(request) )
             used = 0; /* An overlong request is dropped, not executed in part. */
         got = sys_read(in, request + used, sizeof(request) - used);
         if ( got <= 0 )
-            return;
+            return 0;
         used += got;
     }
+}
+
+#define AF_UNIX       1
+#define SOCK_STREAM   1
+#define SOCK_CLOEXEC  0x80000
+
+struct sockaddr_un {
+    uint16_t sun_family;
+    char sun_path[108];
+};
+
+/* Background mode: one toolstack connection at a time on a socket only the owner may use. */
+static void serve_socket(const char *path)
+{
+    struct sockaddr_un addr = { .sun_family = AF_UNIX };
+    size_t len = strlen(path);
+    long fd;
+
+    if ( len >= sizeof(addr.sun_path) )
+        panic("socket path too long: %s", path);
+    memcpy(addr.sun_path, path, len + 1);
+    syscall3(__NR_umask, 077, 0, 0);
+    syscall3(__NR_unlink, path, 0, 0);
+    fd = syscall3(__NR_socket, AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if ( fd < 0 || syscall3(__NR_bind, fd, &addr, sizeof(addr)) || syscall3(__NR_listen, fd, 4, 0) )
+        panic("cannot listen on %s", path);
+    syscall3(__NR_chmod, path, 0600, 0); /* only the owner may connect */
+    printk("listening on %s\n", path);
+    for ( ;; )
+    {
+        long conn = syscall3(__NR_accept, fd, 0, 0);
+        int stop;
+
+        if ( conn < 0 )
+            continue;
+        stop = serve(conn, conn);
+        sys_close(conn);
+        if ( stop )
+            break;
+    }
+    syscall3(__NR_unlink, path, 0, 0);
 }
 
 noreturn void start_xen(unsigned long *stack)
@@ -68,6 +157,9 @@ noreturn void start_xen(unsigned long *stack)
     trap_init();
     banner();
     setup_dom0();
-    serve(0, 1);
+    if ( stack[0] == 3 && !strcmp((char *)stack[2], "--socket") )
+        serve_socket((char *)stack[3]);
+    else
+        serve(0, 1);
     sys_exit(0);
 }

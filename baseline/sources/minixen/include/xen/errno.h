@@ -12,6 +12,8 @@
 #define EINVAL  22
 #define ENOSPC  28
 #define ERANGE  34
+#define EAGAIN  11
+#define EOVERFLOW 75
 #define ENOSYS  38
 #define EOPNOTSUPP 95
 

@@ -1,0 +1,737 @@
+/*
+ * Live patching (xen/common/livepatch.c): payloads are uploaded, checked and linked
+ * (state CHECKED), then applied and reverted at the quiescent point, listed, got and
+ * unloaded. Requests ("livepatch upload|list|get|apply|revert|unload ...") answer
+ * "key : value" lines and "= rc"; a refusal adds "error : why" and changes nothing.
+ *
+ * The quiescent point: minixen serves one request at a time (setup.c serve()). An
+ * action only queues work; serve() calls livepatch_quiesce() once the request handler
+ * has returned, when no handler and so no function a payload replaces is on the stack,
+ * as Xen patches on the way out of a VMEXIT with every CPU rendezvoused.
+ */
+#include <xen/lib.h>
+#include <xen/errno.h>
+#include <xen/version.h>
+#include <xen/livepatch.h>
+#include <asm/syscall_ext.h>
+
+_Static_assert(sizeof(struct livepatch_func) == 104, "struct livepatch_func is 104 bytes (version 2)");
+
+/* Payloads live in the low 2 GiB, above the image, so a rel32 reaches both ways. */
+#define PAYLOAD_AREA_START 0x10000000UL
+#define PAYLOAD_AREA_END   0x70000000UL
+#define BUILD_ID_MAX       64
+
+struct func_state {
+    uint8_t insn[ARCH_PATCH_INSN_SIZE];
+    unsigned int offset;
+};
+
+struct payload {
+    bool used;
+    char name[LIVEPATCH_NAME_SIZE];
+    int state, rc;
+    unsigned int applied_order;
+    uint8_t *mem;
+    size_t mem_size, text_size, rw_size, ro_size;
+    uint8_t *text_addr, *rw_addr, *ro_addr;
+    struct livepatch_func *funcs;
+    unsigned int nfuncs;
+    struct func_state fstate[LIVEPATCH_MAX_FUNCS];
+    const struct bug_frame *bugs[BUGFRAME_NR];
+    unsigned int nbugs[BUGFRAME_NR];
+    uint8_t build_id[BUILD_ID_MAX], depends[BUILD_ID_MAX];
+    unsigned int build_id_len, depends_len;
+    char sections[1024];
+    char error[128];
+};
+
+static struct payload payloads[LIVEPATCH_MAX_PAYLOADS];
+static unsigned int applied_count;
+static struct {
+    struct payload *data;
+    unsigned int cmd;
+} pending;
+static struct {
+    void *data;
+    size_t size;
+} body;
+static char error[256];
+
+int livepatch_fail(int rc, const char *fmt, ...)
+{
+    va_list args;
+
+    if ( error[0] )
+        return rc; /* keep the first reason: it is the cause */
+    va_start(args, fmt);
+    vsnprintf(error, sizeof(error), fmt, args);
+    va_end(args);
+    printk("livepatch: %s\n", error);
+    return rc;
+}
+
+void *livepatch_alloc(size_t size)
+{
+    void *p = sys_mmap(0, PAGE_ALIGN(size ? size : 1), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                       -1, 0);
+
+    return sys_failed((long)p) ? NULL : p;
+}
+
+void livepatch_free(void *p, size_t size)
+{
+    sys_munmap(p, PAGE_ALIGN(size ? size : 1));
+}
+
+/* Writable memory near the image; made RX / RW / R once linked (arch_livepatch_secure). */
+static void *payload_alloc(size_t size)
+{
+    unsigned long hint;
+
+    for ( hint = PAYLOAD_AREA_START; hint + size <= PAYLOAD_AREA_END; hint += PAGE_ALIGN(size) )
+    {
+        void *p = sys_mmap(hint, size, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+
+        if ( (unsigned long)p == hint )
+            return p;
+        if ( !sys_failed((long)p) )
+            sys_munmap(p, size); /* a kernel that ignored the hint */
+    }
+    return NULL;
+}
+
+static struct payload *find_payload(const char *name)
+{
+    unsigned int i;
+
+    for ( i = 0; i < LIVEPATCH_MAX_PAYLOADS; i++ )
+        if ( payloads[i].used && !strcmp(payloads[i].name, name) )
+            return &payloads[i];
+    return NULL;
+}
+
+static void calc_section(const Elf64_Shdr *s, size_t *size, size_t *offset)
+{
+    size_t align = s->sh_addralign ? s->sh_addralign : 1;
+
+    *offset = (*size + align - 1) & ~(align - 1);
+    *size = *offset + s->sh_size;
+}
+
+/* Lay the allocated sections out in text (RX), rw (RW) and ro (R) regions and copy them in. */
+static int move_payload(struct payload *payload, struct livepatch_elf *elf)
+{
+    size_t offset[1024];
+    unsigned int i;
+
+    for ( i = 1; i < elf->hdr->e_shnum; i++ )
+    {
+        uint64_t flags = elf->sec[i].sec->sh_flags;
+
+        if ( livepatch_elf_ignore_section(elf->sec[i].sec) )
+            continue;
+        if ( elf->sec[i].sec->sh_size > LIVEPATCH_MAX_SIZE )
+            return livepatch_fail(-EINVAL, "%s: section %s is too large", elf->name, elf->sec[i].name);
+        if ( (flags & SHF_EXECINSTR) && !(flags & SHF_WRITE) )
+            calc_section(elf->sec[i].sec, &payload->text_size, &offset[i]);
+        else if ( !(flags & SHF_EXECINSTR) && (flags & SHF_WRITE) )
+            calc_section(elf->sec[i].sec, &payload->rw_size, &offset[i]);
+        else if ( !(flags & SHF_EXECINSTR) )
+            calc_section(elf->sec[i].sec, &payload->ro_size, &offset[i]);
+        else
+            return livepatch_fail(-EOPNOTSUPP, "%s: section %s is writable and executable: not supported",
+                                  elf->name, elf->sec[i].name);
+    }
+    payload->mem_size = PAGE_ALIGN(payload->text_size) + PAGE_ALIGN(payload->rw_size) +
+                        PAGE_ALIGN(payload->ro_size);
+    payload->mem = payload_alloc(payload->mem_size);
+    if ( !payload->mem )
+        return livepatch_fail(-ENOMEM, "%s: could not allocate memory for payload", elf->name);
+    payload->text_addr = payload->mem;
+    payload->rw_addr = payload->text_addr + PAGE_ALIGN(payload->text_size);
+    payload->ro_addr = payload->rw_addr + PAGE_ALIGN(payload->rw_size);
+    for ( i = 1; i < elf->hdr->e_shnum; i++ )
+    {
+        const Elf64_Shdr *s = elf->sec[i].sec;
+
+        if ( livepatch_elf_ignore_section(s) )
+            continue;
+        if ( (s->sh_flags & SHF_EXECINSTR) )
+            elf->sec[i].load_addr = payload->text_addr + offset[i];
+        else if ( s->sh_flags & SHF_WRITE )
+            elf->sec[i].load_addr = payload->rw_addr + offset[i];
+        else
+            elf->sec[i].load_addr = payload->ro_addr + offset[i];
+        if ( s->sh_type != SHT_NOBITS )
+            memcpy(elf->sec[i].load_addr, elf->sec[i].data, s->sh_size);
+    }
+    return 0;
+}
+
+static int secure_payload(struct payload *payload)
+{
+    int rc = arch_livepatch_secure(payload->text_addr, payload->text_size, PROT_READ | PROT_EXEC);
+
+    if ( !rc )
+        rc = arch_livepatch_secure(payload->rw_addr, payload->rw_size, PROT_READ | PROT_WRITE);
+    if ( !rc )
+        rc = arch_livepatch_secure(payload->ro_addr, payload->ro_size, PROT_READ);
+    return rc;
+}
+
+static int check_special_sections(const struct livepatch_elf *elf)
+{
+    static const char *const names[] = {
+        ".livepatch.depends", ".livepatch.xen_depends", ".note.gnu.build-id", ".livepatch.funcs",
+    };
+    unsigned int i, j;
+
+    for ( i = 0; i < ARRAY_SIZE(names); i++ )
+    {
+        const struct livepatch_elf_sec *sec = livepatch_elf_sec_by_name(elf, names[i]);
+
+        if ( !sec )
+            return livepatch_fail(-EINVAL, "%s: %s is missing", elf->name, names[i]);
+        if ( !sec->sec->sh_size )
+            return livepatch_fail(-EINVAL, "%s: %s is empty", elf->name, names[i]);
+        if ( livepatch_elf_ignore_section(sec->sec) || sec->sec->sh_type == SHT_NOBITS )
+            return livepatch_fail(-EINVAL, "%s: %s must be allocated, with contents", elf->name, names[i]);
+        for ( j = sec - elf->sec + 1; j < elf->hdr->e_shnum; j++ )
+            if ( !strcmp(elf->sec[j].name, names[i]) )
+                return livepatch_fail(-EINVAL, "%s: %s was seen more than once", elf->name, names[i]);
+    }
+    return 0;
+}
+
+/* The descriptor of the GNU build-id note in `sec` (after relocation, in payload memory). */
+static int note_build_id(const struct livepatch_elf *elf, const struct livepatch_elf_sec *sec,
+                         const uint8_t **id, unsigned int *len)
+{
+    const Elf64_Note *n = sec->load_addr;
+    uint64_t need;
+
+    if ( sec->sec->sh_size < sizeof(*n) )
+        return livepatch_fail(-EINVAL, "%s: %s is too small for a note", elf->name, sec->name);
+    need = sizeof(*n) + (((uint64_t)n->n_namesz + 3) & ~3ULL) + n->n_descsz;
+    if ( need > sec->sec->sh_size || n->n_type != 3 || n->n_namesz != 4 ||
+         memcmp(n + 1, "GNU", 4) || !n->n_descsz || n->n_descsz > BUILD_ID_MAX )
+        return livepatch_fail(-EINVAL, "%s: %s is not a GNU build-id note", elf->name, sec->name);
+    *id = (const uint8_t *)(n + 1) + 4;
+    *len = n->n_descsz;
+    return 0;
+}
+
+static struct payload *top_applied(void)
+{
+    unsigned int i;
+
+    for ( i = 0; i < LIVEPATCH_MAX_PAYLOADS; i++ )
+        if ( payloads[i].used && payloads[i].state == LIVEPATCH_STATE_APPLIED &&
+             payloads[i].applied_order == applied_count )
+            return &payloads[i];
+    return NULL;
+}
+
+/* .livepatch.depends names what this payload goes on: the last applied payload, else the image. */
+static int build_id_dep(const struct payload *payload, const uint8_t *dep, unsigned int dep_len)
+{
+    const struct payload *top = top_applied();
+    const void *id;
+    unsigned int len;
+
+    if ( top )
+    {
+        id = top->build_id;
+        len = top->build_id_len;
+    }
+    else if ( xen_build_id(&id, &len) )
+        return livepatch_fail(-EINVAL, "%s: the running image has no build-id", payload->name);
+    if ( dep_len != len || memcmp(dep, id, len) )
+        return livepatch_fail(-EINVAL, "%s: check against %s build-id failed (.livepatch.depends)",
+                              payload->name, top ? top->name : "hypervisor");
+    return 0;
+}
+
+static int xen_build_id_dep(const struct payload *payload, const uint8_t *dep, unsigned int dep_len)
+{
+    const void *id;
+    unsigned int len;
+
+    if ( xen_build_id(&id, &len) || dep_len != len || memcmp(dep, id, len) )
+        return livepatch_fail(-EINVAL, "%s: check against hypervisor build-id failed "
+                              "(.livepatch.xen_depends): built for another image", payload->name);
+    return 0;
+}
+
+static int check_dependencies(struct payload *payload, const struct livepatch_elf *elf)
+{
+    const uint8_t *id;
+    unsigned int len;
+    int rc;
+
+    rc = note_build_id(elf, livepatch_elf_sec_by_name(elf, ".livepatch.xen_depends"), &id, &len);
+    if ( !rc )
+        rc = xen_build_id_dep(payload, id, len);
+    if ( !rc )
+        rc = note_build_id(elf, livepatch_elf_sec_by_name(elf, ".livepatch.depends"), &id, &len);
+    if ( !rc )
+        rc = build_id_dep(payload, id, len);
+    if ( rc )
+        return rc;
+    memcpy(payload->depends, id, len);
+    payload->depends_len = len;
+    rc = note_build_id(elf, livepatch_elf_sec_by_name(elf, ".note.gnu.build-id"), &id, &len);
+    if ( rc )
+        return rc;
+    memcpy(payload->build_id, id, len);
+    payload->build_id_len = len;
+    return 0;
+}
+
+static bool in_region(const void *p, size_t size, const uint8_t *start, size_t region)
+{
+    return (const uint8_t *)p >= start && size <= region && (const uint8_t *)p - start <= (long)(region - size);
+}
+
+/* A function name must be a string inside the payload's read-only data. */
+static int check_func_name(const struct payload *payload, const struct livepatch_func *f)
+{
+    const char *p;
+
+    for ( p = f->name; in_region(p, 1, payload->ro_addr, payload->ro_size); p++ )
+        if ( !*p )
+            return p == f->name ? livepatch_fail(-EINVAL, "%s: a function has an empty name", payload->name) : 0;
+    return livepatch_fail(-EINVAL, "%s: a function name is not a string inside the payload", payload->name);
+}
+
+/* old_addr and old_size must be what the running image's symbol table says of the name. */
+static int check_old_function(const struct payload *payload, struct livepatch_func *f)
+{
+    unsigned long addr, size;
+    int rc = symbols_lookup_by_name(f->name, &addr, &size);
+
+    if ( rc == -EEXIST )
+        return livepatch_fail(-EINVAL, "%s: function %s is ambiguous in the running image", payload->name,
+                              f->name);
+    if ( rc )
+        return livepatch_fail(-ENOENT, "%s: could not resolve old address of %s", payload->name, f->name);
+    if ( !f->old_addr )
+        f->old_addr = (void *)addr;
+    if ( (unsigned long)f->old_addr != addr || f->old_size != size )
+        return livepatch_fail(-EINVAL, "%s: %s: old_addr %p / old_size %u do not match the running image "
+                              "(%#lx, %lu bytes)", payload->name, f->name, f->old_addr, f->old_size, addr, size);
+    return 0;
+}
+
+static int prepare_funcs(struct payload *payload, const struct livepatch_elf *elf)
+{
+    const struct livepatch_elf_sec *sec = livepatch_elf_sec_by_name(elf, ".livepatch.funcs");
+    unsigned int i;
+    int rc;
+
+    if ( sec->sec->sh_size % sizeof(struct livepatch_func) )
+        return livepatch_fail(-EINVAL, "%s: wrong size %lu of .livepatch.funcs (must be multiple of %u)",
+                              elf->name, (unsigned long)sec->sec->sh_size, (unsigned int)sizeof(struct livepatch_func));
+    payload->funcs = sec->load_addr;
+    payload->nfuncs = sec->sec->sh_size / sizeof(struct livepatch_func);
+    if ( payload->nfuncs > LIVEPATCH_MAX_FUNCS )
+        return livepatch_fail(-E2BIG, "%s: %u functions, at most %u", elf->name, payload->nfuncs,
+                              LIVEPATCH_MAX_FUNCS);
+    for ( i = 0; i < payload->nfuncs; i++ )
+    {
+        struct livepatch_func *f = &payload->funcs[i];
+
+        if ( f->version != LIVEPATCH_PAYLOAD_VERSION )
+            return livepatch_fail(-EOPNOTSUPP, "%s: wrong version (%u). Expected %d", elf->name, f->version,
+                                  LIVEPATCH_PAYLOAD_VERSION);
+        if ( !f->old_size )
+            return livepatch_fail(-EINVAL, "%s: address or size fields are zero", elf->name);
+        rc = check_func_name(payload, f);
+        if ( !rc )
+            rc = check_old_function(payload, f);
+        if ( !rc )
+            rc = arch_livepatch_verify_func(f);
+        if ( rc )
+            return rc;
+        if ( !in_region(f->new_addr, f->new_size, payload->text_addr, payload->text_size) )
+            return livepatch_fail(-EINVAL, "%s: %s: new code is not inside the payload's text", elf->name,
+                                  f->name);
+        if ( (int64_t)(int32_t)((uint8_t *)f->new_addr - (uint8_t *)f->old_addr) !=
+             (uint8_t *)f->new_addr - (uint8_t *)f->old_addr )
+            return livepatch_fail(-EOVERFLOW, "%s: %s: new code is out of jump range", elf->name, f->name);
+    }
+    return 0;
+}
+
+static void prepare_bug_frames(struct payload *payload, const struct livepatch_elf *elf, int *rc)
+{
+    unsigned int i;
+
+    for ( i = 0; i < BUGFRAME_NR && !*rc; i++ )
+    {
+        char name[16];
+        const struct livepatch_elf_sec *sec;
+        size_t size = i == BUGFRAME_assert ? 16 : 8;
+
+        snprintf(name, sizeof(name), ".bug_frames.%u", i);
+        sec = livepatch_elf_sec_by_name(elf, name);
+        if ( !sec )
+            continue;
+        if ( sec->sec->sh_size % size )
+            *rc = livepatch_fail(-EINVAL, "%s: wrong size %lu of %s (must be multiple of %lu)", elf->name,
+                                 (unsigned long)sec->sec->sh_size, name, (unsigned long)size);
+        payload->bugs[i] = sec->load_addr;
+        payload->nbugs[i] = sec->sec->sh_size / size;
+    }
+}
+
+static void record_sections(struct payload *payload, const struct livepatch_elf *elf)
+{
+    size_t used = 0;
+    unsigned int i;
+
+    for ( i = 1; i < elf->hdr->e_shnum && used < sizeof(payload->sections); i++ )
+        if ( !livepatch_elf_ignore_section(elf->sec[i].sec) )
+            used += snprintf(payload->sections + used, sizeof(payload->sections) - used, "%s%s=%p",
+                             used ? " " : "", elf->sec[i].name, elf->sec[i].load_addr);
+}
+
+static int load_payload_data(struct payload *payload, const void *raw, size_t len)
+{
+    struct livepatch_elf elf;
+    int rc = livepatch_elf_load(&elf, payload->name, raw, len);
+
+    if ( !rc )
+        rc = check_special_sections(&elf);
+    if ( !rc )
+        rc = move_payload(payload, &elf);
+    if ( !rc )
+        rc = livepatch_elf_resolve_symbols(&elf);
+    if ( !rc )
+        rc = livepatch_elf_perform_relocs(&elf);
+    if ( !rc )
+        rc = check_dependencies(payload, &elf);
+    if ( !rc )
+        rc = prepare_funcs(payload, &elf);
+    if ( !rc )
+        prepare_bug_frames(payload, &elf, &rc);
+    if ( !rc )
+        record_sections(payload, &elf);
+    if ( !rc )
+        rc = secure_payload(payload);
+    livepatch_elf_free(&elf);
+    return rc;
+}
+
+static void free_payload(struct payload *payload)
+{
+    if ( payload->mem )
+        sys_munmap(payload->mem, payload->mem_size);
+    memset(payload, 0, sizeof(*payload));
+}
+
+static bool valid_name(const char *name)
+{
+    size_t len = strlen(name), i;
+
+    if ( !len || len >= LIVEPATCH_NAME_SIZE )
+        return false;
+    for ( i = 0; i < len; i++ )
+        if ( !((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= 'A' && name[i] <= 'Z') ||
+               (name[i] >= '0' && name[i] <= '9') || name[i] == '-' || name[i] == '_' || name[i] == '.') )
+            return false;
+    return true;
+}
+
+static int livepatch_upload(const char *name, const char *size_text)
+{
+    struct payload *payload = NULL;
+    const char *end;
+    long size = simple_strtol(size_text, &end, 10);
+    unsigned int i;
+    int rc;
+
+    if ( !valid_name(name) )
+        return livepatch_fail(-EINVAL, "bad payload name '%s' (1-63 of A-Z a-z 0-9 - _ .)", name);
+    if ( body.size > LIVEPATCH_MAX_SIZE )
+        return livepatch_fail(-E2BIG, "%s: payload is %lu bytes, at most %lu", name, (unsigned long)body.size,
+                              LIVEPATCH_MAX_SIZE);
+    if ( *end || size <= 0 || (size_t)size != body.size || !body.data )
+        return livepatch_fail(-EINVAL, "%s: upload carries %lu bytes, the request says %s", name,
+                              (unsigned long)body.size, size_text);
+    if ( find_payload(name) )
+        return livepatch_fail(-EEXIST, "%s: a payload of that name is already loaded", name);
+    for ( i = 0; i < LIVEPATCH_MAX_PAYLOADS && !payload; i++ )
+        if ( !payloads[i].used )
+            payload = &payloads[i];
+    if ( !payload )
+        return livepatch_fail(-ENOSPC, "%s: %u payloads are loaded already", name, LIVEPATCH_MAX_PAYLOADS);
+    memcpy(payload->name, name, strlen(name) + 1);
+    rc = load_payload_data(payload, body.data, body.size);
+    if ( rc )
+    {
+        free_payload(payload);
+        return rc;
+    }
+    payload->used = true;
+    payload->state = LIVEPATCH_STATE_CHECKED;
+    printk("livepatch: %s: loaded\n", name);
+    return 0;
+}
+
+/* Undo the first `count` functions of an apply, newest first. */
+static void revert_funcs(struct payload *data, unsigned int count)
+{
+    while ( count-- )
+        arch_livepatch_revert(&data->funcs[count], data->fstate[count].insn, data->fstate[count].offset);
+}
+
+static int apply_payload(struct payload *data)
+{
+    unsigned int i;
+    int rc = build_id_dep(data, data->depends, data->depends_len);
+
+    if ( rc )
+        return rc;
+    for ( i = 0; i < data->nfuncs; i++ )
+    {
+        rc = arch_livepatch_apply(&data->funcs[i], data->fstate[i].insn, &data->fstate[i].offset);
+        if ( rc )
+        {
+            revert_funcs(data, i);
+            return rc;
+        }
+        data->funcs[i].applied = 1;
+    }
+    data->state = LIVEPATCH_STATE_APPLIED;
+    data->applied_order = ++applied_count;
+    printk("livepatch: %s: applied\n", data->name);
+    return 0;
+}
+
+static int revert_payload(struct payload *data)
+{
+    unsigned int i;
+
+    revert_funcs(data, data->nfuncs);
+    for ( i = 0; i < data->nfuncs; i++ )
+        data->funcs[i].applied = 0;
+    data->state = LIVEPATCH_STATE_CHECKED;
+    data->applied_order = 0;
+    applied_count--;
+    printk("livepatch: %s: reverted\n", data->name);
+    return 0;
+}
+
+/* The quiescent point: serve() calls this between requests, with no handler on the stack. */
+void livepatch_quiesce(void)
+{
+    struct payload *data = pending.data;
+
+    if ( !data )
+        return;
+    pending.data = NULL;
+    error[0] = '\0';
+    data->rc = pending.cmd == LIVEPATCH_ACTION_APPLY ? apply_payload(data) : revert_payload(data);
+    snprintf(data->error, sizeof(data->error), "%s", data->rc ? error : "");
+}
+
+static int livepatch_action(const char *name, unsigned int cmd)
+{
+    struct payload *data = find_payload(name);
+
+    if ( !data )
+        return livepatch_fail(-ENOENT, "%s: no payload of that name is loaded", name);
+    if ( pending.data )
+        return livepatch_fail(-EBUSY, "%s: an action on %s is in progress", name, pending.data->name);
+    switch ( cmd )
+    {
+    case LIVEPATCH_ACTION_UNLOAD:
+        if ( data->state != LIVEPATCH_STATE_CHECKED )
+            return livepatch_fail(-EBUSY, "%s: applied: revert it before unloading", name);
+        free_payload(data);
+        printk("livepatch: %s: unloaded\n", name);
+        return 0;
+    case LIVEPATCH_ACTION_REVERT:
+        if ( data->state != LIVEPATCH_STATE_APPLIED )
+            return livepatch_fail(-EINVAL, "%s: not applied, nothing to revert", name);
+        if ( data != top_applied() )
+            return livepatch_fail(-EBUSY, "%s: can't revert, %s is applied on top of it", name,
+                                  top_applied()->name);
+        break;
+    case LIVEPATCH_ACTION_APPLY:
+        if ( data->state != LIVEPATCH_STATE_CHECKED )
+            return livepatch_fail(-EINVAL, "%s: already applied", name);
+        break;
+    }
+    data->rc = -EAGAIN;
+    pending.data = data;
+    pending.cmd = cmd;
+    return 0;
+}
+
+static const char *state_name(int state)
+{
+    return state == LIVEPATCH_STATE_APPLIED ? "APPLIED" : "CHECKED";
+}
+
+static size_t emit(char *buf, size_t size, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static size_t emit(char *buf, size_t size, size_t len, const char *fmt, ...)
+{
+    va_list args;
+
+    if ( len >= size )
+        return len;
+    va_start(args, fmt);
+    len += vsnprintf(buf + len, size - len, fmt, args);
+    va_end(args);
+    return len < size ? len : size - 1;
+}
+
+static size_t livepatch_get(const struct payload *data, char *buf, size_t size, size_t len)
+{
+    unsigned int i;
+
+    len = emit(buf, size, len, "name : %s\nstate : %s\nrc : %d\nbuild_id : ", data->name,
+               state_name(data->state), data->rc);
+    for ( i = 0; i < data->build_id_len; i++ )
+        len = emit(buf, size, len, "%02x", data->build_id[i]);
+    len = emit(buf, size, len, "\nsections : %s\n", data->sections);
+    if ( data->error[0] )
+        len = emit(buf, size, len, "error : %s\n", data->error);
+    for ( i = 0; i < data->nfuncs; i++ )
+        len = emit(buf, size, len, "func : %s old=%p new=%p old_size=%u new_size=%u patch_offset=%u\n",
+                   data->funcs[i].name, data->funcs[i].old_addr, data->funcs[i].new_addr,
+                   data->funcs[i].old_size, data->funcs[i].new_size,
+                   arch_livepatch_patch_offset(&data->funcs[i]));
+    return len;
+}
+
+static size_t livepatch_list(char *buf, size_t size, size_t len)
+{
+    unsigned int i;
+
+    for ( i = 0; i < LIVEPATCH_MAX_PAYLOADS; i++ )
+        if ( payloads[i].used )
+            len = emit(buf, size, len, "payload : %s %s %d\n", payloads[i].name, state_name(payloads[i].state),
+                       payloads[i].rc);
+    return len;
+}
+
+/* "upload NAME SIZE" carries SIZE bytes after its line: how many, so serve() can read them. */
+long livepatch_body_size(const char *line)
+{
+    const char *p = line, *end;
+    long size;
+
+    if ( memcmp(p, "livepatch upload ", 17) )
+        return 0;
+    p = strchr(p + 17, ' ');
+    if ( !p )
+        return 0;
+    size = simple_strtol(p + 1, &end, 10);
+    return *end || size < 0 ? 0 : size;
+}
+
+void livepatch_take_body(void *data, size_t size)
+{
+    body.data = data;
+    body.size = size;
+}
+
+static char *next_word(char **args)
+{
+    char *word = *args, *space;
+
+    while ( *word == ' ' )
+        word++;
+    space = strchr(word, ' ');
+    if ( space )
+        *space++ = '\0';
+    *args = space ? space : word + strlen(word);
+    return word;
+}
+
+static const struct {
+    const char *name;
+    unsigned int cmd;
+} actions[] = {
+    { "apply", LIVEPATCH_ACTION_APPLY },
+    { "revert", LIVEPATCH_ACTION_REVERT },
+    { "unload", LIVEPATCH_ACTION_UNLOAD },
+};
+
+static long livepatch_dispatch(char *args, char *buf, size_t size, size_t *len)
+{
+    char *op = next_word(&args), *name = next_word(&args);
+    const struct payload *data;
+    unsigned int i;
+
+    if ( !strcmp(op, "list") && !*name )
+    {
+        *len = livepatch_list(buf, size, *len);
+        return 0;
+    }
+    if ( !*name )
+        return livepatch_fail(-EINVAL, "livepatch %s: which payload?", op);
+    if ( !strcmp(op, "upload") )
+        return livepatch_upload(name, next_word(&args));
+    if ( *args )
+        return livepatch_fail(-EINVAL, "livepatch %s: unexpected '%s'", op, args);
+    if ( !strcmp(op, "get") )
+    {
+        data = find_payload(name);
+        if ( !data )
+            return livepatch_fail(-ENOENT, "%s: no payload of that name is loaded", name);
+        *len = livepatch_get(data, buf, size, *len);
+        return 0;
+    }
+    for ( i = 0; i < ARRAY_SIZE(actions); i++ )
+        if ( !strcmp(op, actions[i].name) )
+            return livepatch_action(name, actions[i].cmd);
+    return livepatch_fail(-ENOSYS, "livepatch %s: unknown operation (upload, list, get, apply, revert, "
+                          "unload)", op);
+}
+
+/* One "livepatch ..." request; the answer lines go into buf. */
+long livepatch_request(char *args, char *buf, size_t size, size_t *len)
+{
+    long rc;
+
+    error[0] = '\0';
+    rc = livepatch_dispatch(args, buf, size, len);
+    body.data = NULL;
+    body.size = 0;
+    if ( rc && error[0] )
+        *len = emit(buf, size, *len, "error : %s\n", error);
+    return rc;
+}
+
+const struct bug_frame *livepatch_find_bug_frame(unsigned long addr, unsigned int *type)
+{
+    unsigned int i, id, n;
+
+    for ( i = 0; i < LIVEPATCH_MAX_PAYLOADS; i++ )
+    {
+        const struct payload *data = &payloads[i];
+
+        if ( !data->used || !in_region((void *)addr, 1, data->text_addr, data->text_size) )
+            continue;
+        for ( id = 0; id < BUGFRAME_NR; id++ )
+        {
+            const uint8_t *frame = (const uint8_t *)data->bugs[id];
+            size_t step = id == BUGFRAME_assert ? 16 : 8;
+
+            for ( n = 0; n < data->nbugs[id]; n++, frame += step )
+                if ( (unsigned long)bug_loc((const struct bug_frame *)frame) == addr )
+                {
+                    *type = id;
+                    return (const struct bug_frame *)frame;
+                }
+        }
+    }
+    return NULL;
+}

@@ -1,0 +1,226 @@
+"""`xen-xsplice` against a real minixen process: the console session, proofs, refusals, the bytes that run."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import BIN, Checkout, copy_checkout
+from payload_edits import EDITS, Edit, other_build_id, resign, unsigned_payload
+
+from xsplice_build import hypervisor
+from xsplice_build.hypervisor import RunDir
+from xsplice_build.image import BaseImage
+from xsplice_build.patches import patch_names
+from xsplice_build.probes import probe_file
+from xsplice_build.project import Project
+from xsplice_build.verify import link_payload
+
+
+def xen(checkout: Checkout, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "xen-xsplice"), *args], cwd=checkout.root, capture_output=True, text=True,
+                          env={**os.environ, "XSPLICE_ROOT": str(checkout.root)}, check=False, timeout=120)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def refused(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("xen-xsplice: ")
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def running(built_once: Checkout, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Checkout]:
+    """A copy of the built checkout with minixen booted in the background (a child of this process)."""
+    checkout = copy_checkout(tmp_path_factory.mktemp("running") / "c", built_once.root, with_state=True)
+    project = Project(checkout.root)
+    hypervisor.boot(project, "minixen")
+    yield checkout
+    if RunDir.of(project).pid() is not None:
+        hypervisor.shutdown(project)
+
+
+def _pid(checkout: Checkout) -> int:
+    pid = RunDir.of(Project(checkout.root)).pid()
+    assert pid is not None
+    return pid
+
+
+def _untouched(checkout: Checkout, pid: int) -> None:
+    """Still the same process, nothing loaded, answering as the unpatched image does."""
+    assert _pid(checkout) == pid
+    assert "regression-test" not in ok(xen(checkout, "list"))
+    assert "xen_extra : -unstable" in ok(xen(checkout, "info")).splitlines()
+
+
+def test_the_console_session_of_the_readme(built: Checkout) -> None:
+    payload = "out/minixen/regression-test/regression-test.livepatch"
+    assert "booted work/minixen/base/tree/xen-syms" in ok(xen(built, "boot", "minixen"))
+    try:
+        run = RunDir.of(Project(built.root))
+        assert stat.S_IMODE(run.socket.stat().st_mode) == 0o600
+        pid = _pid(built)
+        assert "xen_extra : -unstable" in ok(xen(built, "info")).splitlines()
+        assert ok(xen(built, "upload", "regression-test", payload)).startswith(f"Uploading {payload} (")
+        assert ok(xen(built, "list")).splitlines()[2].split() == ["regression-test", "|", "CHECKED"]
+        assert "State is 0x1" in ok(xen(built, "check", "regression-test"))
+        assert ok(xen(built, "apply", "regression-test")).endswith("Commencing apply:completed!\n")
+        assert "xen_extra : -Hello_World" in ok(xen(built, "info")).splitlines()
+        assert "APPLIED" in ok(xen(built, "list"))
+        assert "cannot unload a payload that is APPLIED" in refused(xen(built, "unload", "regression-test"))
+        ok(xen(built, "revert", "regression-test"))
+        assert "xen_extra : -unstable" in ok(xen(built, "info")).splitlines()
+        ok(xen(built, "unload", "regression-test"))
+        assert _pid(built) == pid
+    finally:
+        ok(xen(built, "shutdown"))
+    assert not run.socket.exists() and RunDir.of(Project(built.root)).pid() is None
+    assert "no image is running" in refused(xen(built, "info"))
+
+
+def test_every_patch_with_a_probe_is_proven_without_restart(running: Checkout) -> None:
+    project = Project(running.root)
+    proven = [patch for patch in patch_names(project) if probe_file(project, patch, "minixen").is_file()]
+    assert {"XSA-131", "regression-test"} <= set(proven)
+    pid = _pid(running)
+    for patch in proven:
+        if not (running.out(patch) / f"{patch}.livepatch").is_file():
+            running.doit("build-patch", patch)
+        assert f"{patch}: proven on minixen (pid {pid})" in ok(xen(running, "prove", patch))
+    _untouched(running, pid)
+
+
+def test_the_bytes_that_execute_are_the_payloads(running: Checkout) -> None:
+    """Through /proc/PID/mem: the payload's relocated text at new_addr, a jmp to it, the old bytes back."""
+    pid = _pid(running)
+    path = running.out("XSA-131") / "XSA-131.livepatch"
+    image = BaseImage.load(running.work("minixen", "base", "tree", "xen-syms"))
+    ok(xen(running, "upload", "XSA-131", str(path)))
+    try:
+        ok(xen(running, "apply", "XSA-131"))
+        with RunDir.of(Project(running.root)).connect() as connection:
+            answer = connection.request("livepatch get XSA-131")
+        loaded = dict(item.split("=") for item in answer.value("sections").split())
+        func = dict(item.split("=") for item in answer.value("func").split()[1:])
+        new, old = int(func["new"], 16), int(func["old"], 16)
+        linked = link_payload(unsigned_payload(path), "XSA-131", image, base=int(loaded[".text.do_domctl"], 16))
+        assert {linked.elf.sections[i].name: a for i, a in linked.addresses.items()} == \
+            {name: int(address, 16) for name, address in loaded.items()}
+        text = linked.section_bytes(".text.do_domctl")
+        with open(f"/proc/{pid}/mem", "rb") as memory:
+            memory.seek(new)
+            assert memory.read(len(text)) == text
+            memory.seek(old)
+            head = memory.read(9)
+        assert head[:4] == image.read(old, 4) == b"\xf3\x0f\x1e\xfa"  # ENDBR64 stays first
+        assert head[4] == 0xE9 and old + 9 + int.from_bytes(head[5:9], "little", signed=True) == new
+        ok(xen(running, "revert", "XSA-131"))
+        with open(f"/proc/{pid}/mem", "rb") as memory:
+            memory.seek(old)
+            assert memory.read(func_size := int(func["old_size"])) == image.read(old, func_size)
+    finally:
+        xen(running, "revert", "XSA-131")
+        ok(xen(running, "unload", "XSA-131"))
+    assert _pid(running) == pid
+
+
+def test_a_payload_for_another_build_id_is_refused(running: Checkout, tmp_path: Path) -> None:
+    pid = _pid(running)
+    source = running.out("regression-test") / "regression-test.livepatch"
+    payload = tmp_path / "other.livepatch"
+    payload.write_bytes(resign(other_build_id(unsigned_payload(source)), running.root / "keys" / "development"))
+    assert "built for build-id" in refused(xen(running, "upload", "regression-test", str(payload)))
+    _untouched(running, pid)
+
+
+def test_a_flipped_byte_is_refused(running: Checkout, tmp_path: Path) -> None:
+    pid = _pid(running)
+    signed = bytearray((running.out("regression-test") / "regression-test.livepatch").read_bytes())
+    signed[0x50] ^= 0x10
+    payload = tmp_path / "flipped.livepatch"
+    payload.write_bytes(bytes(signed))
+    assert "signature does not verify" in refused(xen(running, "upload", "regression-test", str(payload)))
+    _untouched(running, pid)
+
+
+def test_an_unsigned_payload_is_refused(running: Checkout, tmp_path: Path) -> None:
+    pid = _pid(running)
+    payload = tmp_path / "unsigned.livepatch"
+    payload.write_bytes(unsigned_payload(running.out("regression-test") / "regression-test.livepatch"))
+    assert "unsigned" in refused(xen(running, "upload", "regression-test", str(payload)))
+    _untouched(running, pid)
+
+
+def test_apply_of_an_unknown_name_is_refused(running: Checkout) -> None:
+    pid = _pid(running)
+    assert "no payload of that name is loaded" in refused(xen(running, "apply", "no-such-patch"))
+    _untouched(running, pid)
+
+
+@pytest.mark.parametrize("edit", EDITS, ids=[edit.name for edit in EDITS])
+def test_the_loader_in_minixen_refuses_what_xen_refuses(running: Checkout, edit: Edit) -> None:
+    """Sent past the tool's own checks, straight to the loader: refused, and nothing changes."""
+    pid = _pid(running)
+    payload = edit.apply(unsigned_payload(running.out("XSA-131") / "XSA-131.livepatch"))
+    with RunDir.of(Project(running.root)).connect() as connection:
+        before = connection.request("domctl max_vcpus 0 64")
+        answer = connection.request(f"livepatch upload XSA-131 {len(payload)}", payload)
+        assert answer.rc < 0 and edit.loader_says in answer.error
+        assert connection.request("livepatch list").values("payload") == []
+        assert connection.request("domctl max_vcpus 0 64").rc == before.rc == 0
+    _untouched(running, pid)
+
+
+def test_a_warn_in_patched_code_reports_its_line(running: Checkout, tmp_path: Path) -> None:
+    """The bug-frame handler searches the payload's .bug_frames (Xen's virtual regions)."""
+    original = running.root / "baseline" / "sources" / "minixen" / "common" / "version.c"
+    for side in ("a", "b"):
+        (tmp_path / side / "common").mkdir(parents=True)
+    (tmp_path / "a" / "common" / "version.c").write_text(original.read_text())
+    edited = original.read_text().replace("const char *xen_changeset(void)\n{\n",
+                                          "const char *xen_changeset(void)\n{\n    WARN();\n")
+    (tmp_path / "b" / "common" / "version.c").write_text(edited)
+    line = edited.splitlines().index("    WARN();") + 1
+    diff = subprocess.run(["git", "diff", "--no-index", "--no-prefix", "a/common/version.c", "b/common/version.c"],
+                          cwd=tmp_path, capture_output=True, text=True, check=False).stdout
+    patch = running.root / "patches" / "warn-test" / "minixen.patch"
+    patch.parent.mkdir()
+    patch.write_text(diff)
+    running.doit("build-patch", "warn-test")
+    pid = _pid(running)
+    ok(xen(running, "upload", "warn-test", str(running.out("warn-test") / "warn-test.livepatch")))
+    ok(xen(running, "apply", "warn-test"))
+    try:
+        assert "xen_changeset : minixen" in ok(xen(running, "info"))
+        log = RunDir.of(Project(running.root)).log.read_text()
+        assert f"(XEN) Xen WARN at common/version.c:{line}" in log.splitlines()
+    finally:
+        ok(xen(running, "revert", "warn-test"))
+        ok(xen(running, "unload", "warn-test"))
+        patch.unlink()
+        patch.parent.rmdir()
+    assert _pid(running) == pid
+
+
+def test_a_failing_probe_is_refused_and_the_image_left_as_it_was(running: Checkout) -> None:
+    pid = _pid(running)
+    probe = running.root / "patches" / "regression-test" / "minixen.probe.toml"
+    good = probe.read_text()
+    probe.write_text(good.replace('applied = ["xen_extra : -Hello_World"', 'applied = ["xen_extra : -Goodbye"'))
+    try:
+        line = refused(xen(running, "prove", "regression-test"))
+    finally:
+        probe.write_text(good)
+    assert "probe 'info' applied: expected 'xen_extra : -Goodbye'" in line
+    _untouched(running, pid)

@@ -1,0 +1,226 @@
+"""A running base image (minixen) in the background: booting it, and its request interface.
+
+minixen answers requests, one line each, with "key : value" lines and a final "= rc";
+`livepatch upload NAME SIZE` is followed by SIZE bytes of payload. In the background it
+listens on a Unix socket (mode 0600) under work/run/, with its pid and console log there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError, XspliceError
+from .files import write_json
+from .project import Project
+
+STATE_CHECKED = 1
+STATE_APPLIED = 2
+STATE_NAMES = {"CHECKED": STATE_CHECKED, "APPLIED": STATE_APPLIED}
+SOCKET_PATH_MAX = 107
+BOOT_TIMEOUT = 10.0
+
+
+class HypervisorError(XspliceError):
+    """The running image is missing, refused a request, or cannot be started."""
+
+
+@dataclass
+class Answer:
+    """One answer: its "key : value" lines in order, and its return code."""
+
+    lines: list[str]
+    rc: int
+    fields: list[tuple[str, str]] = field(default_factory=list)
+
+    def values(self, key: str) -> list[str]:
+        return [value for name, value in self.fields if name == key]
+
+    def value(self, key: str, default: str = "") -> str:
+        found = self.values(key)
+        return found[0] if found else default
+
+    @property
+    def error(self) -> str:
+        return self.value("error", f"refused with rc {self.rc}")
+
+
+def parse_answer(lines: list[str]) -> Answer:
+    *body, last = lines
+    fields = [tuple(part.strip() for part in line.split(" : ", 1)) for line in body if " : " in line]
+    return Answer(lines=body, rc=int(last[2:]), fields=fields)  # type: ignore[arg-type]
+
+
+class Connection:
+    """One toolstack connection: requests in order, each answer read to its "= rc" line."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.stream = sock.makefile("rb")
+
+    def request(self, line: str, body: bytes = b"") -> Answer:
+        try:
+            self.sock.sendall(line.encode() + b"\n" + body)
+            lines = []
+            while True:
+                raw = self.stream.readline()
+                if not raw:
+                    raise HypervisorError(f"the running image closed the connection during {line.split()[0]!r}")
+                text = raw.decode("utf-8", "replace").rstrip("\n")
+                lines.append(text)
+                if text.startswith("= "):
+                    return parse_answer(lines)
+        except OSError as error:
+            raise HypervisorError(f"lost the running image during {line.split()[0]!r}: {error}") from None
+
+    def close(self) -> None:
+        self.stream.close()
+        self.sock.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """work/run/: where the background image keeps its socket, pid, log and what it is."""
+
+    path: Path
+
+    @classmethod
+    def of(cls, project: Project) -> RunDir:
+        return cls(project.work_dir / "run")
+
+    @property
+    def socket(self) -> Path:
+        return self.path / "hypervisor.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.path / "hypervisor.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "hypervisor.log"
+
+    @property
+    def record(self) -> Path:
+        return self.path / "hypervisor.json"
+
+    def pid(self) -> int | None:
+        """The pid of the running image, or None when none runs (a stale pid file is ignored)."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _alive(pid) else None
+
+    def connect(self) -> Connection:
+        pid = self.pid()
+        if pid is None:
+            raise HypervisorError("no image is running; start one with `xen-xsplice boot minixen`")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(self.socket))
+        except OSError as error:
+            sock.close()
+            raise HypervisorError(f"{self.socket}: cannot connect to the running image (pid {pid}): "
+                                  f"{error.strerror or error}") from None
+        return Connection(sock)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) is not running
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def trusted_certificate(project: Project) -> Path:
+    """The certificate payloads must verify against: XSPLICE_TRUSTED_CERT, else the development one."""
+    configured = os.environ.get("XSPLICE_TRUSTED_CERT")
+    return Path(configured) if configured else project.root / "keys" / "development" / "signing_cert.pem"
+
+
+def build_base(project: Project, baseline: str) -> dict:
+    """The baseline's base image, built through doit when needed; its build-base record."""
+    doit = Path(sys.executable).parent / "doit"
+    result = subprocess.run([str(doit), f"build-base:{baseline}"], cwd=project.root, capture_output=True,
+                            text=True, check=False, env={**os.environ, "XSPLICE_ROOT": str(project.root)})
+    record_path = project.baseline_work(baseline) / "base.json"
+    if result.returncode != 0 or not record_path.is_file():
+        reason = (result.stdout + result.stderr).strip().splitlines()
+        raise HypervisorError(f"baseline {baseline}: building the base image failed: "
+                              f"{reason[-1] if reason else 'doit failed'}")
+    return json.loads(record_path.read_text())
+
+
+def boot(project: Project, baseline: str) -> tuple[int, dict]:
+    """Start the baseline's base image in the background; (pid, its build-base record)."""
+    run = RunDir.of(project)
+    running = run.pid()
+    if running is not None:
+        raise HypervisorError(f"an image is already running (pid {running}); `xen-xsplice shutdown` it first")
+    record = build_base(project, baseline)
+    image = project.root / record["image"]
+    run.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if len(str(run.socket)) > SOCKET_PATH_MAX:
+        raise ConfigError(f"{run.socket}: socket path longer than {SOCKET_PATH_MAX} bytes; use a shorter checkout "
+                          "path")
+    run.socket.unlink(missing_ok=True)
+    with run.log.open("wb") as log:
+        process = subprocess.Popen([str(image), "--socket", str(run.socket)], stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=log, start_new_session=True, cwd=project.root)
+    run.pid_file.write_text(f"{process.pid}\n")
+    write_json(run.record, {"baseline": baseline, "image": record["image"], "build_id": record["build_id"],
+                            "pid": process.pid})
+    _wait_for_socket(run, process)
+    return process.pid, record
+
+
+def _wait_for_socket(run: RunDir, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise HypervisorError(f"the image exited during boot (status {process.returncode}); see {run.log}")
+        if run.socket.exists():
+            try:
+                run.connect().close()
+                return
+            except HypervisorError:
+                pass
+        time.sleep(0.02)
+    process.kill()
+    raise HypervisorError(f"the image did not open {run.socket} within {BOOT_TIMEOUT:.0f} s; see {run.log}")
+
+
+def shutdown(project: Project) -> int:
+    """Ask the running image to stop ("quit"), wait for it, tidy work/run/; returns its pid."""
+    run = RunDir.of(project)
+    pid = run.pid()
+    with run.connect() as connection:
+        connection.request("quit")
+    deadline = time.monotonic() + BOOT_TIMEOUT
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    run.pid_file.unlink(missing_ok=True)
+    run.record.unlink(missing_ok=True)
+    return pid
