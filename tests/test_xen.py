@@ -97,3 +97,11 @@ def test_the_reviewers_checker_accepts_the_xen_payloads(xen: Checkout, patch: st
     result = subprocess.run([sys.executable, str(checker), str(out / f"{patch}.livepatch"), str(out / "report.json")],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("patch", sorted(EXPECTED))
+def test_the_offline_loader_check_passes_against_the_real_xen_syms(xen: Checkout, patch: str) -> None:
+    image = xen.work("xen-4.17", "base", "tree", "xen", "xen-syms")
+    result = xen.xsplice("verify", str(xen.out(patch, "xen-4.17") / f"{patch}.livepatch"), "--image", str(image))
+    assert result.returncode == 0, result.stderr
+    assert f"build-id {DEBIAN_BUILD_ID}" in result.stdout and ", ".join(EXPECTED[patch]) in result.stdout

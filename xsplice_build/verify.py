@@ -43,6 +43,16 @@ PAGE = 4096
 # Where minixen's loader places the first payload (common/livepatch.c, PAYLOAD_AREA_START): the
 # plausible load address at which relocation overflow is computed.
 PLAUSIBLE_LOAD_ADDRESS = 0x10000000
+# Xen x86 maps payloads in the vmap area that starts at __2M_rwdata_end (arch_livepatch_init).
+XEN_PAYLOAD_AREA_SYMBOL = "__2M_rwdata_end"
+
+
+def payload_area(image: BaseImage) -> int:
+    """The address the image's loader would map a first payload at: Xen's vmap area, or minixen's."""
+    found = image.by_name.get(XEN_PAYLOAD_AREA_SYMBOL, [])
+    if len(found) == 1:
+        return (found[0].value + PAGE - 1) & ~(PAGE - 1)
+    return PLAUSIBLE_LOAD_ADDRESS
 JUMP_SIZE = 5
 ENDBR64 = b"\xf3\x0f\x1e\xfa"
 ACCEPTED_RELOCATIONS = (R_X86_64_NONE, R_X86_64_64, R_X86_64_PC32, R_X86_64_PLT32)
@@ -94,7 +104,7 @@ def verify_file(payload: Path, image_path: Path, certificate: Path) -> tuple[Lin
         raise XspliceError(str(error)) from None
     profile = apply_layout(XEN_X86_64, layout)
     func = func_layout(layout, profile.livepatch_payload_version)
-    return link_payload(unsigned, str(payload), image, layout=func, profile=profile), image
+    return link_payload(unsigned, str(payload), image, base=payload_area(image), layout=func, profile=profile), image
 
 
 def link_payload(unsigned: bytes, name: str, image: BaseImage, base: int = PLAUSIBLE_LOAD_ADDRESS,
