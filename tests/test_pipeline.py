@@ -153,3 +153,19 @@ def test_doit_list_shows_every_stage_with_a_doc(checkout: Checkout) -> None:
                   "lock-toolchain"):
         line = next(line for line in listing.splitlines() if line.split()[0] == stage)
         assert len(line.split()) > 2, line
+
+
+def test_a_supplied_image_is_trusted_only_when_the_baseline_rebuilds_to_it(built: Checkout, tmp_path) -> None:
+    mine = tmp_path / "xen-syms-running"
+    mine.write_bytes(built.work("minixen", "base", "tree", "xen-syms").read_bytes())
+    built.doit("build-patch", "--image", str(mine), "XSA-131")
+    assert built.report("XSA-131")["base_image"] == str(mine.resolve())
+    other = built.work("minixen", "orig", "tree", "xen-syms")  # built with -ffunction-sections: another image
+    line = _one_line_failure(built.doit("build-patch", "--image", str(other), "regression-test", check=False))
+    assert "FAILED build-base:minixen" in line and "rebuilds to" in line
+
+
+def test_a_missing_supplied_image_is_refused(checkout: Checkout) -> None:
+    line = _one_line_failure(checkout.doit("build-patch", "--image", "/nonexistent/xen-syms", "XSA-131",
+                                           check=False))
+    assert "/nonexistent/xen-syms: no such image" in line

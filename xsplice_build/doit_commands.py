@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from doit.cmd_run import Run
 
-from .baseline import DEFAULT_BASELINE, load_baseline
+from .baseline import DEFAULT_BASELINE, load_baseline, supply_image
 from .errors import XspliceError
 from .patches import patch_file
 from .project import Project
@@ -27,17 +28,29 @@ opt_baseline = {
 }
 
 
+opt_image = {
+    "name": "image",
+    "long": "image",
+    "type": str,
+    "default": "",
+    "help": "the xen-syms of the hypervisor you run: the baseline must rebuild to its build-id, and the payload "
+            "depends on it",
+}
+
+
 class BuildPatch(Run):
     name = "build-patch"
     doc_purpose = "build a signed live-patch payload for PATCH against a baseline"
     doc_usage = "[--baseline NAME] PATCH"
     doc_description = ("Runs every stage that is not up to date (checkout, toolchain, build-base, build-orig, "
                        "build-patched, diff, payload, sign) and writes out/<baseline>/<patch>/.")
-    cmd_options = (*Run.cmd_options, opt_baseline)
+    cmd_options = (*Run.cmd_options, opt_baseline, opt_image)
 
     def execute(self, params: Any, args: list[str]) -> int:
         try:
             baseline, patch = self._selection(params, args)
+            if params["image"]:
+                supply_image(baseline, Path(params["image"]))
         except XspliceError as error:
             print(f"xsplice: error: {error.message}", file=sys.stderr)
             return 2

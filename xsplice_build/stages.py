@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, toolchain
-from .baseline import Baseline, load_baseline
+from .baseline import Baseline, load_baseline, supplied_image
 from .build import SPLIT_SECTIONS_FLAGS, apply_patch, check_expected_build_id, prepare_tree, run_build
 from .checkout import checkout
 from .diff.engine import diff_patch
 from .diff.explain import explain_record
 from .diff.extract import PatchedFunction
 from .diff.profile import profile_named
+from .elf.notes import image_build_id
+from .elf.reader import read_elf_file
+from .errors import BuildError
 from .files import copy_tree, read_json, relative, remove_tree, sha256_bytes, sha256_file, write_atomic, write_json
 from .image import BaseImage
 from .layout import apply_layout, baseline_layout, func_layout, probe_structs, wanted_structs
@@ -83,14 +86,29 @@ def stage_build_base(project: Project, baseline: str) -> None:
     output = run_build(definition, tree, _tools(project), "", records.base / "base" / "build.log", prepare=True,
                        bin_dir=records.bin)
     check_expected_build_id(definition, output)
+    image = _trusted_image(definition, output.image, output.build_id)
     write_json(records.build_base, {
         "tree": relative(tree, project.root),
-        "image": relative(output.image, project.root),
-        "image_sha256": sha256_file(output.image),
+        "image": relative(image, project.root) if image.resolve().is_relative_to(project.root.resolve())
+        else str(image.resolve()),
+        "image_sha256": sha256_file(image),
         "build_id": output.build_id,
         "objects": output.objects,
         "layout": _layout(definition, tree, output.image),
     })
+
+
+def _trusted_image(definition: Baseline, rebuilt: Path, build_id: str) -> Path:
+    """The image payloads depend on: the user's own xen-syms, once the baseline rebuilds to its build-id."""
+    supplied = supplied_image(definition.name)
+    if supplied is None:
+        return rebuilt
+    theirs = image_build_id(read_elf_file(supplied)).hex()
+    if theirs != build_id:
+        raise BuildError(f"{supplied}: build-id {theirs}, but baseline {definition.name} rebuilds to {build_id}: "
+                         "the image was not built from this source, configuration and toolchain, so a payload "
+                         "built here would not match the code it runs")
+    return supplied
 
 
 def _layout(definition: Baseline, tree: Path, image: Path) -> dict[str, Any]:

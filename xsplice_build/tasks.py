@@ -18,7 +18,7 @@ from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
 from . import stages
-from .baseline import Baseline, load_all
+from .baseline import Baseline, load_all, supplied_image
 from .errors import XspliceError
 from .patches import pairs
 from .project import Project
@@ -106,8 +106,11 @@ class Pipeline:
         yield self._doc("build-base", "build each baseline as shipped: the image and its build-id")
         for baseline in self.baselines:
             records = stages.Records(self.project, baseline.name)
-            yield self._subtask("build-base", baseline.name, "build", self._build_inputs(baseline, records.checkout),
-                                [records.build_base], baseline=baseline.name)
+            task = self._subtask("build-base", baseline.name, "build", self._build_inputs(baseline, records.checkout),
+                                 [records.build_base], baseline=baseline.name)
+            image = supplied_image(baseline.name)
+            task["uptodate"] = [config_changed({"code": code_fingerprint("build"), "image": _image_identity(image)})]
+            yield task
 
     def build_orig(self) -> Iterator[dict[str, Any]]:
         yield self._doc("build-orig", "build each baseline's original objects, one section per function")
@@ -184,6 +187,13 @@ class Pipeline:
     @staticmethod
     def _doc(basename: str, doc: str) -> dict[str, Any]:
         return {"basename": basename, "name": None, "doc": doc}
+
+
+def _image_identity(image: Path | None) -> str:
+    if image is None:
+        return ""
+    stat = image.stat() if image.is_file() else None
+    return f"{image}:{stat.st_size}:{stat.st_mtime_ns}" if stat else str(image)
 
 
 def _keys_present(keys: SigningKeys) -> bool:
