@@ -79,8 +79,8 @@ def probe_structs(tree: Path, probe: LayoutProbe, compiler: str, names: set[str]
     Used when the shipped image has no DWARF (Xen without CONFIG_DEBUG_INFO): the records'
     layouts still come from the baseline's own headers, through its own compiler flags.
     """
-    command = _kbuild_command(tree / probe.command_file)
-    flags = _without_outputs(shlex.split(command)[1:])
+    command = kbuild_command(tree / probe.command_file)
+    flags = compile_flags(shlex.split(command)[1:])
     with tempfile.TemporaryDirectory(prefix="xsplice-probe-") as scratch:
         source, output = Path(scratch) / "probe.c", Path(scratch) / "probe.o"
         lines = [f"#include <{header}>" for header in probe.includes]
@@ -94,7 +94,7 @@ def probe_structs(tree: Path, probe: LayoutProbe, compiler: str, names: set[str]
         return read_structs(output, names)
 
 
-def _kbuild_command(path: Path) -> str:
+def kbuild_command(path: Path) -> str:
     try:
         for line in path.read_text().splitlines():
             if line.startswith("cmd_") and ":=" in line:
@@ -109,7 +109,7 @@ _TAKES_VALUE = frozenset({"-include", "-imacros", "-I", "-isystem", "-iquote", "
 _DROPPED_WITH_VALUE = frozenset({"-MF", "-MQ", "-MT", "-o"})
 
 
-def _without_outputs(arguments: list[str]) -> list[str]:
+def compile_flags(arguments: list[str]) -> list[str]:
     """The compile flags alone: no source, no object, no dependency files written into the tree."""
     kept: list[str] = []
     previous = ""
