@@ -134,6 +134,17 @@ def split(signed: bytes, name: str) -> tuple[bytes, bytes]:
     return signed[:start], signed[start:end - MODULE_SIGNATURE.size]
 
 
+def verify_file(path: Path, certificate: Path) -> bytes:
+    """Read a signed payload and check its signature; returns the payload it covers."""
+    try:
+        signed = path.read_bytes()
+    except OSError as error:
+        raise SignatureError(f"{path}: cannot read: {error.strerror or error}") from None
+    if not certificate.is_file():
+        raise SignatureError(f"{certificate}: trusted certificate not found; pass --cert or run `doit dev-keys`")
+    return verify(signed, certificate, str(path))
+
+
 def verify(signed: bytes, certificate_path: Path, name: str) -> bytes:
     """Check the signature with openssl against `certificate_path`; returns the payload it covers."""
     payload, signature = split(signed, name)

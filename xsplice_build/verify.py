@@ -22,8 +22,6 @@ from .elf.constants import (
     ET_REL,
     R_X86_64_64,
     R_X86_64_NONE,
-    R_X86_64_PC32,
-    R_X86_64_PLT32,
     SHN_ABS,
     SHN_COMMON,
     SHN_LORESERVE,
@@ -53,9 +51,10 @@ def payload_area(image: BaseImage) -> int:
     if len(found) == 1:
         return (found[0].value + PAGE - 1) & ~(PAGE - 1)
     return PLAUSIBLE_LOAD_ADDRESS
-JUMP_SIZE = 5
-ENDBR64 = b"\xf3\x0f\x1e\xfa"
-ACCEPTED_RELOCATIONS = (R_X86_64_NONE, R_X86_64_64, R_X86_64_PC32, R_X86_64_PLT32)
+# The loader's x86 rules (arch_livepatch_perform_rela, arch_livepatch_verify_func), from the target profile.
+JUMP_SIZE = XEN_X86_64.jump_size
+ENDBR64 = XEN_X86_64.endbr_bytes
+ACCEPTED_RELOCATIONS = XEN_X86_64.accepted_relocations
 
 
 @dataclass
@@ -89,13 +88,7 @@ class LinkedPayload:
 
 def verify_file(payload: Path, image_path: Path, certificate: Path) -> tuple[LinkedPayload, BaseImage]:
     """Check a signed payload file against an image file; returns the payload as the loader links it."""
-    try:
-        signed = payload.read_bytes()
-    except OSError as error:
-        raise XspliceError(f"{payload}: cannot read: {error.strerror or error}") from None
-    if not certificate.is_file():
-        raise XspliceError(f"{certificate}: trusted certificate not found; pass --cert or run `doit dev-keys`")
-    unsigned = sign.verify(signed, certificate, str(payload))
+    unsigned = sign.verify_file(payload, certificate)
     image = BaseImage.load(image_path)
     # The image's own headers (DWARF) say how large its records are, as the pipeline reads them.
     try:

@@ -85,15 +85,9 @@ def _upload(project: Project, arguments: argparse.Namespace) -> None:
 
 def upload(connection: Connection, name: str, path: Path, certificate: Path) -> None:
     """Verify the signature and the build-id dependency here, then hand the unsigned payload over."""
-    try:
-        signed = path.read_bytes()
-    except OSError as error:
-        raise HypervisorError(f"{path}: cannot read: {error.strerror or error}") from None
-    if not certificate.is_file():
-        raise HypervisorError(f"{certificate}: trusted certificate not found; pass --cert or run `doit dev-keys`")
-    payload = sign.verify(signed, certificate, str(path))
+    payload = sign.verify_file(path, certificate)
     _check_build_id(connection, payload, str(path))
-    print(f"Uploading {path} ({len(signed)} bytes)")
+    print(f"Uploading {path} ({path.stat().st_size} bytes)")
     _checked(connection.request(f"livepatch upload {name} {len(payload)}", payload), f"upload {name}")
 
 
