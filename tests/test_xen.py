@@ -105,3 +105,10 @@ def test_the_offline_loader_check_passes_against_the_real_xen_syms(xen: Checkout
     result = xen.xsplice("verify", str(xen.out(patch, "xen-4.17") / f"{patch}.livepatch"), "--image", str(image))
     assert result.returncode == 0, result.stderr
     assert f"build-id {DEBIAN_BUILD_ID}" in result.stdout and ", ".join(EXPECTED[patch]) in result.stdout
+
+
+def test_a_patch_changes_only_its_own_objects_not_the_version_stamp(xen: Checkout) -> None:
+    # Build trees carry no .git, so Xen's changeset string cannot gain "-dirty": version.o stays put.
+    patched = json.loads(xen.work("xen-4.17", "patches", "domctl-iomem-empty-range", "patched.json").read_text())
+    assert [change["object"] for change in patched["changed"]] == ["xen/common/domctl.o"]
+    assert "xen/common/version.o" not in patched["recompiled"]
