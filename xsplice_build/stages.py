@@ -194,7 +194,8 @@ def stage_payload(project: Project, baseline: str, patch: str) -> None:
     layout = func_layout(base["layout"], profile.livepatch_payload_version)
     payload = make_payload(records.extract.read_bytes(), functions, image, profile, layout)
     write_atomic(records.unsigned, payload.data)
-    write_json(records.payload, {**payload.record(), "sha256": sha256_bytes(payload.data)})
+    write_json(records.payload, {**payload.record(), "unsigned": records.unsigned.name,
+                                  "sha256": sha256_bytes(payload.data)})
 
 
 def stage_sign(project: Project, baseline: str, patch: str) -> list[str]:

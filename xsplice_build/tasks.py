@@ -17,9 +17,10 @@ from typing import Any
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from . import stages
+from . import integrity, stages
 from .baseline import Baseline, load_all, supplied_image
 from .errors import XspliceError
+from .files import read_json
 from .patches import pairs
 from .project import Project
 from .sign import SigningKeys, configured_keys
@@ -109,7 +110,8 @@ class Pipeline:
             task = self._subtask("build-base", baseline.name, "build", self._build_inputs(baseline, records.checkout),
                                  [records.build_base], baseline=baseline.name)
             image = supplied_image(baseline.name)
-            task["uptodate"] = [config_changed({"code": code_fingerprint("build"), "image": _image_identity(image)})]
+            task["uptodate"] = [config_changed({"code": code_fingerprint("build"), "image": _image_identity(image)}),
+                                task["uptodate"][1]]  # the outputs-intact check _subtask made
             yield task
 
     def build_orig(self) -> Iterator[dict[str, Any]]:
@@ -154,18 +156,22 @@ class Pipeline:
             inputs = [records.payload, records.unsigned, self.project.lock_path, records.checkout,
                       records.build_base, records.patched, records.diff]
             task = self._subtask("sign", f"{baseline}/{patch}", "sign", inputs,
-                                 [records.signed, records.report], baseline=baseline, patch=patch)
+                                 [records.signed, records.report], record=records.report, baseline=baseline,
+                                 patch=patch)
             task["task_dep"] = ["dev-keys"]
             # One config_changed per task: doit keeps a single saved value for all of them.
             task["uptodate"] = [config_changed({"code": code_fingerprint("sign"), "key": self._path(keys.key),
-                                                "certificate": self._path(keys.certificate)}), _keys_unchanged(keys)]
+                                                "certificate": self._path(keys.certificate)}), _keys_unchanged(keys),
+                                task["uptodate"][1]]
             yield task
 
     def _subtask(self, basename: str, name: str, code: str, inputs: list[Path], targets: list[Path],
-                 **arguments: str) -> dict[str, Any]:
+                 record: Path | None = None, **arguments: str) -> dict[str, Any]:
+        """One stage for one baseline or pair; `record` (default: the first target) lists its outputs' hashes."""
         return {"basename": basename, "name": name, "actions": self._action(basename.replace("-", "_"), **arguments),
                 "file_dep": [self._path(p) for p in inputs], "targets": [self._path(p) for p in targets],
-                "uptodate": [config_changed(code_fingerprint(code))]}
+                "uptodate": [config_changed(code_fingerprint(code)),
+                             _outputs_intact(self.project, basename, record or targets[0], targets)]}
 
     def _build_inputs(self, baseline: Baseline, checkout_record: Path) -> list[Path]:
         inputs = [checkout_record, self.project.toolchain_state, baseline.definition]
@@ -211,5 +217,21 @@ def _keys_unchanged(keys: SigningKeys) -> Callable[..., bool]:
         task.value_savers.append(lambda: {"certificate_sha256": _certificate_digest(keys)})
         digest = _certificate_digest(keys)
         return bool(digest) and values.get("certificate_sha256") == digest
+
+    return check
+
+
+def _outputs_intact(project: Project, stage: str, record: Path, targets: list[Path]) -> Callable[..., bool]:
+    """Up to date only with the targets as this stage last wrote them and every output its record lists intact."""
+
+    def check(task: Any, values: dict[str, Any]) -> bool:
+        task.value_savers.append(lambda: {"targets_sha256": integrity.files_digest(targets)})
+        if values.get("targets_sha256") != integrity.files_digest(targets):
+            return False
+        try:
+            content = read_json(record, f"{stage} record")
+        except XspliceError:
+            return False
+        return isinstance(content, dict) and integrity.outputs_intact(project, stage, content, record.parent)
 
     return check

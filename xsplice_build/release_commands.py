@@ -1,0 +1,183 @@
+"""doit commands for releases: `doit nightly` (every pair, out/release/) and `doit audit` (rebuild, compare).
+
+`nightly` runs the ordinary per-(baseline, patch) subtasks of dodo.py for every pair
+that has a patch variant, with doit's --continue semantics (a failing pair does not
+stop the others; a failing baseline stage fails only that baseline's pairs), and works
+with `doit -n N nightly`: workers run the stages, the main process alone writes the
+dependency database, and no two tasks write the same file.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+from doit.cmd_base import Command
+from doit.cmd_run import Run
+from doit.exceptions import BaseFail, UnmetDependency
+from rich.console import Console
+from rich.table import Table
+
+from . import audit, release
+from .baseline import DEFAULT_BASELINE, load_all
+from .doit_commands import opt_baseline
+from .errors import XspliceError
+from .patches import pairs
+from .project import Project
+from .reporter import one_line
+
+opt_scheduler = {
+    "name": "scheduler",
+    "long": "scheduler",
+    "type": str,
+    "default": "",
+    "help": "run the jobs on a Dask distributed scheduler at URL (tcp://HOST:PORT; needs the cluster extra)",
+}
+opt_manifest = {
+    "name": "manifest",
+    "long": "manifest",
+    "type": str,
+    "default": "",
+    "help": "audit every ok entry of this release manifest (out/release/manifest.json of any checkout)",
+}
+opt_processes = {
+    "name": "processes",
+    "short": "n",
+    "long": "process",
+    "type": int,
+    "default": 0,
+    "help": "rebuild with this many parallel doit workers [default: 0, serial]",
+}
+opt_keep = {
+    "name": "keep",
+    "long": "keep",
+    "type": bool,
+    "default": False,
+    "help": "keep the fresh rebuild directory for inspection (its path is printed)",
+}
+
+
+def _recording(reporter_class: type) -> type:
+    """The configured reporter, also keeping each failed task's one-line reason for the manifest."""
+
+    class Recording(reporter_class):  # type: ignore[misc, valid-type]
+        def __init__(self, outstream: TextIO, options: dict[str, Any]) -> None:
+            super().__init__(outstream, options)
+            self.failed: dict[str, str] = {}
+
+        def add_failure(self, task: Any, fail: BaseFail) -> None:
+            if not isinstance(fail, UnmetDependency):
+                self.failed[task.name] = one_line(fail)
+            super().add_failure(task, fail)
+
+    return Recording
+
+
+class Nightly(Run):
+    name = "nightly"
+    doc_purpose = "build every (patch, baseline) pair that has a variant and write out/release/"
+    doc_usage = "[-n N]"
+    doc_description = ("Runs every stage of every pair that is not up to date, continuing past failures, then "
+                       "writes out/release/<baseline>/<patch>.livepatch and out/release/manifest.json (one entry "
+                       "per pair, ok or failed with its reason). Exits 1 when any pair failed.")
+    cmd_options = (*Run.cmd_options, opt_scheduler)
+
+    def execute(self, params: Any, args: list[str]) -> int:
+        try:
+            self._pairs = self._selection(params, args)
+        except XspliceError as error:
+            print(f"xsplice: error: {error.message}", file=sys.stderr)
+            return 2
+        tasks = ["toolchain", *(f"sign:{pair.name}" for pair in self._pairs)]
+        return super().execute(params, tasks)
+
+    @staticmethod
+    def _selection(params: Any, args: list[str]) -> list[release.Pair]:
+        if params.get("scheduler"):
+            raise XspliceError(f"--scheduler {params['scheduler']}: distributed nightlies need the cluster extra "
+                               "(pip install -e '.[cluster]'), which this installation does not have; run "
+                               "without --scheduler to build on this machine")
+        if args:
+            raise XspliceError(f"usage: doit nightly [-n N] (takes no arguments, got {' '.join(args)})")
+        project = Project.find()
+        selected = [release.Pair(b, p) for b, p in pairs(project, [b.name for b in load_all(project)])]
+        if not selected:
+            raise XspliceError("no (baseline, patch) pairs: add patches/NAME/BASELINE.patch for a baseline in "
+                               "baseline/")
+        return selected
+
+    def _execute(self, outfile: TextIO, verbosity: int | None = None, always: bool = False,
+                 continue_: bool = False, reporter: Any = "console", num_process: int = 0,
+                 par_type: str = "process", single: bool = False, auto_delayed_regex: bool = False,
+                 force_verbosity: bool = False, failure_verbosity: int = 0, pdb: bool = False) -> int:
+        reporter_class = self.reporters[reporter] if isinstance(reporter, str) else reporter
+        recording = _recording(reporter_class)(outfile, {"failure_verbosity": failure_verbosity})
+        # A nightly always continues: one pair's failure must not cost the others their payload.
+        result = super()._execute(outfile, verbosity, always, True, recording, num_process, par_type, single,
+                                  auto_delayed_regex, force_verbosity, failure_verbosity, pdb)
+        if result not in (0, 1):
+            return result
+        project = Project.find()
+        entries = [release.entry(project, pair, release.failure_reason(pair, recording.failed))
+                   for pair in self._pairs]
+        directory = release.write_release(project, entries)
+        _print_summary(Console(file=outfile, highlight=False, soft_wrap=True), entries,
+                       directory.relative_to(project.root))
+        return 0 if all(item["status"] == "ok" for item in entries) else 1
+
+
+def _print_summary(console: Console, entries: list[dict[str, Any]], directory: Path) -> None:
+    failed = [item for item in entries if item["status"] != "ok"]
+    if console.is_terminal:
+        table = Table(title=f"nightly: {directory}/{release.MANIFEST}")
+        for column in ("baseline", "patch", "status", "functions / reason", "payload sha256"):
+            table.add_column(column)
+        for item in sorted(entries, key=lambda e: (e["baseline"], e["patch"])):
+            ok = item["status"] == "ok"
+            table.add_row(item["baseline"], item["patch"], "[green]ok[/]" if ok else "[bold red]failed[/]",
+                          _functions(item) if ok else item["reason"], (item["payload_sha256"] or "")[:16])
+        console.print(table)
+    else:
+        for item in sorted(entries, key=lambda e: (e["baseline"], e["patch"])):
+            name = f"{item['baseline']}/{item['patch']}"
+            if item["status"] == "ok":
+                console.print(f"xsplice: nightly ok {name}: {_functions(item)} (payload sha256 "
+                              f"{item['payload_sha256']})", markup=False)
+            else:
+                console.print(f"xsplice: nightly FAILED {name}: {item['reason']}", markup=False)
+    console.print(f"xsplice: nightly: {len(entries) - len(failed)} ok, {len(failed)} failed; "
+                  f"{directory}/{release.MANIFEST}", markup=False)
+
+
+def _functions(item: dict[str, Any]) -> str:
+    return ", ".join(function["name"] for function in item["functions"])
+
+
+class Audit(Command):
+    name = "audit"
+    doc_purpose = "rebuild released payloads from scratch in a fresh directory and compare them bit for bit"
+    doc_usage = "[--baseline NAME] PATCH | --manifest PATH"
+    doc_description = ("Copies this checkout's sources (dodo.py, pyproject.toml, toolchain.lock, baseline/, "
+                       "patches/) to a new directory with empty work/ and out/, rebuilds the payloads there and "
+                       "compares the unsigned bytes with the released ones; on a difference, names it section by "
+                       "section and symbol by symbol. With a signing key here, also signs and compares the signed "
+                       f"bytes. Default baseline: {DEFAULT_BASELINE}.")
+    cmd_options = (opt_baseline, opt_manifest, opt_processes, opt_keep)
+
+    def execute(self, params: Any, args: list[str]) -> int:
+        try:
+            project = Project.find()
+            if params["manifest"]:
+                if args:
+                    raise XspliceError("usage: doit audit --manifest PATH (no PATCH with --manifest)")
+                targets = audit.targets_from_manifest(Path(params["manifest"]))
+            else:
+                if len(args) != 1:
+                    raise XspliceError(f"usage: doit audit [--baseline NAME] PATCH | --manifest PATH "
+                                       f"(got {len(args)} arguments)")
+                targets = audit.targets_from_checkout(project, params["baseline"], args[0])
+            return audit.run(project, targets, params["processes"], params["keep"], sys.stdout)
+        except XspliceError as error:
+            print(f"xsplice: error: {error.message}", file=sys.stderr)
+            return 2
