@@ -78,6 +78,8 @@ def _ok_entry(project: Project, pair: Pair) -> dict[str, Any]:
 
 
 def _failed_entry(project: Project, pair: Pair, reason: str) -> dict[str, Any]:
+    # Paths in the checkout as the manifest names everything: relative, so the bytes do not vary by directory.
+    reason = reason.replace(f"{project.root.resolve()}/", "").replace(f"{project.root}/", "")
     return {
         "patch": pair.patch, "baseline": pair.baseline, "status": "failed", "reason": reason,
         "patch_sha256": _known(lambda: sha256_file(patch_file(project, pair.patch, pair.baseline))),

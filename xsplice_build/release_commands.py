@@ -95,7 +95,7 @@ class Nightly(Run):
     @staticmethod
     def _selection(params: Any, args: list[str]) -> list[release.Pair]:
         if params.get("scheduler"):
-            raise XspliceError(f"--scheduler {params['scheduler']}: distributed nightlies need the cluster extra "
+            raise XspliceError(f"--scheduler {params['scheduler']}: the distributed nightly needs the cluster extra "
                                "(pip install -e '.[cluster]'), which this installation does not have; run "
                                "without --scheduler to build on this machine")
         if args:
@@ -116,7 +116,7 @@ class Nightly(Run):
         # A nightly always continues: one pair's failure must not cost the others their payload.
         result = super()._execute(outfile, verbosity, always, True, recording, num_process, par_type, single,
                                   auto_delayed_regex, force_verbosity, failure_verbosity, pdb)
-        if result not in (0, 1):
+        if result not in (0, 1, 2):  # 3: nothing ran (a dodo.py or command-line error)
             return result
         project = Project.find()
         entries = [release.entry(project, pair, release.failure_reason(pair, recording.failed))

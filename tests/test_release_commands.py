@@ -1,0 +1,149 @@
+"""`doit -n 2 nightly` over the corpus and `doit audit` of its release from another directory."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import Checkout, copy_checkout
+
+from xsplice_build.files import sha256_bytes, sha256_file
+from xsplice_build.sign import split
+
+PAIRS = {("minixen", "XSA-131"), ("minixen", "regression-test"), ("minixen-1.1", "XSA-131"),
+         ("minixen-1.1", "regression-test"), ("minixen-1.1", "version-code")}
+KEYS = {"patch", "baseline", "status", "reason", "patch_sha256", "commit", "base_build_id",
+        "toolchain_lock_sha256", "functions", "unsigned_payload_sha256", "payload_sha256"}
+
+
+@pytest.fixture(scope="module")
+def nightly_once(tmp_path_factory: pytest.TempPathFactory) -> Checkout:
+    """One checkout copy where `doit -n 2 nightly` built the whole corpus (shared, do not modify)."""
+    checkout = copy_checkout(tmp_path_factory.mktemp("nightly") / "checkout")
+    checkout.doit("-n", "2", "nightly")
+    return checkout
+
+
+def _manifest(checkout: Checkout) -> list[dict]:
+    return json.loads((checkout.root / "out" / "release" / "manifest.json").read_text())["payloads"]
+
+
+def _started(output: str) -> list[str]:
+    return re.findall(r"^xsplice: start (\S+)", output, re.MULTILINE)
+
+
+def test_nightly_builds_every_pair_with_a_variant(nightly_once: Checkout) -> None:
+    entries = _manifest(nightly_once)
+    assert {(e["baseline"], e["patch"]) for e in entries} == PAIRS
+    assert [(e["baseline"], e["patch"]) for e in entries] == sorted(PAIRS)
+    release = nightly_once.root / "out" / "release"
+    for entry in entries:
+        assert set(entry) >= KEYS and entry["status"] == "ok" and entry["reason"] is None
+        payload = release / entry["payload"]
+        assert sha256_file(payload) == entry["payload_sha256"]
+        unsigned, _ = split(payload.read_bytes(), str(payload))
+        assert sha256_bytes(unsigned) == entry["unsigned_payload_sha256"]
+    by_pair = {(e["baseline"], e["patch"]): e for e in entries}
+    # Two releases of one hypervisor: different commits and build-ids, the same fix for each.
+    old, new = by_pair[("minixen", "XSA-131")], by_pair[("minixen-1.1", "XSA-131")]
+    assert old["commit"] != new["commit"] and old["base_build_id"] != new["base_build_id"]
+    assert [f["name"] for f in old["functions"]] == [f["name"] for f in new["functions"]] == ["do_domctl"]
+    # xen_version_code() is new in 1.1 and moves xen_extra_version: the same patch, another old address.
+    assert by_pair[("minixen", "regression-test")]["functions"][0]["old_addr"] != \
+        by_pair[("minixen-1.1", "regression-test")]["functions"][0]["old_addr"]
+    assert [f["name"] for f in by_pair[("minixen-1.1", "version-code")]["functions"]] == ["xen_version_code"]
+
+
+def test_a_second_nightly_reuses_everything_and_writes_the_same_manifest(nightly_once: Checkout,
+                                                                        tmp_path: Path) -> None:
+    again = copy_checkout(tmp_path / "again", nightly_once.root, with_state=True)
+    before = (again.root / "out" / "release" / "manifest.json").read_bytes()
+    result = again.doit("-n", "2", "nightly")
+    assert _started(result.stdout) == ["toolchain"]
+    assert (again.root / "out" / "release" / "manifest.json").read_bytes() == before
+    assert "xsplice: nightly: 5 ok, 0 failed" in result.stdout
+
+
+def test_a_failing_pair_is_recorded_and_the_others_still_ship(tmp_path: Path) -> None:
+    checkout = copy_checkout(tmp_path / "checkout")
+    broken = checkout.root / "patches" / "broken" / "minixen-1.1.patch"
+    broken.parent.mkdir()
+    original = (checkout.root / "patches" / "XSA-131" / "minixen-1.1.patch").read_text()
+    broken.write_text(original.replace("case XEN_DOMCTL_max_vcpus:", "case XEN_DOMCTL_max_vcpu:"))
+    result = checkout.doit("-n", "2", "nightly", check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    entries = {(e["baseline"], e["patch"]): e for e in _manifest(checkout)}
+    assert set(entries) == PAIRS | {("minixen-1.1", "broken")}
+    failed = entries[("minixen-1.1", "broken")]
+    assert failed["status"] == "failed" and failed["payload_sha256"] is None
+    assert failed["reason"].startswith("build-patched:minixen-1.1/broken: ")
+    assert "patches/broken/minixen-1.1.patch: does not apply" in failed["reason"]
+    assert failed["patch_sha256"] == sha256_file(broken) and failed["commit"] == entries[
+        ("minixen-1.1", "XSA-131")]["commit"]
+    assert all(e["status"] == "ok" for pair, e in entries.items() if pair != ("minixen-1.1", "broken"))
+    assert not (checkout.root / "out" / "release" / "minixen-1.1" / "broken.livepatch").exists()
+    assert "xsplice: nightly FAILED minixen-1.1/broken: build-patched:minixen-1.1/broken:" in result.stdout
+    assert "xsplice: nightly: 5 ok, 1 failed" in result.stdout
+
+
+def test_scheduler_is_refused_in_one_line_until_the_cluster_extra_exists(checkout: Checkout) -> None:
+    result = checkout.doit("nightly", "--scheduler", "tcp://127.0.0.1:8786", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "needs the cluster extra" in result.stderr
+    assert not (checkout.root / "out").exists()
+
+
+def test_audit_of_the_manifest_from_another_directory_is_identical(nightly_once: Checkout, tmp_path: Path) -> None:
+    auditor = copy_checkout(tmp_path / "elsewhere" / "auditor")
+    manifest = nightly_once.root / "out" / "release" / "manifest.json"
+    result = auditor.doit("audit", "--manifest", str(manifest))
+    lines = result.stdout
+    for entry in _manifest(nightly_once):
+        name = f"{entry['baseline']}/{entry['patch']}"
+        digest = entry["unsigned_payload_sha256"]
+        assert f"xsplice: audit {name}: identical: unsigned payload sha256 {digest}" in lines
+        assert f"= {digest} (rebuilt" in lines
+        # No key in the auditor's checkout: the release's own signature is checked instead.
+        assert f"xsplice: audit {name}: the release's signature verifies with" in lines
+    assert "xsplice: audit: 5 identical, 0 different or not rebuilt, 0 skipped" in lines
+    rebuilt_in = re.search(r"rebuilt in (\S+) ", lines).group(1)
+    assert rebuilt_in != str(nightly_once.root) and not Path(rebuilt_in).exists()
+
+
+def test_audit_with_the_release_key_compares_signed_bytes_too(nightly_once: Checkout, tmp_path: Path) -> None:
+    auditor = copy_checkout(tmp_path / "auditor")
+    shutil.copytree(nightly_once.root / "keys", auditor.root / "keys")
+    result = auditor.doit("audit", "--baseline", "minixen-1.1", "version-code", check=False)
+    assert result.returncode == 2 and "no payload to audit" in result.stderr
+    result = auditor.doit("audit", "--manifest", str(nightly_once.root / "out" / "release"))
+    assert result.stdout.count("signed bytes identical too") == 5
+
+
+def test_audit_names_a_real_difference_section_by_section(nightly_once: Checkout, tmp_path: Path) -> None:
+    auditor = copy_checkout(tmp_path / "auditor")
+    patch = auditor.root / "patches" / "XSA-131" / "minixen.patch"
+    patch.write_text(patch.read_text().replace("+        ret = -EINVAL;", "+        ret = -ERANGE;"))
+    result = auditor.doit("audit", "--manifest", str(nightly_once.root / "out" / "release" / "manifest.json"),
+                          check=False)
+    assert result.returncode == 1
+    out = result.stdout
+    assert "xsplice: audit minixen/XSA-131:   input differs: patches/XSA-131/minixen.patch" in out
+    assert "xsplice: audit minixen/XSA-131: DIFFERENT (likely cause: real difference)" in out
+    assert re.search(r"audit minixen/XSA-131:   section \.text\.do_domctl: \d+ byte\(s\) differ in do_domctl", out)
+    assert "xsplice: audit: 4 identical, 1 different or not rebuilt, 0 skipped" in out
+
+
+def test_audit_of_a_checkout_build_and_of_a_tampered_release(built: Checkout) -> None:
+    result = built.doit("audit", "XSA-131")
+    assert "xsplice: audit minixen/XSA-131: identical" in result.stdout
+    assert "signed bytes identical too" in result.stdout
+    payload = built.out("XSA-131") / "XSA-131.livepatch"
+    data = bytearray(payload.read_bytes())
+    data[0x50] ^= 0xFF
+    payload.write_bytes(bytes(data))
+    result = built.doit("audit", "XSA-131", check=False)
+    assert result.returncode == 1 and "xsplice: audit minixen/XSA-131: DIFFERENT" in result.stdout
