@@ -97,6 +97,7 @@ def test_a_run_killed_mid_stage_gives_the_same_bytes_when_run_again(built_once: 
         assert (checkout.out("XSA-131") / name).read_bytes() == (built_once.out("XSA-131") / name).read_bytes()
     unsigned = Path("work/minixen/patches/XSA-131/XSA-131.livepatch.unsigned")
     assert (checkout.root / unsigned).read_bytes() == (built_once.root / unsigned).read_bytes()
+    assert not list((checkout.root / unsigned).parent.glob(".*.tmp"))  # what the killed write left is gone
 
 
 def test_a_run_killed_during_payload_after_a_good_one_keeps_the_old_payload_then_rebuilds(built: Checkout,

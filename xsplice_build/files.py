@@ -41,6 +41,13 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise
 
 
+def remove_temporaries(directory: Path) -> None:
+    """Drop what write_atomic left when a run was killed mid-write; call only where no other task writes."""
+    if directory.is_dir():
+        for stale in directory.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+
+
 def dump_json(value: Any) -> bytes:
     """Canonical JSON: sorted keys, fixed indentation, trailing newline (stable bytes, readable diffs)."""
     return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from . import __version__, toolchain
+from . import __version__, files, toolchain
 from .baseline import Baseline, load_baseline, supplied_image
 from .build import SPLIT_SECTIONS_FLAGS, apply_patch, check_expected_build_id, prepare_tree, run_build
 from .checkout import checkout
@@ -139,6 +139,7 @@ def stage_build_orig(project: Project, baseline: str) -> None:
 def stage_build_patched(project: Project, baseline: str, patch: str) -> None:
     definition = load_baseline(project, baseline)
     records = Records(project, baseline, patch)
+    files.remove_temporaries(records.patch_dir)  # the stages of one pair run one after another
     source = patch_file(project, patch, baseline)
     orig = read_json(records.build_orig, "original build record")
     tree = records.patch_dir / "tree"
@@ -167,6 +168,7 @@ def stage_build_patched(project: Project, baseline: str, patch: str) -> None:
 def stage_diff(project: Project, baseline: str, patch: str) -> None:
     definition = load_baseline(project, baseline)
     records = Records(project, baseline, patch)
+    files.remove_temporaries(records.patch_dir)  # the stages of one pair run one after another
     patched = read_json(records.patched, "patched build record")
     orig_tree = project.root / read_json(records.build_orig, "original build record")["tree"]
     layout = read_json(records.build_base, "base build record")["layout"]
@@ -186,6 +188,7 @@ def stage_diff(project: Project, baseline: str, patch: str) -> None:
 def stage_payload(project: Project, baseline: str, patch: str) -> None:
     definition = load_baseline(project, baseline)
     records = Records(project, baseline, patch)
+    files.remove_temporaries(records.patch_dir)  # the stages of one pair run one after another
     diff = read_json(records.diff, "diff record")
     base = read_json(records.build_base, "base build record")
     image = BaseImage.load(project.root / base["image"])
@@ -202,6 +205,7 @@ def stage_sign(project: Project, baseline: str, patch: str) -> list[str]:
     """Sign and publish to out/; returns warnings (a loosely protected key) for the user."""
     definition = load_baseline(project, baseline)
     records = Records(project, baseline, patch)
+    files.remove_temporaries(records.out_dir)
     keys = configured_keys(project.root)
     key, certificate, warnings = load_keys(keys)
     unsigned = records.unsigned.read_bytes()
