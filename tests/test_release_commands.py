@@ -15,6 +15,8 @@ from xsplice_build.sign import split
 
 PAIRS = {("minixen", "XSA-131"), ("minixen", "regression-test"), ("minixen-1.1", "XSA-131"),
          ("minixen-1.1", "regression-test"), ("minixen-1.1", "version-code")}
+# The minixen tier: real Xen's pairs (baseline xen-4.17) take minutes and run in the xen tier.
+MINIXEN = ("--baseline", "minixen", "--baseline", "minixen-1.1")
 KEYS = {"patch", "baseline", "status", "reason", "patch_sha256", "commit", "base_build_id",
         "toolchain_lock_sha256", "functions", "unsigned_payload_sha256", "payload_sha256"}
 
@@ -23,7 +25,7 @@ KEYS = {"patch", "baseline", "status", "reason", "patch_sha256", "commit", "base
 def nightly_once(tmp_path_factory: pytest.TempPathFactory) -> Checkout:
     """One checkout copy where `doit -n 2 nightly` built the whole corpus (shared, do not modify)."""
     checkout = copy_checkout(tmp_path_factory.mktemp("nightly") / "checkout")
-    checkout.doit("-n", "2", "nightly")
+    checkout.doit("-n", "2", "nightly", *MINIXEN)
     return checkout
 
 
@@ -61,7 +63,7 @@ def test_a_second_nightly_reuses_everything_and_writes_the_same_manifest(nightly
                                                                         tmp_path: Path) -> None:
     again = copy_checkout(tmp_path / "again", nightly_once.root, with_state=True)
     before = (again.root / "out" / "release" / "manifest.json").read_bytes()
-    result = again.doit("-n", "2", "nightly")
+    result = again.doit("-n", "2", "nightly", *MINIXEN)
     assert _started(result.stdout) == ["toolchain"]
     assert (again.root / "out" / "release" / "manifest.json").read_bytes() == before
     assert "xsplice: nightly: 5 ok, 0 failed" in result.stdout
@@ -73,7 +75,7 @@ def test_a_failing_pair_is_recorded_and_the_others_still_ship(tmp_path: Path) ->
     broken.parent.mkdir()
     original = (checkout.root / "patches" / "XSA-131" / "minixen-1.1.patch").read_text()
     broken.write_text(original.replace("case XEN_DOMCTL_max_vcpus:", "case XEN_DOMCTL_max_vcpu:"))
-    result = checkout.doit("-n", "2", "nightly", check=False)
+    result = checkout.doit("-n", "2", "nightly", *MINIXEN, check=False)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     entries = {(e["baseline"], e["patch"]): e for e in _manifest(checkout)}
@@ -91,7 +93,7 @@ def test_a_failing_pair_is_recorded_and_the_others_still_ship(tmp_path: Path) ->
 
 
 def test_scheduler_is_refused_in_one_line_until_the_cluster_extra_exists(checkout: Checkout) -> None:
-    result = checkout.doit("nightly", "--scheduler", "tcp://127.0.0.1:8786", check=False)
+    result = checkout.doit("nightly", *MINIXEN, "--scheduler", "tcp://127.0.0.1:8786", check=False)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "needs the cluster extra" in result.stderr
     assert not (checkout.root / "out").exists()
@@ -100,7 +102,7 @@ def test_scheduler_is_refused_in_one_line_until_the_cluster_extra_exists(checkou
 def test_audit_of_the_manifest_from_another_directory_is_identical(nightly_once: Checkout, tmp_path: Path) -> None:
     auditor = copy_checkout(tmp_path / "elsewhere" / "auditor")
     manifest = nightly_once.root / "out" / "release" / "manifest.json"
-    result = auditor.doit("audit", "--manifest", str(manifest))
+    result = auditor.doit("audit", "-n", "2", "--manifest", str(manifest))
     lines = result.stdout
     for entry in _manifest(nightly_once):
         name = f"{entry['baseline']}/{entry['patch']}"
@@ -147,3 +149,9 @@ def test_audit_of_a_checkout_build_and_of_a_tampered_release(built: Checkout) ->
     payload.write_bytes(bytes(data))
     result = built.doit("audit", "XSA-131", check=False)
     assert result.returncode == 1 and "xsplice: audit minixen/XSA-131: DIFFERENT" in result.stdout
+
+
+def test_an_unknown_baseline_is_refused_in_one_line(checkout: Checkout) -> None:
+    result = checkout.doit("nightly", "--baseline", "xen-9.9", check=False)
+    assert result.returncode == 2 and "unknown baseline 'xen-9.9'" in result.stderr
+    assert result.stderr.strip().count("\n") == 0

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import audit, release
-from .baseline import DEFAULT_BASELINE, load_all
+from .baseline import DEFAULT_BASELINE, load_all, load_baseline
 from .doit_commands import opt_baseline
 from .errors import XspliceError
 from .patches import pairs
@@ -33,6 +33,13 @@ opt_scheduler = {
     "type": str,
     "default": "",
     "help": "run the jobs on a Dask distributed scheduler at URL (tcp://HOST:PORT; needs the cluster extra)",
+}
+opt_baselines = {
+    "name": "baselines",
+    "long": "baseline",
+    "type": list,
+    "default": [],
+    "help": "only pairs of this baseline (repeat for several) [default: every baseline in baseline/]",
 }
 opt_manifest = {
     "name": "manifest",
@@ -77,11 +84,11 @@ def _recording(reporter_class: type) -> type:
 class Nightly(Run):
     name = "nightly"
     doc_purpose = "build every (patch, baseline) pair that has a variant and write out/release/"
-    doc_usage = "[-n N]"
+    doc_usage = "[-n N] [--baseline NAME]..."
     doc_description = ("Runs every stage of every pair that is not up to date, continuing past failures, then "
                        "writes out/release/<baseline>/<patch>.livepatch and out/release/manifest.json (one entry "
                        "per pair, ok or failed with its reason). Exits 1 when any pair failed.")
-    cmd_options = (*Run.cmd_options, opt_scheduler)
+    cmd_options = (*Run.cmd_options, opt_baselines, opt_scheduler)
 
     def execute(self, params: Any, args: list[str]) -> int:
         try:
@@ -99,12 +106,15 @@ class Nightly(Run):
                                "(pip install -e '.[cluster]'), which this installation does not have; run "
                                "without --scheduler to build on this machine")
         if args:
-            raise XspliceError(f"usage: doit nightly [-n N] (takes no arguments, got {' '.join(args)})")
+            raise XspliceError(f"usage: doit nightly [-n N] [--baseline NAME]... (takes no arguments, got "
+                               f"{' '.join(args)})")
         project = Project.find()
-        selected = [release.Pair(b, p) for b, p in pairs(project, [b.name for b in load_all(project)])]
+        chosen = [load_baseline(project, name).name for name in params.get("baselines") or []]
+        baselines = chosen or [b.name for b in load_all(project)]
+        selected = [release.Pair(b, p) for b, p in pairs(project, baselines)]
         if not selected:
-            raise XspliceError("no (baseline, patch) pairs: add patches/NAME/BASELINE.patch for a baseline in "
-                               "baseline/")
+            raise XspliceError(f"no (baseline, patch) pairs for {', '.join(baselines) or 'any baseline'}: add "
+                               "patches/NAME/BASELINE.patch")
         return selected
 
     def _execute(self, outfile: TextIO, verbosity: int | None = None, always: bool = False,
