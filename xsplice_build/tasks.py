@@ -136,7 +136,10 @@ class Pipeline:
         yield self._doc("diff", "find the changed and new functions of each patch and what they need")
         for baseline, patch in self._pairs():
             records = stages.Records(self.project, baseline, patch)
-            yield self._subtask("diff", f"{baseline}/{patch}", "diff", [records.patched, records.build_orig],
+            # The diff reads the base build record too (the image's record layouts): declared, or a parallel
+            # nightly may run it before build-base.
+            yield self._subtask("diff", f"{baseline}/{patch}", "diff",
+                                [records.patched, records.build_orig, records.build_base],
                                 [records.diff, records.extract], baseline=baseline, patch=patch)
 
     def payload(self) -> Iterator[dict[str, Any]]:
