@@ -155,3 +155,12 @@ def test_an_unknown_baseline_is_refused_in_one_line(checkout: Checkout) -> None:
     result = checkout.doit("nightly", "--baseline", "xen-9.9", check=False)
     assert result.returncode == 2 and "unknown baseline 'xen-9.9'" in result.stderr
     assert result.stderr.strip().count("\n") == 0
+
+
+def test_audit_says_which_entries_this_checkout_cannot_rebuild(nightly_once: Checkout, tmp_path: Path) -> None:
+    auditor = copy_checkout(tmp_path / "auditor")
+    shutil.rmtree(auditor.root / "patches" / "version-code")
+    result = auditor.doit("-n", "2", "audit", "--manifest", str(nightly_once.root / "out" / "release"), check=False)
+    assert result.returncode == 1
+    assert "xsplice: audit minixen-1.1/version-code: NOT REBUILT: unknown patch 'version-code'" in result.stdout
+    assert "xsplice: audit: 4 identical, 1 different or not rebuilt, 0 skipped" in result.stdout

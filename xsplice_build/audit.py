@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -44,7 +44,8 @@ class Target:
     released: Path | None
     entry: dict[str, Any] | None = None
     certificate: Path | None = None
-    skipped: str | None = None
+    skipped: str | None = None  # nothing to audit: the pair failed in the nightly
+    problem: str | None = None  # cannot be rebuilt from this checkout's sources
 
 
 def targets_from_manifest(path: Path) -> list[Target]:
@@ -83,7 +84,8 @@ def run(project: Project, targets: list[Target], processes: int, keep: bool, str
     fresh = Path(tempfile.mkdtemp(prefix="xsplice-audit-")).resolve()
     try:
         copy_sources(project.root, fresh)
-        buildable = [t for t in targets if t.skipped is None]
+        targets = [_rebuildable(Project(fresh), target) for target in targets]
+        buildable = [t for t in targets if t.skipped is None and t.problem is None]
         failures = rebuild(fresh, [t.pair for t in buildable], processes) if buildable else {}
         _say(stream, f"audit: rebuilt in {fresh} (sources of {project.root}, empty work/ and out/)")
         results = [_audit_one(project, fresh, target, failures, stream) for target in targets]
@@ -96,6 +98,18 @@ def run(project: Project, targets: list[Target], processes: int, keep: bool, str
     _say(stream, f"audit: {sum(audited)} identical, {len(audited) - sum(audited)} different or not rebuilt, "
                  f"{len(results) - len(audited)} skipped")
     return 0 if all(audited) else 1
+
+
+def _rebuildable(fresh: Project, target: Target) -> Target:
+    """The target, or the target marked skipped when this checkout has no such baseline or patch variant."""
+    if target.skipped is not None:
+        return target
+    try:
+        load_baseline(fresh, target.pair.baseline)
+        patch_file(fresh, target.pair.patch, target.pair.baseline)
+    except XspliceError as error:
+        return replace(target, problem=error.message)
+    return target
 
 
 def copy_sources(root: Path, fresh: Path) -> None:
@@ -129,6 +143,9 @@ def _audit_one(project: Project, fresh: Path, target: Target, failures: dict[str
     if target.skipped is not None:
         _say(stream, f"audit {name}: skipped ({target.skipped})")
         return None
+    if target.problem is not None:
+        _say(stream, f"audit {name}: NOT REBUILT: {target.problem}")
+        return False
     inputs = _input_differences(Project(fresh), target)
     for line in inputs:
         _say(stream, f"audit {name}:   input differs: {line}")

@@ -49,7 +49,8 @@ opt_manifest = {
     "help": "audit every ok entry of this release manifest (out/release/manifest.json of any checkout)",
 }
 opt_processes = {
-    "name": "processes",
+    # doit's own name for it, so `doit -n 2 audit` (the loader's -n) means the same as `doit audit -n 2`
+    "name": "num_process",
     "short": "n",
     "long": "process",
     "type": int,
@@ -187,7 +188,7 @@ class Audit(Command):
                     raise XspliceError(f"usage: doit audit [--baseline NAME] PATCH | --manifest PATH "
                                        f"(got {len(args)} arguments)")
                 targets = audit.targets_from_checkout(project, params["baseline"], args[0])
-            return audit.run(project, targets, params["processes"], params["keep"], sys.stdout)
+            return audit.run(project, targets, params["num_process"], params["keep"], sys.stdout)
         except XspliceError as error:
             print(f"xsplice: error: {error.message}", file=sys.stderr)
             return 2
