@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
 from conftest import Checkout
 
 
@@ -12,3 +18,36 @@ def test_each_pair_stage_runs_alone_from_its_declared_dependencies(checkout: Che
         result = checkout.doit(f"{stage}:minixen-1.1/XSA-131")
         assert "FAILED" not in result.stdout
     assert (checkout.out("XSA-131", "minixen-1.1") / "XSA-131.livepatch").is_file()
+
+
+def test_no_two_tasks_write_the_same_file(checkout: Checkout) -> None:
+    # What makes `doit -n 2 nightly` safe: each file has one writer (doit keeps its database in the main process).
+    tasks = _task_dicts(checkout.root)
+    writers: dict[str, list[str]] = {}
+    for task in tasks:
+        for target in task.get("targets", []):
+            writers.setdefault(target, []).append(f"{task['basename']}:{task.get('name')}")
+    assert len(writers) > 30
+    assert {target: names for target, names in writers.items() if len(names) > 1} == {}
+
+
+
+def _task_dicts(root: Path) -> list[dict[str, Any]]:
+    """Load the checkout's dodo.py as doit does and list its task dictionaries."""
+    spec = importlib.util.spec_from_file_location(f"dodo_{abs(hash(root))}", root / "dodo.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    previous = os.getcwd()
+    os.chdir(root)
+    try:
+        spec.loader.exec_module(module)
+        found = []
+        for name, creator in inspect.getmembers(module, inspect.isfunction):
+            if not name.startswith("task_"):
+                continue
+            made = creator()
+            for task in made if inspect.isgenerator(made) else [made]:
+                found.append({"basename": task.get("basename", name[5:]), **task})
+        return found
+    finally:
+        os.chdir(previous)
