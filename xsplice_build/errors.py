@@ -19,6 +19,11 @@ class XspliceError(Exception):
     def message(self) -> str:
         return str(self)
 
+    def with_note(self, note: str) -> XspliceError:
+        """The same refusal, same class, with `note` (where to read more) appended to its line."""
+        self.args = (f"{self.message}; {note}",)
+        return self
+
 
 class ConfigError(XspliceError):
     """A baseline definition, patch name, lock file or setting is malformed or unknown."""

@@ -18,13 +18,13 @@ from . import __version__, files, toolchain
 from .baseline import Baseline, load_baseline, supplied_image
 from .build import SPLIT_SECTIONS_FLAGS, apply_patch, check_expected_build_id, prepare_tree, run_build
 from .checkout import checkout
-from .diff.engine import diff_patch
-from .diff.explain import explain_record
+from .diff.engine import conclude, diff_pairs
+from .diff.explain import explain_record, render
 from .diff.extract import PatchedFunction
 from .diff.profile import profile_named
 from .elf.notes import image_build_id
 from .elf.reader import read_elf_file
-from .errors import BuildError
+from .errors import BuildError, NothingToPatch, Unpatchable
 from .files import copy_tree, read_json, relative, remove_tree, sha256_bytes, sha256_file, write_atomic, write_json
 from .image import BaseImage
 from .layout import apply_layout, baseline_layout, func_layout, probe_structs, wanted_structs
@@ -48,6 +48,9 @@ class Records:
             self.patch_dir = project.patch_work(baseline, patch)
             self.patched = self.patch_dir / "patched.json"
             self.diff = self.patch_dir / "diff.json"
+            # Every decision of the diff, also when it refuses: where an error line sends the user.
+            self.explain_text = self.patch_dir / "diff.explain.txt"
+            self.explain_json = self.patch_dir / "diff.explain.json"
             self.extract = self.patch_dir / "extract.o"
             self.payload = self.patch_dir / "payload.json"
             self.unsigned = self.patch_dir / f"{patch}.livepatch.unsigned"
@@ -176,13 +179,30 @@ def stage_diff(project: Project, baseline: str, patch: str) -> None:
     for change in patched["changed"]:
         original = orig_tree / change["original"] if change["original"] else None
         pairs.append((change["object"], original, records.patch_dir / "objects" / f"{change['object']}.XSPLICE"))
-    result = diff_patch(pairs, apply_layout(profile_named(definition.profile), layout))
+    diffs = diff_pairs(pairs, apply_layout(profile_named(definition.profile), layout))
+    explained = [explain_record(diff) for diff in diffs]
+    _write_explanation(project, records, patch, explained)
+    try:
+        result = conclude(diffs)
+    except (NothingToPatch, Unpatchable) as refusal:
+        where = records.explain_text.relative_to(project.root)
+        raise refusal.with_note(f"every decision is in {where}") from None
     write_atomic(records.extract, result.extract)
     write_json(records.diff, {
         "functions": [asdict(function) for function in result.functions],
-        "objects": [explain_record(diff) for diff in result.objects],
+        "objects": explained,
         "extract_sha256": sha256_bytes(result.extract),
     })
+
+
+def _write_explanation(project: Project, records: Records, patch: str, explained: list[dict[str, Any]]) -> None:
+    lines = [f"diff of patch {patch}: {len(explained)} changed object(s)"]
+    if not explained:
+        lines.append("  no compiled object differs: the patch changes comments, whitespace, or files not built")
+    for record in explained:
+        lines.extend(render(record))
+    write_json(records.explain_json, {"patch": patch, "objects": explained})
+    write_atomic(records.explain_text, ("\n".join(lines) + "\n").encode())
 
 
 def stage_payload(project: Project, baseline: str, patch: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ..elf.constants import R_X86_64_PC32, R_X86_64_PLT32, SHF_MERGE, SHF_STRINGS, relocation_name
 from ..elf.model import ElfFile, Rela, Section
+from .lines import entries_by_owner, immediate_lines
 from .state import Kind, ObjectDiff, SectionState, Status
 
 _PC_RELATIVE = frozenset({R_X86_64_PC32, R_X86_64_PLT32})
@@ -31,7 +32,9 @@ def compare(diff: ObjectDiff) -> None:
         if reasons:
             state.status = Status.CHANGED
             state.reasons.extend(reasons)
+    _compare_special_entries(diff, original_key_of, patched_key_of)
     _propagate_changed_rodata(diff)
+    _propagate_changed_cold_parts(diff)
 
 
 def relocation_target(elf: ElfFile, rela: Rela, key_of: dict[int, str]) -> Target:
@@ -81,16 +84,25 @@ def _differences(diff: ObjectDiff, state: SectionState, original_key_of: dict[in
     if state.kind is Kind.STRINGS:
         return [] if new.data == old.data else ["string literals differ"]
     reasons = []
-    if new.size != old.size:
-        reasons.append(f"size {old.size:#x} -> {new.size:#x}")
-    elif new.data != old.data:
-        first = next(i for i, (a, b) in enumerate(zip(old.data, new.data, strict=True)) if a != b)
-        reasons.append(f"bytes differ from +{first:#x}")
     old_relocations = [(r.offset, r.type, relocation_target(diff.original, r, original_key_of))
                        for r in old.relocations]
     new_relocations = [(r.offset, r.type, relocation_target(diff.patched, r, patched_key_of))
                        for r in new.relocations]
-    if old_relocations != new_relocations:
+    same_relocations = old_relocations == new_relocations
+    if new.size != old.size:
+        reasons.append(f"size {old.size:#x} -> {new.size:#x}")
+    elif new.data != old.data:
+        lines = immediate_lines(old, new, diff.patched, diff.profile) \
+            if same_relocations and state.kind is Kind.FUNCTION else None
+        if lines:
+            for line in lines:
+                diff.ignored.append(
+                    f"{diff.label}: {state.label}: only __LINE__ differs (the {line.consumer} argument at "
+                    f"+{line.offset:#x}: {line.old} -> {line.new}) [rule: line-only]; not patched")
+        else:
+            first = next(i for i, (a, b) in enumerate(zip(old.data, new.data, strict=True)) if a != b)
+            reasons.append(f"bytes differ from +{first:#x}")
+    if not same_relocations:
         reasons.append(_relocation_difference(old_relocations, new_relocations))
     return reasons
 
@@ -124,3 +136,39 @@ def _propagate_changed_rodata(diff: ObjectDiff) -> None:
                 state.status = Status.CHANGED
                 state.reasons.append(f"reads {target.label}, which changed")
                 break
+
+
+def _compare_special_entries(diff: ObjectDiff, original_key_of: dict[int, str],
+                             patched_key_of: dict[int, str]) -> None:
+    """Entries of bug frames and the like, per function: a moved line is noted, anything else is a change."""
+    by_key = {state.key: state for state in diff.states.values()}
+    for special in diff.states.values():
+        layout = diff.profile.special(special.name)
+        if special.kind is not Kind.SPECIAL or layout is None:
+            continue
+        new = entries_by_owner(special.section, layout,
+                               lambda r: relocation_target(diff.patched, r, patched_key_of))
+        old = entries_by_owner(special.twin, layout, lambda r: relocation_target(diff.original, r, original_key_of)) \
+            if special.twin is not None else {}
+        for owner in sorted(old.keys() | new.keys()):
+            state = by_key.get(owner)
+            before, after = old.get(owner, []), new.get(owner, [])
+            if state is None or state.status is not Status.SAME or before == after:
+                continue
+            if [e.shape for e in before] != [e.shape for e in after]:
+                state.status = Status.CHANGED
+                state.reasons.append(f"its {special.name} entries differ")
+                continue
+            moved = ", ".join(f"{a.line} -> {b.line}" for a, b in zip(before, after, strict=True) if a.line != b.line)
+            owner_label = state.parent.label if state.parent else state.label
+            diff.ignored.append(f"{diff.label}: {owner_label}: only __LINE__ differs (its {special.name} entry "
+                                f"records line {moved}) [rule: line-only]; not patched")
+
+
+def _propagate_changed_cold_parts(diff: ObjectDiff) -> None:
+    # A .cold part is code of its parent: when only the part changed, the parent is what gets patched.
+    for state in diff.functions():
+        parent = state.parent
+        if parent is not None and state.status is Status.CHANGED and parent.status is Status.SAME:
+            parent.status = Status.CHANGED
+            parent.reasons.append(f"its cold part {state.label} changed")

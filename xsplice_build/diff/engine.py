@@ -51,7 +51,16 @@ def diff_objects(original: Path | None, patched: Path, label: str, profile: Targ
 
 def diff_patch(pairs: list[tuple[str, Path | None, Path]], profile: TargetProfile) -> PatchDiff:
     """Diff every changed object pair of a patch; raise when it is unpatchable or changes nothing."""
-    diffs = [diff_objects(original, patched, label, profile) for label, original, patched in sorted(pairs)]
+    return conclude(diff_pairs(pairs, profile))
+
+
+def diff_pairs(pairs: list[tuple[str, Path | None, Path]], profile: TargetProfile) -> list[ObjectDiff]:
+    """Passes 1-4 on every object pair, in a stable order; nothing is raised for refusals."""
+    return [diff_objects(original, patched, label, profile) for label, original, patched in sorted(pairs)]
+
+
+def conclude(diffs: list[ObjectDiff]) -> PatchDiff:
+    """Pass 5 over the object diffs; raise Unpatchable or NothingToPatch with their reasons."""
     refusals = [refusal for diff in diffs for refusal in diff.refusals]
     if refusals:
         raise Unpatchable(refusals)

@@ -31,6 +31,8 @@ class SpecialSection:
     extra: int = 0
     # False for a table the target's loader ignores: a patched function with entries there is refused.
     loader_supported: bool = True
+    # The bits of those addends that hold the line (the rest is the displacement).
+    line_mask: int = 0
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class TargetProfile:
     ignored_section_prefixes: tuple[str, ...]
     auxiliary_sections: tuple[str, ...] = ()
     readonly_data_prefixes: tuple[str, ...] = ()
+    # Calls whose argument registers may carry __LINE__ (a changed line there alone is no change),
+    # and the opcodes of `mov $imm32, %reg` that load such an argument (as kpatch's line heuristics).
+    line_consumers: frozenset[str] = frozenset()
+    line_immediate_opcodes: frozenset[int] = frozenset()
     livepatch_payload_version: int = 2
 
     def special(self, section_name: str) -> SpecialSection | None:
@@ -72,7 +78,7 @@ def _bug_frame(number: int) -> SpecialSection:
     # top bits (8 bytes); an ASSERT frame (type 3) adds two more words for its message (16).
     extra = 8 if number == 3 else 0
     return SpecialSection(f".bug_frames.{number}", 8 + extra, anchor=0, line_fields=(0, 4), struct="bug_frame",
-                          extra=extra)
+                          extra=extra, line_mask=((1 << 7) - 1) << 24)
 
 
 XEN_X86_64 = TargetProfile(
@@ -98,6 +104,10 @@ XEN_X86_64 = TargetProfile(
     # arch_livepatch_perform_rela in xen/arch/x86/livepatch.c
     accepted_relocations=frozenset({R_X86_64_NONE, R_X86_64_64, R_X86_64_PC32, R_X86_64_PLT32}),
     init_section_prefixes=(".init.", ".initcall"),
+    line_consumers=frozenset({"printk", "panic", "printk_once", "__warn", "__bug", "assert_failed",
+                              "debugtrap_printk"}),
+    # B8+r: mov $imm32 to eax..edi (41 B8+r for r8d..r15d has the same last two bytes).
+    line_immediate_opcodes=frozenset(range(0xB8, 0xC0)),
     ignored_section_prefixes=(".debug_", ".comment", ".note.GNU-stack", ".note.gnu.property", ".eh_frame",
                               ".group", ".discard", ".rela", ".symtab", ".strtab", ".shstrtab",
                               ".llvm_addrsig"),

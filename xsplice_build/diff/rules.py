@@ -12,6 +12,19 @@ from .correlate import normalise
 from .include import kept_special_entries
 from .state import Kind, ObjectDiff, SectionState, Status
 
+# Every rule the diff cites as [rule: ID], with what it guards. Refusals stop the build; the
+# others (init-only, line-only) are notes in the report on what was left out and why.
+RULES = {
+    "jump-room": "refused: the old function is shorter than the patching jump (after ENDBR64 under CET)",
+    "changed-data": "refused: initialized or zeroed data of the running hypervisor changed",
+    "data-layout": "refused: existing data changed size (a structure's layout changed)",
+    "new-data": "refused: a changed function needs a variable the base image does not have",
+    "relocation-type": "refused: included code needs a relocation the target's loader does not apply",
+    "unsupported-table": "refused: a patched function has entries in a table the target's loader ignores",
+    "init-only": "ignored with a warning: only init code changed, which ran at boot and is freed",
+    "line-only": "not patched: the only difference is a __LINE__ value (a bug frame, a printk argument)",
+}
+
 
 def verify(diff: ObjectDiff) -> None:
     for state in diff.states.values():
@@ -28,7 +41,7 @@ def verify(diff: ObjectDiff) -> None:
             _unsupported_table(diff, state)
     for state in diff.states.values():
         if state.kind is Kind.STRINGS and state.status is Status.CHANGED and not state.included:
-            diff.ignored.append(f"{state.name}: string literals differ but no changed function uses them")
+            diff.ignored.append(f"{diff.label}: {state.name}: string literals differ but no changed function uses them")
 
 
 def jump_room(diff: ObjectDiff, code: bytes) -> int:
@@ -65,13 +78,17 @@ def _unsupported_table(diff: ObjectDiff, state: SectionState) -> None:
 
 
 def _changed_data(diff: ObjectDiff, state: SectionState) -> None:
+    # The running hypervisor owns its data: the payload's copy would be a second variable that
+    # the old code never sees, and the live one cannot be rewritten or resized under its users.
     if state.kind is not Kind.DATA or state.status is not Status.CHANGED:
         return
     if diff.profile.is_init_section(state.name):
-        diff.warnings.append(f"{diff.label}: {state.label}: change to init-only data ignored (used at boot only)")
+        diff.warnings.append(f"{diff.label}: {state.label}: change to init-only data ignored (used at boot only) [rule: init-only]")
         return
+    resized = state.twin is not None and state.twin.size != state.section.size
+    rule, what = ("data-layout", "changed layout of existing data") if resized else ("changed-data", "changed data")
     diff.refusals.append(
-        f"{diff.label}: {_data_label(diff, state)}: changed data ({'; '.join(state.reasons)}) [rule: changed-data]; "
+        f"{diff.label}: {_data_label(diff, state)}: {what} ({'; '.join(state.reasons)}) [rule: {rule}]; "
         "the running hypervisor owns this state and a payload cannot rewrite or resize it: keep the "
         "data as it is and change the code that uses it")
 
@@ -115,6 +132,8 @@ def _target_name(elf: ElfFile, index: int) -> str:
 
 
 def _new_data(diff: ObjectDiff, state: SectionState) -> None:
+    # Not supported: a variable in the payload starts from its initializer, and vanishes on revert
+    # while patched code may still be running with pointers into it.
     if state.kind is not Kind.DATA or state.status is not Status.NEW or not state.reasons:
         return
     if diff.profile.is_init_section(state.name):
@@ -128,12 +147,15 @@ def _new_data(diff: ObjectDiff, state: SectionState) -> None:
 def _init_only_change(diff: ObjectDiff, state: SectionState) -> None:
     if state.kind is not Kind.FUNCTION or state.status is Status.SAME:
         return
+    # Init code ran at boot and its memory is freed: there is nothing left to patch (kpatch ignores it too).
     if diff.profile.is_init_section(state.name):
         diff.warnings.append(
-            f"{diff.label}: {_data_label(diff, state)}: change to init-only code ignored (it ran at boot and is gone)")
+            f"{diff.label}: {_data_label(diff, state)}: change to init-only code ignored (it ran at boot and is gone) "
+            "[rule: init-only]")
 
 
 def _relocation_types(diff: ObjectDiff, state: SectionState) -> None:
+    # The loader applies only the relocation types it knows; anything else would be left unresolved.
     for rela in state.section.relocations:
         if rela.type not in diff.profile.accepted_relocations:
             diff.refusals.append(

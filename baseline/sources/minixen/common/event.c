@@ -139,3 +139,12 @@ void __init evtchn_init(void)
         ports[port].state = ECS_FREE;
     ports[0].state = ECS_RESERVED;
 }
+
+/* The toolstack resizes a quota class at run time: the table is live state, not a constant. */
+long evtchn_set_quota(unsigned int quota_class, unsigned int limit)
+{
+    if ( quota_class > 3 || limit > NR_EVTCHN_PORTS )
+        return -EINVAL;
+    evtchn_quota[quota_class] = limit;
+    return 0;
+}

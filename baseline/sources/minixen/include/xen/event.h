@@ -37,5 +37,6 @@ long evtchn_fifo_set_pending(unsigned int port);
 long evtchn_fifo_unmask(unsigned int port);
 void evtchn_dump(void);
 void evtchn_init(void);
+long evtchn_set_quota(unsigned int quota_class, unsigned int limit);
 
 #endif /* __XEN_EVENT_H__ */
