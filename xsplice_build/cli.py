@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("--json", action="store_true", help="print the decisions as JSON")
     diff.add_argument("-o", "--output", type=Path, help="write the extracted code (a relocatable object)")
     diff.add_argument("--profile", default="xen-x86_64", choices=sorted(PROFILES))
+    diff.add_argument("--name", help="the object's path in the tree, as the pipeline's reports name it "
+                      "(default: PATCHED)")
     diff.set_defaults(run=_diff)
     verify = commands.add_parser("verify", help="check a signed payload against a base image, as Xen's loader")
     verify.add_argument("payload", type=Path)
@@ -64,7 +66,7 @@ def _verify(arguments: argparse.Namespace) -> int:
 
 
 def _diff(arguments: argparse.Namespace) -> int:
-    result = diff_objects(arguments.original, arguments.patched, str(arguments.patched),
+    result = diff_objects(arguments.original, arguments.patched, arguments.name or str(arguments.patched),
                           profile_named(arguments.profile))
     record = explain_record(result)
     if arguments.json:
@@ -72,12 +74,15 @@ def _diff(arguments: argparse.Namespace) -> int:
     elif arguments.explain:
         print("\n".join(render(record)))
     if result.refusals:
+        for refusal in result.refusals[1:]:
+            print(f"xsplice-build: {refusal}", file=sys.stderr)
         raise Unpatchable(result.refusals)
     extract = Extract()
     extract.add(result)
     data, functions = extract.finish()
     if not functions:
-        raise NothingToPatch(nothing_to_patch_message([result]))
+        hint = "" if arguments.explain or arguments.json else "; run with --explain to see every decision"
+        raise NothingToPatch(nothing_to_patch_message([result]) + hint)
     if not arguments.json:
         for function in functions:
             print(f"changed {function.name} ({function.old_size} -> {function.new_size} bytes)")

@@ -187,6 +187,9 @@ def stage_diff(project: Project, baseline: str, patch: str) -> None:
     except (NothingToPatch, Unpatchable) as refusal:
         where = records.explain_text.relative_to(project.root)
         raise refusal.with_note(f"every decision is in {where}") from None
+    # Extraction resolved the base-image references: record the decisions again, now complete.
+    explained = [explain_record(diff) for diff in diffs]
+    _write_explanation(project, records, patch, explained)
     write_atomic(records.extract, result.extract)
     write_json(records.diff, {
         "functions": [asdict(function) for function in result.functions],

@@ -30,7 +30,7 @@ _PACKAGE = Path(__file__).resolve().parent
 _STAGE_CODE = {
     "checkout": ["checkout.py", "baseline.py"],
     "build": ["build.py", "baseline.py", "data/xsplice-cc", "elf/reader.py", "elf/notes.py", "layout.py"],
-    "diff": ["diff", "elf"],
+    "diff": ["diff", "elf", "stages.py"],
     "payload": ["payload.py", "image.py", "elf"],
     "sign": ["sign.py", "stages.py"],
 }

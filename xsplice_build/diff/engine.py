@@ -78,10 +78,10 @@ def nothing_to_patch_message(diffs: list[ObjectDiff]) -> str:
         return ("nothing to patch: the patch changes no compiled object (comments, whitespace, or files "
                 "the build does not compile); check that it is the fix you meant")
     notes = [note for diff in diffs for note in diff.warnings + diff.ignored]
-    detail = f" ({notes[0]})" if notes else ""
+    more = f" and {len(notes) - 1} more note(s)" if len(notes) > 1 else ""
+    detail = f" ({notes[0]}{more})" if notes else " (only debug information or padding differs)"
     objects = ", ".join(diff.label for diff in diffs)
-    return (f"nothing to patch: {objects} changed but no function in them did{detail}; "
-            "run `xsplice-build diff --explain` on the pair to see every decision")
+    return f"nothing to patch: no function of {objects} changed{detail}"
 
 
 def _empty_like(label: str) -> ElfFile:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .state import ObjectDiff, Status
+from .include import kept_special_entries
+from .state import Kind, ObjectDiff, SectionState, Status
 
 
 def explain_record(diff: ObjectDiff) -> dict[str, Any]:
@@ -20,6 +21,8 @@ def explain_record(diff: ObjectDiff) -> dict[str, Any]:
                               for s in diff.changed_functions() if s.included],
         "new_functions": [s.label for s in diff.new_functions() if s.included],
         "included": [{"section": s.name, "why": s.why} for s in states if s.included],
+        "special_entries": [_special_record(diff, s) for s in states
+                            if s.kind is Kind.SPECIAL and kept_special_entries(diff, s)],
         "base_references": sorted(diff.base_references),
         "ignored": list(diff.ignored),
         "warnings": list(diff.warnings),
@@ -38,6 +41,9 @@ def render(record: dict[str, Any]) -> list[str]:
         lines.append(f"  changed     {item['symbol']} [{item['kind']}]: {'; '.join(item['reasons'])}")
     for item in record["included"]:
         lines.append(f"  included    {item['section']}: {item['why']}")
+    for item in record["special_entries"]:
+        lines.append(f"  carried     {item['kept']} of {item['entries']} {item['section']} entries "
+                     f"(those of {', '.join(item['owners'])})")
     for name in record["base_references"]:
         lines.append(f"  references  {name} (in the base image)")
     for text in record["ignored"]:
@@ -49,3 +55,18 @@ def render(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+
+
+def _special_record(diff: ObjectDiff, special: SectionState) -> dict[str, Any]:
+    """Which entries of a special section travel: only those of included code."""
+    layout = diff.profile.special(special.name)
+    assert layout is not None
+    kept = kept_special_entries(diff, special)
+    anchors = {rela.offset: rela for rela in special.section.relocations}
+    owners = set()
+    for offset in kept:
+        target = diff.state_of(diff.patched.symbols[anchors[offset + layout.anchor].symbol].shndx)
+        if target is not None:
+            owners.add(target.parent.label if target.parent else target.label)
+    return {"section": special.name, "kept": len(kept), "entries": special.section.size // layout.entry_size,
+            "owners": sorted(owners)}

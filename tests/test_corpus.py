@@ -1,0 +1,161 @@
+"""The diff corpus: every patches/<case> built through the real pipeline, checked against its expect.toml.
+
+One session fixture builds every case in one copy of the built checkout (the baseline builds are
+shared, each case costs its patched build and diff); the tests then read what the pipeline wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import REPO, Checkout, copy_checkout
+
+from xsplice_build.diff.rules import RULES
+from xsplice_build.elf.reader import read_elf_file
+
+CASES = sorted(p.parent.name for p in (REPO / "patches").glob("*/expect.toml"))
+KEYS = {"outcome", "patched", "new", "references", "carried", "not_carried", "strings", "special_entries",
+        "rule", "cites", "notes"}
+EXIT = {"payload": 0, "nothing-to-patch": 3, "unpatchable": 4}
+
+
+@dataclass
+class Built:
+    case: str
+    result: subprocess.CompletedProcess[str]
+    checkout: Checkout
+
+    @property
+    def work(self) -> Path:
+        return self.checkout.work("minixen", "patches", self.case)
+
+    @property
+    def error_line(self) -> str:
+        lines = [line for line in self.result.stdout.splitlines() if "FAILED" in line]
+        return lines[0] if lines else ""
+
+    def explained(self) -> list[dict]:
+        path = self.work / "diff.explain.json"
+        return json.loads(path.read_text())["objects"] if path.exists() else []
+
+    def notes(self) -> list[str]:
+        return [note for record in self.explained() for note in record["ignored"] + record["warnings"]]
+
+
+@pytest.fixture(scope="session")
+def corpus(built_once: Checkout, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Built]:
+    checkout = copy_checkout(tmp_path_factory.mktemp("corpus") / "checkout", built_once.root, with_state=True)
+    return {case: Built(case, checkout.doit("build-patch", case, check=False), checkout) for case in CASES}
+
+
+def _expect(case: str) -> dict:
+    expect = tomllib.loads((REPO / "patches" / case / "expect.toml").read_text())
+    assert set(expect) <= KEYS, f"{case}: unknown keys {set(expect) - KEYS}"
+    return expect
+
+
+def test_the_corpus_covers_the_issues_cases() -> None:
+    required = {"changed-static", "changed-global", "inline-header", "new-helper", "static-local", "clones-cold",
+                "string-literal", "jump-table", "line-only", "bugframe-with-change", "changed-data",
+                "struct-layout", "too-small", "init-only", "new-global", "comments-only", "ambiguous-static"}
+    assert required <= set(CASES)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_case_outcome(corpus: dict[str, Built], case: str) -> None:
+    expect, built = _expect(case), corpus[case]
+    outcome = expect["outcome"]
+    output = built.result.stdout + built.result.stderr
+    assert "Traceback" not in output, output
+    if outcome == "payload":
+        assert built.result.returncode == 0, output
+        _check_payload(built, expect)
+    else:
+        assert built.result.returncode != 0 and built.error_line, output
+        assert not built.checkout.out(case).exists(), "no payload may be written when the build refuses"
+        assert not (built.work / "diff.json").exists() or outcome == "error"
+    if outcome == "unpatchable":
+        assert f"[rule: {expect['rule']}]" in built.error_line
+        assert expect["rule"] in RULES
+    for text in expect.get("cites", []):
+        assert text in built.error_line, built.error_line
+    notes = built.notes()
+    for text in expect.get("notes", []):
+        assert any(text in note for note in notes), (text, notes)
+
+
+def _check_payload(built: Built, expect: dict) -> None:
+    report = built.checkout.report(built.case)
+    diff = json.loads((built.work / "diff.json").read_text())
+    assert sorted(f["name"] for f in report["functions"]) == sorted(expect["patched"])
+    assert report["new_functions"] == sorted(expect["new"])
+    references = {name for record in diff["objects"] for name in record["base_references"]}
+    assert set(expect.get("references", [])) <= references, references
+    payload = read_elf_file(built.checkout.out(built.case) / f"{built.case}.livepatch")
+    names = {section.name for section in payload.sections}
+    assert set(expect.get("carried", [])) <= names, names
+    assert not set(expect.get("not_carried", [])) & names
+    # What a new function is: code in the payload that no .livepatch.funcs entry points over.
+    assert not any(f["name"].split("#")[-1] in {n.split(": ")[-1] for n in expect["new"]}
+                   for f in report["functions"])
+    strings = b"".join(s.data for s in payload.sections if ".str" in s.name)
+    for text in expect.get("strings", []):
+        assert text.encode() + b"\0" in strings, text
+    specials = {s.name: s for s in payload.sections if s.name.startswith((".bug_frames", ".ex_table"))}
+    wanted = expect.get("special_entries", {})
+    for name, section in specials.items():
+        size = 16 if name == ".bug_frames.3" else 8
+        assert section.size // size == wanted.get(name, 0), (name, section.size)
+    assert set(wanted) <= set(specials)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_explanation_names_each_decision(corpus: dict[str, Built], case: str) -> None:
+    expect, built = _expect(case), corpus[case]
+    text = (built.work / "diff.explain.txt").read_text()
+    assert text.startswith(f"diff of patch {case}:")
+    for name in expect.get("patched", []):
+        assert re.search(rf"changed +{re.escape(name.split('#')[-1])} ", text), name
+    for note in built.notes():
+        assert note in text
+    if expect["outcome"] == "unpatchable":
+        assert "refused     " in text and f"[rule: {expect['rule']}]" in text
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_the_diff_command_decides_as_the_pipeline(corpus: dict[str, Built], case: str) -> None:
+    built = corpus[case]
+    patched = json.loads((built.work / "patched.json").read_text())
+    orig_tree = built.checkout.work("minixen", "orig", "tree")
+    records = {record["object"]: record for record in built.explained()}
+    assert set(records) == {change["object"] for change in patched["changed"]}
+    for change in patched["changed"]:
+        name = change["object"]
+        pair = [str(orig_tree / name), str(built.work / "objects" / f"{name}.XSPLICE")]
+        result = built.checkout.xsplice("diff", *pair, "--json", "--name", name)
+        record = json.loads(result.stdout)
+        pipeline = records[name]
+        for key in ("changed_functions", "new_functions", "refusals", "ignored", "warnings", "included"):
+            assert record[key] == pipeline[key], (name, key)
+        if record["refusals"]:
+            assert result.returncode == 4
+        elif not record["changed_functions"] and not record["new_functions"]:
+            assert result.returncode == 3
+        else:
+            assert result.returncode == 0, result.stderr
+
+
+def test_expected_exit_codes_of_the_diff_command(corpus: dict[str, Built]) -> None:
+    built = corpus["too-small"]
+    name = "common/version.o"
+    pair = [str(built.checkout.work("minixen", "orig", "tree", name)), str(built.work / "objects" / f"{name}.XSPLICE")]
+    result = built.checkout.xsplice("diff", *pair, "--name", name)
+    assert result.returncode == EXIT["unpatchable"]
+    assert result.stderr.startswith("xsplice-build: common/version.o: xen_minor_version: function is 7 bytes")
+    assert "[rule: jump-room]" in result.stderr
