@@ -53,27 +53,30 @@ def _keys(elf: ElfFile, diff: ObjectDiff) -> dict[str, Section]:
         special = diff.profile.special(section.name) is not None
         groups[section.name if special else normalise(section.name)].append(section)
     keys: dict[str, Section] = {}
+    referencing: dict[int, set[str]] | None = None
     for key, sections in groups.items():
         if len(sections) == 1:
             keys[key] = sections[0]
             continue
+        if referencing is None:
+            referencing = _referencing_functions(elf)
         for section in sections:
-            owners = ",".join(sorted(_referencing_functions(elf, section)))
+            owners = ",".join(sorted(referencing.get(section.index, ())))
             refined = f"{key}@{owners}"
             # Still ambiguous: fall back to the exact name, which at worst leaves a section uncorrelated.
             keys[refined if refined not in keys else section.name] = section
     return keys
 
 
-def _referencing_functions(elf: ElfFile, target: Section) -> set[str]:
-    owners = set()
+def _referencing_functions(elf: ElfFile) -> dict[int, set[str]]:
+    """Section index -> the (normalised) functions whose code refers to it, in one pass over the code."""
+    owners: dict[int, set[str]] = defaultdict(set)
     for section in elf.sections:
         if not section.is_text:
             continue
+        name = normalise(section.name)
         for rela in section.relocations:
-            if elf.symbols[rela.symbol].shndx == target.index:
-                owners.add(normalise(section.name))
-                break
+            owners[elf.symbols[rela.symbol].shndx].add(name)
     return owners
 
 

@@ -33,11 +33,15 @@ def include(diff: ObjectDiff) -> None:
         elif state.status is Status.NEW:
             take(state, "new function")
     specials = [s for s in diff.states.values() if s.kind is Kind.SPECIAL]
+    cold_parts: dict[int, list[SectionState]] = {}
+    for part in diff.functions():
+        if part.parent is not None:
+            cold_parts.setdefault(id(part.parent), []).append(part)
     # Kept special entries may need more (a bug frame names its file's string): repeat until still.
     while queue:
         while queue:
             state = queue.popleft()
-            for part in _cold_parts(diff, state):
+            for part in cold_parts.get(id(state), []):
                 take(part, f"cold part of {state.label}")
             for rela in state.section.relocations:
                 _follow(diff, state, rela, take)
@@ -101,7 +105,3 @@ def _follow(diff: ObjectDiff, source: SectionState, rela: Rela, take) -> None:  
     elif target.kind is Kind.DATA and target.status is Status.NEW:
         # Decided by the rules pass (a new variable): recorded here so the refusal can name its user.
         target.reasons.append(f"new data used by {source.label}")
-
-
-def _cold_parts(diff: ObjectDiff, state: SectionState) -> list[SectionState]:
-    return [s for s in diff.states.values() if s.parent is state]
