@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, Checkout, copy_checkout
 
+from xsplice_build.diff.engine import diff_objects
+from xsplice_build.diff.profile import XEN_X86_64
 from xsplice_build.diff.rules import RULES
 from xsplice_build.elf.reader import read_elf_file
 
@@ -159,3 +161,19 @@ def test_expected_exit_codes_of_the_diff_command(corpus: dict[str, Built]) -> No
     assert result.returncode == EXIT["unpatchable"]
     assert result.stderr.startswith("xsplice-build: common/version.o: xen_minor_version: function is 7 bytes")
     assert "[rule: jump-room]" in result.stderr
+
+
+def test_clones_are_correlated_when_their_numbers_shift(corpus: dict[str, Built], tmp_path: Path) -> None:
+    # gcc numbers clones per build; renumber the patched object's clone as another compilation could.
+    built = corpus["clones-cold"]
+    patched = tmp_path / "vcpu.o"
+    subprocess.run(["objcopy", "--redefine-sym", "vcpu_weight.isra.0=vcpu_weight.isra.3",
+                    "--rename-section", ".text.vcpu_weight.isra.0=.text.vcpu_weight.isra.3",
+                    str(built.work / "objects" / "common/vcpu.o.XSPLICE"), str(patched)], check=True)
+    original = built.checkout.work("minixen", "orig", "tree", "common/vcpu.o")
+    diff = diff_objects(original, patched, "common/vcpu.o", XEN_X86_64)
+    clone = next(s for s in diff.states.values() if s.name == ".text.vcpu_weight.isra.3")
+    assert clone.how == "numbers normalised (.text.vcpu_weight.isra.0)"
+    # Patched over the base image's clone, by the base image's number.
+    assert [s.twin_symbol.xen_name for s in diff.changed_functions() if s.twin_symbol] == \
+        ["vcpu.c#vcpu_weight.isra.0", "vcpu_account"]

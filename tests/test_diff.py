@@ -71,3 +71,36 @@ def test_the_diff_command_gives_the_pipelines_decision(built_once: Checkout) -> 
     same = built_once.xsplice("diff", str(_orig(built_once, "common/domctl.o")),
                               str(_orig(built_once, "common/domctl.o")))
     assert same.returncode == 3 and "nothing to patch" in same.stderr
+
+
+def _compile(directory: Path, name: str, source: str, *flags: str) -> Path:
+    import subprocess
+
+    (directory / f"{name}.c").write_text(source)
+    output = directory / f"{name}.o"
+    subprocess.run(["gcc", "-O2", "-ffunction-sections", "-fdata-sections", "-fcf-protection=branch", *flags, "-c",
+                    str(directory / f"{name}.c"), "-o", str(output)], check=True)
+    return output
+
+
+def test_a_relocation_the_loader_does_not_apply_is_refused(tmp_path: Path) -> None:
+    # Built without -fpic, for the kernel code model: absolute 32-bit references (R_X86_64_32S).
+    source = "extern long counters[];\nlong *bump(long x) {{ return &counters[x * {}]; }}\n"
+    flags = ("-fno-pic", "-mcmodel=kernel")
+    original = _compile(tmp_path, "orig", source.format(3), *flags)
+    patched = _compile(tmp_path, "patched", source.format(5), *flags)
+    diff = diff_objects(original, patched, "bump.o", XEN_X86_64)
+    assert len(diff.refusals) == 1
+    assert diff.refusals[0].startswith("bump.o: bump+0x")
+    assert "R_X86_64_32S is not accepted by the xen-x86_64 loader [rule: relocation-type]" in diff.refusals[0]
+
+
+def test_every_cited_rule_is_in_the_catalogue() -> None:
+    import re
+
+    from xsplice_build.diff import compare, rules
+
+    text = "".join(Path(module.__file__).read_text() for module in (compare, rules))
+    assert set(re.findall(r"\[rule: ([a-z-]+)\]", text)) <= set(rules.RULES)
+    for rule in rules.RULES:  # each is cited somewhere besides the catalogue
+        assert text.count(f'"{rule}"') + text.count(f"[rule: {rule}]") >= 2, rule
