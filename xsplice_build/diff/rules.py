@@ -83,7 +83,8 @@ def _changed_data(diff: ObjectDiff, state: SectionState) -> None:
     if state.kind is not Kind.DATA or state.status is not Status.CHANGED:
         return
     if diff.profile.is_init_section(state.name):
-        diff.warnings.append(f"{diff.label}: {state.label}: change to init-only data ignored (used at boot only) [rule: init-only]")
+        diff.warnings.append(
+            f"{diff.label}: {state.label}: change to init-only data ignored (used at boot only) [rule: init-only]")
         return
     resized = state.twin is not None and state.twin.size != state.section.size
     rule, what = ("data-layout", "changed layout of existing data") if resized else ("changed-data", "changed data")
