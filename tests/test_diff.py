@@ -11,6 +11,7 @@ from conftest import Checkout
 from xsplice_build.diff.engine import diff_objects, diff_patch
 from xsplice_build.diff.profile import XEN_X86_64
 from xsplice_build.diff.state import Status
+from xsplice_build.elf.reader import read_elf_file
 from xsplice_build.errors import NothingToPatch
 
 
@@ -104,3 +105,25 @@ def test_every_cited_rule_is_in_the_catalogue() -> None:
     assert set(re.findall(r"\[rule: ([a-z-]+)\]", text)) <= set(rules.RULES)
     for rule in rules.RULES:  # each is cited somewhere besides the catalogue
         assert text.count(f'"{rule}"') + text.count(f"[rule: {rule}]") >= 2, rule
+
+
+def test_static_locals_of_one_name_are_told_apart_by_their_functions(tmp_path: Path) -> None:
+    # Two statics named `calls`: gcc numbers them per file (calls.0, calls.1), and a static table added
+    # further down shifts both numbers. The changed function must keep the base image's own variable.
+    base = ("long first(void) {{ static long calls; return ++calls; }}\n"
+            "long second(void) {{ static long calls; return calls += {}; }}\n{}")
+    later = "long third(int i) { static const int table[] = { 3, 1, 4, 1, 5, 9, 2, 6 }; return table[i & 7]; }\n"
+    flags = ("-fpic", "-fno-asynchronous-unwind-tables")
+    original = _compile(tmp_path, "t", base.format(2, ""), *flags)
+    patched = _compile(tmp_path, "t2", base.format(3, later), *flags).rename(tmp_path / "t.o.patched")
+    diff = diff_objects(original, patched, "t.o", XEN_X86_64)
+    calls = {s.twin_symbol.name: s.symbol.name for s in diff.states.values() if s.key.startswith(".bss.calls")}
+    assert calls == {"calls.0": "calls.1", "calls.1": "calls.2"}  # numbers shifted, pairs by user
+    result = diff_patch([("t.o", original, patched)], XEN_X86_64)
+    [changed] = result.objects[0].changed_functions()
+    assert changed.label == "second"
+    elf = read_elf_file(original)
+    text = next(s for s in elf.sections if s.name == ".text.second")
+    own = {elf.sections[elf.symbols[r.symbol].shndx].name.removeprefix(".bss.") for r in text.relocations}
+    assert [name for name in result.objects[0].base_references if "#calls." in name] == \
+        [f"t.c#{name}" for name in own if name.startswith("calls.")]

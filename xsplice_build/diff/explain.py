@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .include import kept_special_entries
-from .state import Kind, ObjectDiff, SectionState, Status
+from .state import Kind, ObjectDiff, SectionState, Status, classify
 
 
 def explain_record(diff: ObjectDiff) -> dict[str, Any]:
@@ -15,6 +15,8 @@ def explain_record(diff: ObjectDiff) -> dict[str, Any]:
         "object": diff.label,
         "correlated": [{"section": s.name, "twin": s.twin.name, "how": s.how} for s in states if s.twin],
         "uncorrelated": [s.name for s in states if s.twin is None],
+        "removed": _removed(diff),
+        "not_diffed": [s.name for s in diff.patched.sections[1:] if classify(s, diff.profile) is Kind.IGNORED],
         "changed": [{"section": s.name, "symbol": s.label, "kind": s.kind.value, "reasons": s.reasons}
                     for s in states if s.status is Status.CHANGED],
         "changed_functions": [s.twin_symbol.xen_name if s.twin_symbol else s.label
@@ -37,6 +39,8 @@ def render(record: dict[str, Any]) -> list[str]:
         lines.append(f"  correlated  {item['section']} <-> {item['twin']} ({item['how']})")
     for name in record["uncorrelated"]:
         lines.append(f"  new         {name} (no counterpart in the original)")
+    for name in record["removed"]:
+        lines.append(f"  removed     {name} (no counterpart in the patched object; the base image keeps it)")
     for item in record["changed"]:
         lines.append(f"  changed     {item['symbol']} [{item['kind']}]: {'; '.join(item['reasons'])}")
     for item in record["included"]:
@@ -46,6 +50,9 @@ def render(record: dict[str, Any]) -> list[str]:
                      f"(those of {', '.join(item['owners'])})")
     for name in record["base_references"]:
         lines.append(f"  references  {name} (in the base image)")
+    if record["not_diffed"]:
+        lines.append(f"  not diffed  {len(record['not_diffed'])} sections: debug information, notes, relocation "
+                     "and symbol tables (never carried)")
     for text in record["ignored"]:
         lines.append(f"  ignored     {text}")
     for text in record["warnings"]:
@@ -70,3 +77,10 @@ def _special_record(diff: ObjectDiff, special: SectionState) -> dict[str, Any]:
             owners.add(target.parent.label if target.parent else target.label)
     return {"section": special.name, "kept": len(kept), "entries": special.section.size // layout.entry_size,
             "owners": sorted(owners)}
+
+
+def _removed(diff: ObjectDiff) -> list[str]:
+    """Sections of the original with no counterpart in the patched object, in section order."""
+    twins = {id(s.twin) for s in diff.states.values() if s.twin is not None}
+    return [section.name for section in sorted(diff.original_keys.values(), key=lambda s: s.index)
+            if id(section) not in twins]
