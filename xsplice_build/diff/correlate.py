@@ -17,10 +17,18 @@ from .state import Kind, ObjectDiff, SectionState, anchor_symbol, classify, nami
 
 _CLONE_SUFFIX = re.compile(r"\.(isra|constprop|part|lto_priv|localalias|specialized)\.\d+")
 _NUMBER_SUFFIX = re.compile(r"\.\d+$")
+_ANY_NUMBER = re.compile(r"\.\d")  # most names have none: one search instead of two substitutions
+# .rodata.str1.8: the numbers are the entry size and alignment of mergeable strings, not per-build ones.
+_STRINGS_SUFFIX = re.compile(r"\.str\d+\.\d+$")
 
 
 def normalise(name: str) -> str:
     """`name` with gcc's per-build numbers replaced by N."""
+    if not _ANY_NUMBER.search(name):
+        return name
+    strings = _STRINGS_SUFFIX.search(name)
+    if strings:
+        return _CLONE_SUFFIX.sub(r".\1.N", name[:strings.start()]) + strings.group()
     return _NUMBER_SUFFIX.sub(".N", _CLONE_SUFFIX.sub(r".\1.N", name))
 
 
