@@ -33,11 +33,11 @@ def normalise(name: str) -> str:
 
 
 def correlate(diff: ObjectDiff) -> None:
-    original_keys = _keys(diff.original, diff)
-    patched_keys = _keys(diff.patched, diff)
+    original_keys, _ = _keys(diff.original, diff)
+    patched_keys, kinds = _keys(diff.patched, diff)
     diff.original_keys = {key: section for key, section in original_keys.items()}
     for key, section in patched_keys.items():
-        kind = classify(section, diff.profile)
+        kind = kinds[section.index]
         state = SectionState(section=section, kind=kind, key=key, symbol=naming_symbol(diff.patched, section))
         twin = original_keys.get(key)
         if twin is not None:
@@ -52,14 +52,16 @@ def correlate(diff: ObjectDiff) -> None:
     _attach_cold_parts(diff)
 
 
-def _keys(elf: ElfFile, diff: ObjectDiff) -> dict[str, Section]:
-    """Correlation key -> section, for every section the diff looks at."""
+def _keys(elf: ElfFile, diff: ObjectDiff) -> tuple[dict[str, Section], dict[int, Kind]]:
+    """Correlation key -> section, for every section the diff looks at; and each one's kind."""
     groups: dict[str, list[Section]] = defaultdict(list)
+    kinds: dict[int, Kind] = {}
     for section in elf.sections:
-        if classify(section, diff.profile) is Kind.IGNORED:
+        kind = classify(section, diff.profile)
+        if kind is Kind.IGNORED:
             continue
-        special = diff.profile.special(section.name) is not None
-        groups[section.name if special else normalise(section.name)].append(section)
+        kinds[section.index] = kind
+        groups[section.name if kind is Kind.SPECIAL else normalise(section.name)].append(section)
     keys: dict[str, Section] = {}
     referencing: dict[int, set[str]] | None = None
     for key, sections in groups.items():
@@ -73,7 +75,7 @@ def _keys(elf: ElfFile, diff: ObjectDiff) -> dict[str, Section]:
             refined = f"{key}@{owners}"
             # Still ambiguous: fall back to the exact name, which at worst leaves a section uncorrelated.
             keys[refined if refined not in keys else section.name] = section
-    return keys
+    return keys, kinds
 
 
 def _referencing_functions(elf: ElfFile) -> dict[int, set[str]]:
