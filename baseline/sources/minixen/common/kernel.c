@@ -6,6 +6,7 @@
 #include <xen/errno.h>
 #include <xen/version.h>
 #include <xen/livepatch.h>
+#include <xen/event.h>
 #include <public/domctl.h>
 
 long do_domctl(struct xen_domctl *op);
@@ -149,6 +150,16 @@ static long do_domctl_request(struct reply *r, char *args)
     return ret;
 }
 
+/* "evtchn OP PORT": an event channel operation (EVTCHNOP_* by number), as the hypercall makes it. */
+static long do_evtchn_request(char *args)
+{
+    long values[2] = { 0 };
+
+    if ( parse_args(args, values, 2) != 2 )
+        return -EINVAL;
+    return do_event_channel_op(values[0], values[1]);
+}
+
 /* Handle one request line; the answer goes into buf. Returns 1 when asked to stop. */
 int handle_request(char *line, char *buf, size_t size, size_t *len)
 {
@@ -160,6 +171,8 @@ int handle_request(char *line, char *buf, size_t size, size_t *len)
         ret = do_info(&r);
     else if ( starts_with(line, "domctl ") )
         ret = do_domctl_request(&r, line + 7);
+    else if ( starts_with(line, "evtchn ") )
+        ret = do_evtchn_request(line + 7);
     else if ( starts_with(line, "livepatch ") )
         ret = livepatch_request(line + 10, r.buf, r.size, &r.len);
     else if ( !strcmp(line, "quit") )
