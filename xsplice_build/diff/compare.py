@@ -147,8 +147,8 @@ def _compare_special_entries(diff: ObjectDiff, original_key_of: dict[int, str],
         if special.kind is not Kind.SPECIAL or layout is None:
             continue
         new = entries_by_owner(special.section, layout,
-                               lambda r: relocation_target(diff.patched, r, patched_key_of))
-        old = entries_by_owner(special.twin, layout, lambda r: relocation_target(diff.original, r, original_key_of)) \
+                               lambda r: _entry_target(diff, diff.patched, r, patched_key_of))
+        old = entries_by_owner(special.twin, layout, lambda r: _entry_target(diff, diff.original, r, original_key_of)) \
             if special.twin is not None else {}
         for owner in sorted(old.keys() | new.keys()):
             state = by_key.get(owner)
@@ -163,6 +163,27 @@ def _compare_special_entries(diff: ObjectDiff, original_key_of: dict[int, str],
             owner_label = state.parent.label if state.parent else state.label
             diff.ignored.append(f"{diff.label}: {owner_label}: only __LINE__ differs (its {special.name} entry "
                                 f"records line {moved}) [rule: line-only]; not patched")
+
+
+def _entry_target(diff: ObjectDiff, elf: ElfFile, rela: Rela, key_of: dict[int, str]) -> Target:
+    # Out-of-line code (.fixup) is one section per object: an entry's offset into it moves whenever
+    # another function's fixup code changes, which says nothing about this entry's function.
+    target = relocation_target(elf, rela, key_of)
+    if target[0] == "section" and diff.profile.is_auxiliary(str(target[1])):
+        return ("auxiliary", target[1])
+    if target[0] == "string":
+        # A table's displacement is relative to its entry or its field, not to the end of an
+        # instruction: name the whole string the address falls in (a bug frame's file name).
+        symbol = elf.symbols[rela.symbol]
+        return ("string", containing_string(elf.sections[symbol.shndx], symbol.value + rela.addend))
+    return target
+
+
+def containing_string(section: Section, offset: int) -> bytes:
+    if not 0 <= offset < len(section.data):
+        return b"<outside %s>" % section.name.encode()
+    start = section.data.rfind(b"\0", 0, offset) + 1
+    return string_at(section, start)
 
 
 def _propagate_changed_cold_parts(diff: ObjectDiff) -> None:
