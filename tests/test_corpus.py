@@ -20,9 +20,11 @@ from xsplice_build.diff.engine import diff_objects
 from xsplice_build.diff.profile import XEN_X86_64
 from xsplice_build.diff.rules import RULES
 from xsplice_build.elf.reader import read_elf_file
+from xsplice_build.patches import pairs, release_pairs
+from xsplice_build.project import Project
 
 CASES = sorted(p.parent.name for p in (REPO / "patches").glob("*/expect.toml"))
-KEYS = {"outcome", "patched", "new", "references", "carried", "not_carried", "strings", "special_entries",
+KEYS = {"corpus", "outcome", "patched", "new", "references", "carried", "not_carried", "strings", "special_entries",
         "rule", "cites", "notes"}
 EXIT = {"payload": 0, "nothing-to-patch": 3, "unpatchable": 4}
 
@@ -67,6 +69,15 @@ def test_the_corpus_covers_the_issues_cases() -> None:
                 "string-literal", "jump-table", "line-only", "bugframe-with-change", "changed-data",
                 "struct-layout", "too-small", "init-only", "new-global", "comments-only", "ambiguous-static"}
     assert required <= set(CASES)
+
+
+def test_corpus_cases_are_built_but_never_released() -> None:
+    project = Project(REPO)
+    released = {patch for _, patch in release_pairs(project, ["minixen"])}
+    assert {"XSA-131", "regression-test"} <= released
+    corpus = {case for case in CASES if _expect(case).get("corpus") is True}
+    assert corpus == set(CASES) - {"XSA-131", "regression-test"} and not corpus & released
+    assert corpus <= {patch for _, patch in pairs(project, ["minixen"])}  # `doit build-patch CASE` works
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -2,11 +2,14 @@
 
 Real advisories ship one patch per supported Xen version, so a patch NAME is a
 directory holding a variant for each baseline it exists for, named after the
-baseline; the nightly build builds every (patch, baseline) pair that has a variant.
+baseline; the nightly build builds every (patch, baseline) pair that has a variant,
+except the cases of the diff's test corpus (`corpus = true` in patches/NAME/expect.toml),
+which are test material, not advisories to release.
 """
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 from .errors import ConfigError
@@ -47,3 +50,19 @@ def pairs(project: Project, baselines: list[str]) -> list[tuple[str, str]]:
     """Every (baseline, patch) with a variant, for the nightly build and for task generation."""
     return [(baseline, name) for name in patch_names(project) for baseline in variants(project, name)
             if baseline in baselines]
+
+
+def release_pairs(project: Project, baselines: list[str]) -> list[tuple[str, str]]:
+    """The pairs the nightly releases: every pair but those of the diff's test corpus."""
+    return [(baseline, name) for baseline, name in pairs(project, baselines) if not is_corpus_case(project, name)]
+
+
+def is_corpus_case(project: Project, name: str) -> bool:
+    """Whether patch `name` is a case of the diff's test corpus (its expect.toml says corpus = true)."""
+    path = project.patches_dir / name / "expect.toml"
+    if not path.is_file():
+        return False
+    try:
+        return tomllib.loads(path.read_text()).get("corpus") is True
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"patches/{name}/expect.toml: not valid TOML: {error}") from None

@@ -23,7 +23,7 @@ from . import audit, release
 from .baseline import DEFAULT_BASELINE, load_all, load_baseline
 from .doit_commands import opt_baseline
 from .errors import XspliceError
-from .patches import pairs
+from .patches import release_pairs
 from .project import Project
 from .reporter import one_line
 
@@ -112,7 +112,7 @@ class Nightly(Run):
         project = Project.find()
         chosen = [load_baseline(project, name).name for name in params.get("baselines") or []]
         baselines = chosen or [b.name for b in load_all(project)]
-        selected = [release.Pair(b, p) for b, p in pairs(project, baselines)]
+        selected = [release.Pair(b, p) for b, p in release_pairs(project, baselines)]
         if not selected:
             raise XspliceError(f"no (baseline, patch) pairs for {', '.join(baselines) or 'any baseline'}: add "
                                "patches/NAME/BASELINE.patch")
