@@ -45,11 +45,16 @@ def diff_objects(original: Path | None, patched: Path, label: str, profile: Targ
     with _collector_paused():
         patched_elf = read_elf_file(patched, label)
         original_elf = read_elf_file(original, label) if original else _empty_like(label)
-        diff = ObjectDiff(label=label, original=original_elf, patched=patched_elf, profile=profile)
-        correlate(diff)
-        compare(diff)
-        include(diff)
-        verify(diff)
+        return diff_elves(original_elf, patched_elf, label, profile)
+
+
+def diff_elves(original_elf: ElfFile, patched_elf: ElfFile, label: str, profile: TargetProfile) -> ObjectDiff:
+    """Passes 1-4 on two objects already read (the fuzzer feeds them from memory)."""
+    diff = ObjectDiff(label=label, original=original_elf, patched=patched_elf, profile=profile)
+    correlate(diff)
+    compare(diff)
+    include(diff)
+    verify(diff)
     return diff
 
 

@@ -56,7 +56,8 @@ def kept_special_entries(diff: ObjectDiff, special: SectionState) -> list[int]:
     assert layout is not None
     anchors = {rela.offset: rela for rela in special.section.relocations}
     kept = []
-    for offset in range(0, special.section.size - layout.entry_size + 1, layout.entry_size):
+    # The bytes the file holds, not sh_size: an SHT_NOBITS section may claim any size.
+    for offset in range(0, len(special.section.data) - layout.entry_size + 1, layout.entry_size):
         anchor = anchors.get(offset + layout.anchor)
         if anchor is None:
             continue

@@ -35,6 +35,9 @@ from .model import ElfFile, Rela, Section, Symbol
 from .structs import EHDR, PHDR, RELA, SHDR, SYM
 
 MAX_SECTIONS = 1 << 16
+# Padding to an alignment is memory the writer and the loader spend: a forged sh_addralign must
+# not ask for more than this.
+MAX_ALIGNMENT = 1 << 21
 
 
 def read_elf_file(path: Path | str, label: str | None = None) -> ElfFile:
@@ -114,6 +117,9 @@ def _section(data: bytes, name: str, index: int, raw: tuple[int, ...], section_n
     contents = b"" if empty else _slice(data, name, label, offset, size)
     if align & (align - 1):
         raise ElfError(f"{name}: {label}: alignment {align:#x} is not a power of two")
+    if align > MAX_ALIGNMENT:
+        raise ElfError(f"{name}: {label}: alignment {align:#x} is larger than {MAX_ALIGNMENT:#x} (2 MiB, a "
+                       "superpage), the most any section of Xen or a payload asks for")
     return Section(index=index, name=section_name, type=kind, flags=flags, addr=addr, offset=offset,
                    size=size, link=link, info=info, align=align, entsize=entsize, data=contents)
 
@@ -127,14 +133,13 @@ def _check_links(name: str, sections: list[Section]) -> None:
 
 def _check_overlaps(name: str, sections: list[Section], shoff: int, shsize: int) -> None:
     """Two sections sharing file bytes is how a forged file makes one thing mean two."""
-    spans = sorted((s.offset, s.offset + s.size, s) for s in sections[1:] if not s.is_nobits and s.size
-                   and s.type != SHT_NULL)
-    spans.append((shoff, shoff + shsize, None))
+    spans = [(s.offset, s.offset + s.size, f"section [{s.index}] {s.name}") for s in sections[1:]
+             if not s.is_nobits and s.size and s.type != SHT_NULL]
+    spans.append((shoff, shoff + shsize, "the section header table"))
+    # Sorted by position only: two spans at the same place are compared by nothing else.
     spans.sort(key=lambda span: (span[0], span[1]))
-    for (start_a, end_a, first), (start_b, _end_b, second) in itertools.pairwise(spans):
+    for (start_a, end_a, what_a), (start_b, _end_b, what_b) in itertools.pairwise(spans):
         if start_b < end_a:
-            what_a = f"section [{first.index}] {first.name}" if first else "the section header table"
-            what_b = f"section [{second.index}] {second.name}" if second else "the section header table"
             raise ElfError(f"{name}: {what_b} at {start_b:#x} overlaps {what_a} ({start_a:#x}-{end_a:#x})")
 
 
@@ -189,6 +194,9 @@ def _attach_relocations(name: str, sections: list[Section], symbols: list[Symbol
         if not 0 < rela.info < len(sections):
             raise ElfError(f"{name}: {label}: sh_info {rela.info} names no section")
         target = sections[rela.info]
+        if len(target.data) != target.size:
+            raise ElfError(f"{name}: {label}: relocates section [{target.index}] {target.name}, which holds no "
+                           f"bytes in the file (type {target.type}: SHT_NOBITS or SHT_NULL)")
         if target.rela_section is not None:
             raise ElfError(f"{name}: {label}: section [{target.index}] {target.name} already has "
                            f"relocations in section [{target.rela_section}]")
