@@ -11,7 +11,17 @@ import pytest
 from conftest import Checkout
 
 from xsplice_build.errors import ConfigError, SignatureError
-from xsplice_build.sign import MARKER, SigningKeys, load_keys, make_development_keys, sign, split, verify
+from xsplice_build.sign import (
+    MARKER,
+    MODULE_SIGNATURE,
+    REQUIRE_CODE_SIGNING_ENV,
+    SigningKeys,
+    load_keys,
+    make_development_keys,
+    sign,
+    split,
+    verify,
+)
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +104,75 @@ def test_openssl_cms_accepts_the_pipelines_payload(built_once: Checkout, tmp_pat
     for path in built_once.root.joinpath("out").rglob("*"):
         if path.is_file():
             assert private not in path.read_bytes() and b"PRIVATE KEY" not in path.read_bytes()
+
+
+def _other_certificate(directory: Path, key_of: SigningKeys | None, code_signing: bool) -> Path:
+    """A certificate for `key_of`'s key (or a new key), with or without the codeSigning usage."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = (serialization.load_pem_private_key(key_of.key.read_bytes(), None) if key_of
+           else rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "another certificate")])
+    usage = ExtendedKeyUsageOID.CODE_SIGNING if code_signing else ExtendedKeyUsageOID.SERVER_AUTH
+    import datetime
+
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now)
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                   .sign(key, hashes.SHA256()))
+    path = directory / f"other-{'code' if code_signing else 'server'}-{'same' if key_of else 'new'}.pem"
+    path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def _resigned(payload: bytes, signature: bytes) -> bytes:
+    return payload + signature + MODULE_SIGNATURE.pack(0, 0, 2, 0, 0, len(signature)) + MARKER
+
+
+def _refused(signed: bytes, certificate: Path, **options: bool) -> str:
+    with pytest.raises(SignatureError) as error:
+        verify(signed, certificate, "p.livepatch", **options)
+    message = str(error.value)
+    assert message.startswith(("p.livepatch: ", str(certificate))) and "\n" not in message
+    return message
+
+
+def test_each_broken_signature_is_refused_in_its_own_words(keys: SigningKeys, tmp_path: Path) -> None:
+    key, certificate, _ = load_keys(keys)
+    signed = sign(b"\x7fELF payload", key, certificate)
+    payload, der = split(signed, "p")
+    another_key = _other_certificate(tmp_path, None, code_signing=True)
+    assert "signed by another key" in _refused(signed, another_key)
+    assert "over different content" in _refused(b"\x7fELF paYload" + signed[len(payload):], keys.certificate)
+    other_content = sign(b"\x7fELF other", key, certificate)
+    assert "over different content" in _refused(payload + other_content[len(b"\x7fELF other"):], keys.certificate)
+    assert "not a well-formed DER PKCS#7 blob" in _refused(_resigned(payload, der[:-20]), keys.certificate)
+    assert "not a well-formed DER PKCS#7 blob" in _refused(_resigned(payload, bytes(range(256))), keys.certificate)
+    assert "not a well-formed DER PKCS#7 blob" in _refused(_resigned(payload, b"\x30\x82" + b"\xff" * 40),
+                                                           keys.certificate)
+    assert "no '~Module signature appended~' marker" in _refused(payload, keys.certificate)
+    assert "truncated module signature header" in _refused(MARKER, keys.certificate)
+    assert "exceeds the file" in _refused(_resigned(b"", b"")[:-len(MARKER) - 12] +
+                                          MODULE_SIGNATURE.pack(0, 0, 2, 0, 0, 1 << 31) + MARKER, keys.certificate)
+    assert "non-zero algo/hash/signer/key-id" in _refused(
+        payload + der + MODULE_SIGNATURE.pack(1, 0, 2, 0, 0, len(der)) + MARKER, keys.certificate)
+
+
+def test_a_certificate_not_for_code_signing_is_refused_when_asked(keys: SigningKeys, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    key, certificate, _ = load_keys(keys)
+    signed = sign(b"\x7fELF payload", key, certificate)
+    server_certificate = _other_certificate(tmp_path, keys, code_signing=False)
+    # Without the requirement the certificate's purpose is not looked at (openssl then finds the signer,
+    # named by issuer and serial, is not its holder).
+    assert "code-signing" not in _refused(signed, server_certificate)
+    assert "not a code-signing certificate" in _refused(signed, server_certificate, require_code_signing=True)
+    monkeypatch.setenv(REQUIRE_CODE_SIGNING_ENV, "1")
+    assert "not a code-signing certificate" in _refused(signed, server_certificate)
+    # The development certificate is a code-signing one.
+    assert verify(signed, keys.certificate, "p.livepatch") == b"\x7fELF payload"

@@ -98,3 +98,57 @@ def test_a_load_address_out_of_reach_overflows(built_once: Checkout) -> None:
     unsigned = unsigned_payload(built_once.out("XSA-131") / "XSA-131.livepatch")
     with pytest.raises(PayloadRejected, match="overflows"):
         link_payload(unsigned, "XSA-131", BaseImage.load(_image(built_once)), base=0x7F0000000000)
+
+
+def test_a_certificate_not_for_code_signing_is_refused_on_request(built_once: Checkout, tmp_path: Path) -> None:
+    from test_sign import _other_certificate
+
+    development = built_once.root / "keys" / "development"
+    keys = sign.SigningKeys(development / "signing_key.pem", development / "signing_cert.pem", development=True)
+    server = _other_certificate(tmp_path, keys, code_signing=False)
+    payload = built_once.out("XSA-131") / "XSA-131.livepatch"
+    line = _refused(_verify(built_once, payload, "--cert", str(server), "--require-code-signing"))
+    assert line == (f"xsplice-build: {server}: not a code-signing certificate (no codeSigning extended key usage), "
+                    "and XSPLICE_REQUIRE_CODE_SIGNING or --require-code-signing asks for one")
+    # The development certificate carries codeSigning: the requirement holds.
+    assert _verify(built_once, payload, "--require-code-signing").returncode == 0
+
+
+def _rename_to(unsigned: bytes, section: str, name: str) -> bytes:
+    """Point `section`'s sh_name at the string `name` (a special section named twice)."""
+    import struct
+
+    from xsplice_build.elf.reader import read_elf
+    from xsplice_build.elf.structs import SHDR
+
+    elf = read_elf(unsigned, "payload")
+    (shoff,) = struct.unpack_from("<Q", unsigned, 0x28)
+    (shstrndx,) = struct.unpack_from("<H", unsigned, 0x3E)
+    names = elf.sections[shstrndx].data
+    target = elf.section_named(section)
+    out = bytearray(unsigned)
+    struct.pack_into("<I", out, shoff + target.index * SHDR.size, names.index(name.encode() + b"\0"))
+    return bytes(out)
+
+
+def test_a_special_section_named_twice_is_refused(built_once: Checkout, tmp_path: Path) -> None:
+    """The loader looks special sections up by name: a second one could hide from the check."""
+    unsigned = unsigned_payload(built_once.out("XSA-131") / "XSA-131.livepatch")
+    payload = tmp_path / "twice.livepatch"
+    payload.write_bytes(resign(_rename_to(unsigned, ".livepatch.xen_depends", ".livepatch.depends"),
+                               built_once.root / "keys" / "development"))
+    line = _refused(_verify(built_once, payload))
+    assert line == f"xsplice-build: {payload}: .livepatch.depends: was seen 2 times, once is the rule"
+
+
+@pytest.mark.parametrize("cut", [0, 1, 63, 64, 200, 1000, -200, -1])
+def test_a_truncated_or_foreign_payload_is_refused_in_one_line(built_once: Checkout, tmp_path: Path,
+                                                                cut: int) -> None:
+    """Truncated then signed again: the signature holds, the ELF reader refuses it in one line."""
+    unsigned = unsigned_payload(built_once.out("XSA-131") / "XSA-131.livepatch")
+    payload = tmp_path / "cut.livepatch"
+    payload.write_bytes(resign(unsigned[:cut] or b"not an ELF file at all", built_once.root / "keys" / "development"))
+    line = _refused(_verify(built_once, payload))
+    assert line.startswith(f"xsplice-build: {payload}: ")
+    assert any(words in line for words in ("not an ELF file", "truncated ELF header", "lies outside the file",
+                                           "lies past the end of the file"))

@@ -4,7 +4,7 @@
         The function diff of one object pair, as create-diff-object runs it. Exit 0:
         something to patch; 3: nothing to patch; 4: unpatchable; 1: bad input.
 
-    xsplice-build verify PAYLOAD --image IMAGE [--cert CERT]
+    xsplice-build verify PAYLOAD --image IMAGE [--cert CERT] [--require-code-signing]
         Xen's loader rules, checked offline: one summary line and exit 0, or one line
         naming what breaks which rule and exit 1.
 """
@@ -54,13 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("payload", type=Path)
     verify.add_argument("--image", type=Path, required=True, help="the base image (xen-syms) it was built for")
     verify.add_argument("--cert", type=Path, help="trusted certificate (default: the development certificate)")
+    verify.add_argument("--require-code-signing", action="store_true", default=None,
+                        help="refuse a certificate without the codeSigning extended key usage "
+                             "(also XSPLICE_REQUIRE_CODE_SIGNING=1)")
     verify.set_defaults(run=_verify)
     return parser
 
 
 def _verify(arguments: argparse.Namespace) -> int:
     certificate = arguments.cert or trusted_certificate(Project.find())
-    linked, image = verify_file(arguments.payload, arguments.image, certificate)
+    linked, image = verify_file(arguments.payload, arguments.image, certificate, arguments.require_code_signing)
     print(summary(linked, image, certificate))
     return 0
 

@@ -31,6 +31,7 @@ MARKER = b"~Module signature appended~\n"
 # struct module_signature: algo, hash, id_type, signer_len, key_id_len, __pad[3], be32 sig_len
 MODULE_SIGNATURE = struct.Struct(">BBBBB3xI")
 PKEY_ID_PKCS7 = 2
+REQUIRE_CODE_SIGNING_ENV = "XSPLICE_REQUIRE_CODE_SIGNING"
 DEVELOPMENT_SUBJECT = "xsplice-build DEVELOPMENT signing key - not for production"
 
 
@@ -134,7 +135,7 @@ def split(signed: bytes, name: str) -> tuple[bytes, bytes]:
     return signed[:start], signed[start:end - MODULE_SIGNATURE.size]
 
 
-def verify_file(path: Path, certificate: Path) -> bytes:
+def verify_file(path: Path, certificate: Path, require_code_signing: bool | None = None) -> bytes:
     """Read a signed payload and check its signature; returns the payload it covers."""
     try:
         signed = path.read_bytes()
@@ -142,12 +143,20 @@ def verify_file(path: Path, certificate: Path) -> bytes:
         raise SignatureError(f"{path}: cannot read: {error.strerror or error}") from None
     if not certificate.is_file():
         raise SignatureError(f"{certificate}: trusted certificate not found; pass --cert or run `doit dev-keys`")
-    return verify(signed, certificate, str(path))
+    return verify(signed, certificate, str(path), require_code_signing)
 
 
-def verify(signed: bytes, certificate_path: Path, name: str) -> bytes:
-    """Check the signature with openssl against `certificate_path`; returns the payload it covers."""
+def verify(signed: bytes, certificate_path: Path, name: str, require_code_signing: bool | None = None) -> bytes:
+    """Check the signature with openssl against `certificate_path`; returns the payload it covers.
+
+    `require_code_signing` (default: XSPLICE_REQUIRE_CODE_SIGNING=1) also asks that the certificate be
+    one issued for code signing (extended key usage codeSigning), as a production trust store would.
+    """
     payload, signature = split(signed, name)
+    if require_code_signing is None:
+        require_code_signing = os.environ.get(REQUIRE_CODE_SIGNING_ENV, "") not in ("", "0")
+    if require_code_signing:
+        check_code_signing(certificate_path)
     with tempfile.TemporaryDirectory(prefix="xsplice-verify-") as scratch:
         content, der = Path(scratch) / "payload", Path(scratch) / "signature"
         content.write_bytes(payload)
@@ -157,13 +166,45 @@ def verify(signed: bytes, certificate_path: Path, name: str) -> bytes:
              "-certfile", str(certificate_path), "-nointern", "-noverify", "-out", os.devnull],
             capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        detail = _openssl_reason(result.stderr)
-        raise SignatureError(f"{name}: signature does not verify with {certificate_path}: {detail}")
+        raise SignatureError(f"{name}: signature does not verify with {certificate_path}: "
+                             f"{_openssl_reason(result.stderr)}")
     return payload
 
 
+def check_code_signing(certificate_path: Path) -> None:
+    """Refuse a certificate that was not issued for code signing (no codeSigning extended key usage)."""
+    try:
+        certificate = x509.load_pem_x509_certificate(certificate_path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise SignatureError(f"{certificate_path}: not a readable PEM certificate ({type(error).__name__})") from None
+    try:
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        usages = None
+    if usages is None or ExtendedKeyUsageOID.CODE_SIGNING not in usages:
+        raise SignatureError(f"{certificate_path}: not a code-signing certificate (no codeSigning extended key "
+                             f"usage), and {REQUIRE_CODE_SIGNING_ENV} or --require-code-signing asks for one")
+
+
+# openssl's reasons, in the words a user can act on (the first that matches the error lines).
+_OPENSSL_REASONS = (
+    ("signer certificate not found", "signed by another key (the signer is not the holder of this certificate)"),
+    ("bad signature", "the signature is over different content (the payload changed after it was signed)"),
+    ("digest failure", "the signature is over different content (the payload changed after it was signed)"),
+    ("content verify error", "the signature is over different content (the payload changed after it was signed)"),
+    ("asn1", "the signature is not a well-formed DER PKCS#7 blob (truncated or garbage)"),
+    ("could not read any certificate", "the certificate file holds no PEM certificate"),
+)
+
+
 def _openssl_reason(stderr: str) -> str:
+    lowered = stderr.lower()
+    for needle, reason in _OPENSSL_REASONS:
+        if needle in lowered:
+            return reason
     for line in stderr.splitlines():
-        if "error" in line.lower() and ":" in line:
-            return line.rsplit(":", 1)[-1].strip() or line.strip()
+        fields = line.split(":")
+        # openssl 3: <thread>:error:<code>:<library>:<function>:<reason>:<file>:<line>:
+        if len(fields) >= 6 and fields[1] == "error":
+            return f"openssl cms -verify: {fields[5]}"
     return stderr.strip().splitlines()[-1] if stderr.strip() else "openssl cms -verify failed"

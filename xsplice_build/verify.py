@@ -86,9 +86,10 @@ class LinkedPayload:
         return bytes(self.contents[section.index])
 
 
-def verify_file(payload: Path, image_path: Path, certificate: Path) -> tuple[LinkedPayload, BaseImage]:
+def verify_file(payload: Path, image_path: Path, certificate: Path,
+                require_code_signing: bool | None = None) -> tuple[LinkedPayload, BaseImage]:
     """Check a signed payload file against an image file; returns the payload as the loader links it."""
-    unsigned = sign.verify_file(payload, certificate)
+    unsigned = sign.verify_file(payload, certificate, require_code_signing)
     image = BaseImage.load(image_path)
     # The image's own headers (DWARF) say how large its records are, as the pipeline reads them.
     try:
