@@ -22,6 +22,7 @@ from .elf.notes import image_build_id
 from .elf.reader import read_elf_file
 from .errors import BuildError, PatchError
 from .files import copy_tree, remove_tree, sha256_file
+from .patch_rules import check_patch_listing, check_patch_text
 from .project import Project
 from .toolchain import Tool
 
@@ -110,8 +111,8 @@ def check_expected_build_id(baseline: Baseline, output: BuildOutput) -> None:
 def apply_patch(patch: Path, tree: Path) -> list[str]:
     """Apply `patch` with git apply (atomic: all hunks or none); returns the files it touches."""
     env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(tree.parent), "LC_ALL": "C"}
-    listed = _git_apply(["--numstat"], patch, tree, env)
-    touched = [line.split("\t", 2)[2] for line in listed.splitlines() if line.count("\t") >= 2]
+    check_patch_text(patch)
+    touched = check_patch_listing(patch, tree, env)
     _git_apply([], patch, tree, env)
     return touched
 

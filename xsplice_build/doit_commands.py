@@ -16,8 +16,10 @@ from doit.cmd_run import Run
 
 from .baseline import DEFAULT_BASELINE, load_baseline, supply_image
 from .errors import XspliceError
+from .lock import exclusive, lock_timeout
 from .patches import patch_file
 from .project import Project
+from .sign import configured_keys, key_mode_warning
 
 opt_baseline = {
     "name": "baseline",
@@ -48,13 +50,20 @@ class BuildPatch(Run):
 
     def execute(self, params: Any, args: list[str]) -> int:
         try:
-            baseline, patch = self._selection(params, args)
-            if params["image"]:
-                supply_image(baseline, Path(params["image"]))
+            project = Project.find()
+            # doit opens its dependency database inside execute: one build at a time may hold it.
+            with exclusive(project.work_dir / ".lock", lock_timeout(),
+                           lambda text: print(f"xsplice: {text}", flush=True)):
+                baseline, patch = self._selection(params, args)
+                if params["image"]:
+                    supply_image(baseline, Path(params["image"]))
+                warning = key_mode_warning(configured_keys(project.root))
+                if warning:
+                    print(f"xsplice: warning: {warning}", flush=True)
+                result = super().execute(params, ["toolchain", f"sign:{baseline}/{patch}"])
         except XspliceError as error:
             print(f"xsplice: error: {error.message}", file=sys.stderr)
             return 2
-        result = super().execute(params, ["toolchain", f"sign:{baseline}/{patch}"])
         if result == 0:
             self._summary(baseline, patch)
         return result

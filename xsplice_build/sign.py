@@ -82,7 +82,6 @@ def make_development_keys(keys: SigningKeys) -> None:
 
 def load_keys(keys: SigningKeys) -> tuple[rsa.RSAPrivateKey, x509.Certificate, list[str]]:
     """The private key and certificate; warnings for a key others can read."""
-    warnings = []
     try:
         mode = keys.key.stat().st_mode
         key = serialization.load_pem_private_key(keys.key.read_bytes(), password=None)
@@ -98,10 +97,23 @@ def load_keys(keys: SigningKeys) -> tuple[rsa.RSAPrivateKey, x509.Certificate, l
         raise ConfigError(f"{keys.key}: signing needs an RSA key (deterministic PKCS#1 v1.5 signatures)")
     if key.public_key().public_numbers() != certificate.public_key().public_numbers():
         raise ConfigError(f"{keys.certificate}: does not belong to the private key {keys.key}")
+    warning = _mode_warning(keys.key, mode)
+    return key, certificate, [warning] if warning else []
+
+
+def key_mode_warning(keys: SigningKeys) -> str | None:
+    """A warning when the private key exists and group or others may read or write it."""
+    try:
+        mode = keys.key.stat().st_mode
+    except OSError:
+        return None
+    return _mode_warning(keys.key, mode)
+
+
+def _mode_warning(path: Path, mode: int) -> str | None:
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        warnings.append(f"{keys.key}: private key is readable by group or others (mode {mode & 0o777:o}); "
-                        "chmod 600 it")
-    return key, certificate, warnings
+        return f"{path}: private key is readable by group or others (mode {mode & 0o777:o}); chmod 600 it"
+    return None
 
 
 def sign(payload: bytes, key: rsa.RSAPrivateKey, certificate: x509.Certificate) -> bytes:
