@@ -224,3 +224,60 @@ def test_a_failing_probe_is_refused_and_the_image_left_as_it_was(running: Checko
         probe.write_text(good)
     assert "probe 'info' applied: expected 'xen_extra : -Goodbye'" in line
     _untouched(running, pid)
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    return inodes
+
+
+def test_the_image_listens_only_on_a_unix_socket_its_owner_may_use(running: Checkout) -> None:
+    pid = _pid(running)
+    inodes = _socket_inodes(pid)
+    assert inodes, "the running image holds no socket"
+    for table in ("tcp", "tcp6", "udp", "udp6", "raw", "raw6"):
+        path = Path(f"/proc/{pid}/net/{table}")
+        if path.exists():
+            listed = {line.split()[9] for line in path.read_text().splitlines()[1:] if len(line.split()) > 9}
+            assert not inodes & listed, f"the image has an inet socket in {table}"
+    unix = {line.split()[6] for line in Path(f"/proc/{pid}/net/unix").read_text().splitlines()[1:]
+            if len(line.split()) > 6}
+    assert inodes <= unix
+    socket_path = RunDir.of(Project(running.root)).socket
+    assert stat.S_IMODE(socket_path.stat().st_mode) == 0o600 and socket_path.stat().st_uid == os.getuid()
+
+
+def _memory_view(pid: int, address: int, size: int) -> tuple[str, bytes]:
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    with open(f"/proc/{pid}/mem", "rb") as memory:
+        memory.seek(address)
+        return maps, memory.read(size)
+
+
+@pytest.mark.parametrize("edit", [edit for edit in EDITS if edit.name in ("unsupported-relocation", "wrong-old-size",
+                                                                           "other-build-id", "writable-text")],
+                         ids=lambda edit: edit.name)
+def test_a_payload_the_loader_refuses_never_touches_the_images_memory(running: Checkout, edit: Edit) -> None:
+    """Straight to the loader, past the tool's checks: refused, and the image's mappings and the text of
+    the function the payload would replace are byte for byte as before."""
+    pid = _pid(running)
+    old = BaseImage.load(running.work("minixen", "base", "tree", "xen-syms")).lookup("do_domctl", "test")
+    before = _memory_view(pid, old.value, old.size)
+    payload = edit.apply(unsigned_payload(running.out("XSA-131") / "XSA-131.livepatch"))
+    with RunDir.of(Project(running.root)).connect() as connection:
+        answer = connection.request(f"livepatch upload XSA-131 {len(payload)}", payload)
+    assert answer.rc < 0 and edit.loader_says in answer.error
+    maps, text = _memory_view(pid, old.value, old.size)
+    assert text == before[1]
+    assert _image_maps(maps) == _image_maps(before[0])
+    _untouched(running, pid)
+
+
+def _image_maps(maps: str) -> list[str]:
+    """The mappings of the low 2 GiB: the image, its data, and the area payloads are placed in (the
+    receive buffer of a request is mapped anywhere the kernel likes, far above)."""
+    return [line for line in maps.splitlines() if int(line.split("-", 1)[0], 16) < 0x80000000]
