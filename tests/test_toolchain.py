@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,11 @@ def test_a_mismatch_names_the_tool_and_what_differs(tmp_path: Path) -> None:
     (lambda t: t.replace('sha256 = "', 'sha256 = 1 #"', 1), "key 'sha256' must be a string"),
     (lambda t: t.replace("path =", "pth =", 1), "unknown key 'pth'"),
     (lambda t: t + "\n[[", "not valid TOML"),
+    (lambda t: t.replace("[ld]", "[ld_unused]"), "unknown key 'ld_unused'"),
+    (lambda t: t.split("[ld]")[0], "missing key 'ld' (the locked ld)"),
+    (lambda t: t.replace("version =", "# version =", 1), "missing key 'version'"),
+    (lambda t: re.sub(r'version = ("[^"]*")', r"version = [\1]", t, count=1), "[gcc] key 'version' must be a string"),
+    (lambda t: "gcc = 3\n[cc1]" + t.split("[cc1]", 1)[1], "key 'gcc' must be a table (the locked gcc), not int"),
 ])
 def test_a_malformed_lock_is_refused_naming_file_and_key(tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
     lock = tmp_path / "toolchain.lock"
