@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import json
 import os
 import re
+import signal
 import sqlite3
 import stat
 import subprocess
@@ -222,3 +224,30 @@ def test_a_symlinked_patch_file_is_refused(built: Checkout, tmp_path: Path) -> N
     (built.root / "patches" / "linked" / "minixen.patch").symlink_to(outside)
     line = _one_line_failure(built.doit("build-patch", "linked", check=False))
     assert "patches/linked/minixen.patch: must be a regular file inside patches/" in line
+
+
+def test_a_build_killed_midway_leaves_the_previous_payload_and_no_lock(built: Checkout) -> None:
+    patch = built.root / "patches" / "XSA-131" / "minixen.patch"
+    patch.write_text("An edited description: every stage from build-patched on runs again.\n" + patch.read_text())
+    payload = built.out("XSA-131") / "XSA-131.livepatch"
+    previous, report = payload.read_bytes(), (built.out("XSA-131") / "report.json").read_text()
+    process = subprocess.Popen([str(BIN / "doit"), "build-patch", "XSA-131"], cwd=built.root, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                               env={**os.environ, "XSPLICE_ROOT": str(built.root), "PYTHONUNBUFFERED": "1"})
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if line.startswith("xsplice: start build-patched:minixen/XSA-131"):
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    process.stdout.close()
+    assert process.returncode == -signal.SIGKILL, "".join(seen)
+    # Killed at any point: the final paths hold the previous good outputs, whole.
+    assert payload.read_bytes() == previous
+    assert (built.out("XSA-131") / "report.json").read_text() == report
+    # The kernel dropped the dead build's lock: the next build neither waits nor fails.
+    rerun = built.doit("build-patch", "XSA-131", timeout=300)
+    assert "waiting for another build-patch" not in rerun.stdout
+    assert built.report("XSA-131")["patch_sha256"] != json.loads(report)["patch_sha256"]
