@@ -251,3 +251,24 @@ def test_a_build_killed_midway_leaves_the_previous_payload_and_no_lock(built: Ch
     rerun = built.doit("build-patch", "XSA-131", timeout=300)
     assert "waiting for another build-patch" not in rerun.stdout
     assert built.report("XSA-131")["patch_sha256"] != json.loads(report)["patch_sha256"]
+
+
+@pytest.mark.parametrize("name", ["../XSA-131", "..", "/etc/passwd", ".git", "XSA-131/../../keys", "a\nb", "-rf",
+                                  "x" * 101, "XSA-131/"])
+def test_a_patch_name_that_could_leave_patches_is_refused_before_use(checkout: Checkout, name: str) -> None:
+    from xsplice_build.errors import ConfigError
+    from xsplice_build.patches import patch_file
+    from xsplice_build.probes import probe_file
+    from xsplice_build.project import Project
+
+    project = Project(checkout.root)
+    for use in (lambda: patch_file(project, name, "minixen"), lambda: probe_file(project, name, "minixen"),
+                lambda: project.patch_out("minixen", name), lambda: project.patch_work("minixen", name)):
+        with pytest.raises(ConfigError, match="is not allowed"):
+            use()
+
+
+def test_build_patch_refuses_a_hostile_patch_name_in_one_line(checkout: Checkout) -> None:
+    line = _one_line_failure(checkout.doit("build-patch", "../../keys/development", check=False))
+    assert "patch name '../../keys/development' is not allowed" in line
+    assert not (checkout.root / "out").exists()

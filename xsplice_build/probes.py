@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .errors import ConfigError, PayloadRejected
 from .hypervisor import Connection
-from .project import Project
+from .project import Project, check_name
 from .schema import Field, check_string_list, check_table, load_toml
 
 PHASES = ("before", "applied", "reverted")
@@ -23,7 +23,7 @@ class Probe:
 
 
 def probe_file(project: Project, patch: str, baseline: str) -> Path:
-    return project.patches_dir / patch / f"{baseline}.probe.toml"
+    return project.patches_dir / check_name("patch", patch) / f"{check_name('baseline', baseline)}.probe.toml"
 
 
 def load_probes(path: Path) -> list[Probe]:
