@@ -113,6 +113,16 @@ def not_relocatable(data: bytes) -> bytes:
     return data[:16] + struct.pack("<H", 2) + data[18:]
 
 
+def special_section_twice(data: bytes) -> bytes:
+    """Name .livepatch.xen_depends .livepatch.depends: the loader looks special sections up by name."""
+    elf = read_elf(data, "payload")
+    (shstrndx,) = struct.unpack_from("<H", data, 0x3E)
+    out = bytearray(data)
+    struct.pack_into("<I", out, _section_header_offset(data, elf.section_named(".livepatch.xen_depends").index),
+                     elf.sections[shstrndx].data.index(b".livepatch.depends\0"))
+    return bytes(out)
+
+
 @dataclass(frozen=True)
 class Edit:
     name: str
@@ -134,6 +144,8 @@ EDITS = [
     Edit("unallocated-depends", unallocated_depends, "must be allocated", "must be allocated"),
     Edit("relocations-for-section-0", relocations_for_section_zero, "sh_info 0 names no section",
          "sh_info 0 names no section"),
+    Edit("special-section-twice", special_section_twice, ".livepatch.depends: was seen 2 times",
+         "was seen more than once"),
 ]
 
 

@@ -114,33 +114,6 @@ def test_a_certificate_not_for_code_signing_is_refused_on_request(built_once: Ch
     assert _verify(built_once, payload, "--require-code-signing").returncode == 0
 
 
-def _rename_to(unsigned: bytes, section: str, name: str) -> bytes:
-    """Point `section`'s sh_name at the string `name` (a special section named twice)."""
-    import struct
-
-    from xsplice_build.elf.reader import read_elf
-    from xsplice_build.elf.structs import SHDR
-
-    elf = read_elf(unsigned, "payload")
-    (shoff,) = struct.unpack_from("<Q", unsigned, 0x28)
-    (shstrndx,) = struct.unpack_from("<H", unsigned, 0x3E)
-    names = elf.sections[shstrndx].data
-    target = elf.section_named(section)
-    out = bytearray(unsigned)
-    struct.pack_into("<I", out, shoff + target.index * SHDR.size, names.index(name.encode() + b"\0"))
-    return bytes(out)
-
-
-def test_a_special_section_named_twice_is_refused(built_once: Checkout, tmp_path: Path) -> None:
-    """The loader looks special sections up by name: a second one could hide from the check."""
-    unsigned = unsigned_payload(built_once.out("XSA-131") / "XSA-131.livepatch")
-    payload = tmp_path / "twice.livepatch"
-    payload.write_bytes(resign(_rename_to(unsigned, ".livepatch.xen_depends", ".livepatch.depends"),
-                               built_once.root / "keys" / "development"))
-    line = _refused(_verify(built_once, payload))
-    assert line == f"xsplice-build: {payload}: .livepatch.depends: was seen 2 times, once is the rule"
-
-
 @pytest.mark.parametrize("cut", [0, 1, 63, 64, 200, 1000, -200, -1])
 def test_a_truncated_or_foreign_payload_is_refused_in_one_line(built_once: Checkout, tmp_path: Path,
                                                                 cut: int) -> None:
