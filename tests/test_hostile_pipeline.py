@@ -78,10 +78,10 @@ def test_two_builds_started_at_once_both_finish_and_the_database_is_whole(full_r
     first, second = full_run.concurrent
     assert first.returncode == 0 and second.returncode == 0, first.stdout + first.stderr + second.stdout + second.stderr
     assert "Traceback" not in first.stderr + second.stderr
-    waited = [r for r in (first, second) if "waiting for another build-patch in this checkout" in r.stdout]
+    waited = [r for r in (first, second) if "waiting for another build in this checkout" in r.stdout]
     assert len(waited) == 1, first.stdout + second.stdout
     # The one that waited found the other's work done: it rebuilt nothing (the toolchain check always runs).
-    after = waited[0].stdout.split("waiting for another build-patch", 1)[1]
+    after = waited[0].stdout.split("waiting for another build", 1)[1]
     assert set(re.findall(r"^xsplice: start (\S+)", after, re.MULTILINE)) == {"toolchain"}, after
     database = sqlite3.connect(full_run.checkout.work(".doit.db"))
     try:
@@ -103,7 +103,7 @@ def test_a_build_that_waits_too_long_refuses_in_one_line(built: Checkout) -> Non
     finally:
         os.close(descriptor)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.splitlines() == [f"xsplice: error: {lock}: another build-patch (pid {os.getpid()}) still "
+    assert result.stderr.splitlines() == [f"xsplice: error: {lock}: another build (pid {os.getpid()}) still "
                                           "holds the lock after 1 s; wait for it to finish, or stop it"]
     assert "xsplice: start" not in result.stdout
 
@@ -249,7 +249,7 @@ def test_a_build_killed_midway_leaves_the_previous_payload_and_no_lock(built: Ch
     assert (built.out("XSA-131") / "report.json").read_text() == report
     # The kernel dropped the dead build's lock: the next build neither waits nor fails.
     rerun = built.doit("build-patch", "XSA-131", timeout=300)
-    assert "waiting for another build-patch" not in rerun.stdout
+    assert "waiting for another build" not in rerun.stdout
     assert built.report("XSA-131")["patch_sha256"] != json.loads(report)["patch_sha256"]
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .errors import ConfigError, XspliceError
 from .files import write_json
+from .lock import exclusive, lock_timeout
 from .project import Project
 
 STATE_CHECKED = 1
@@ -161,8 +162,11 @@ def trusted_certificate(project: Project) -> Path:
 def build_base(project: Project, baseline: str) -> dict:
     """The baseline's base image, built through doit when needed; its build-base record."""
     doit = Path(sys.executable).parent / "doit"
-    result = subprocess.run([str(doit), f"build-base:{baseline}"], cwd=project.root, capture_output=True,
-                            text=True, check=False, env={**os.environ, "XSPLICE_ROOT": str(project.root)})
+    # The same lock as `doit build-patch`: one doit at a time opens the dependency database.
+    with exclusive(project.work_dir / ".lock", lock_timeout(), lambda text: print(f"xen-xsplice: {text}",
+                                                                                  file=sys.stderr)):
+        result = subprocess.run([str(doit), f"build-base:{baseline}"], cwd=project.root, capture_output=True,
+                                text=True, check=False, env={**os.environ, "XSPLICE_ROOT": str(project.root)})
     record_path = project.baseline_work(baseline) / "base.json"
     if result.returncode != 0 or not record_path.is_file():
         reason = (result.stdout + result.stderr).strip().splitlines()

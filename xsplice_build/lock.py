@@ -1,9 +1,10 @@
-"""One `doit build-patch` at a time per checkout: an advisory lock on work/.lock (fcntl.flock).
+"""One doit build at a time per checkout: an advisory lock on work/.lock (fcntl.flock).
 
-Two builds in the same checkout would write the same stage trees and share doit's dependency
-database; the second waits (saying so, in one line) until the first is done, and refuses in one
-line if it has waited longer than XSPLICE_LOCK_TIMEOUT seconds (default 3600). The kernel drops
-the lock when its holder exits, however it exits, so a crashed build never leaves it held.
+Two builds in the same checkout (`doit build-patch`, or `xen-xsplice boot` building a base image)
+would write the same stage trees and share doit's dependency database; the second waits (saying
+so, in one line) until the first is done, and refuses in one line if it has waited longer than
+XSPLICE_LOCK_TIMEOUT seconds (default 3600). The kernel drops the lock when its holder exits,
+however it exits, so a crashed build never leaves it held.
 """
 
 from __future__ import annotations
@@ -42,12 +43,12 @@ def exclusive(path: Path, timeout: float, announce: Callable[[str], None]) -> It
     try:
         if not _try_lock(descriptor):
             holder = _holder(path)
-            announce(f"waiting for another build-patch in this checkout ({holder}) to finish; "
+            announce(f"waiting for another build in this checkout ({holder}) to finish; "
                      f"giving up after {timeout:.0f} s")
             deadline = time.monotonic() + timeout
             while not _try_lock(descriptor):
                 if time.monotonic() >= deadline:
-                    raise LockTimeout(f"{path}: another build-patch ({holder}) still holds the lock after "
+                    raise LockTimeout(f"{path}: another build ({holder}) still holds the lock after "
                                       f"{timeout:.0f} s; wait for it to finish, or stop it")
                 time.sleep(POLL_SECONDS)
         os.ftruncate(descriptor, 0)
