@@ -193,6 +193,8 @@ def check_code_signing(certificate_path: Path) -> None:
         usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         usages = None
+    except ValueError as error:
+        raise SignatureError(f"{certificate_path}: malformed certificate extensions ({error})") from None
     if usages is None or ExtendedKeyUsageOID.CODE_SIGNING not in usages:
         raise SignatureError(f"{certificate_path}: not a code-signing certificate (no codeSigning extended key "
                              f"usage), and {REQUIRE_CODE_SIGNING_ENV} or --require-code-signing asks for one")
