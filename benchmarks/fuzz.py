@@ -12,7 +12,8 @@ Inputs that crash are kept under work/fuzz/artifacts/; each becomes a regression
 Targets:
     elf      elf.reader.read_elf on objects (original and patched) and unsigned payloads
     verify   verify.link_payload (every loader rule) on unsigned payloads against the real image
-    sign     sign.verify (split of the trailer, then openssl) on signed payloads
+    split    sign.split, the module-signature trailer alone, on signed payloads (fast)
+    sign     sign.verify (split of the trailer, then openssl cms -verify) on signed payloads
     diff     the diff engine (passes 1-4, then extraction) on a real original object and a
              mutated patched object
     toml     the baseline definition, probe file and toolchain lock loaders on TOML bytes
@@ -27,13 +28,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TARGETS = ("elf", "verify", "sign", "diff", "toml")
+TARGETS = ("elf", "verify", "split", "sign", "diff", "toml")
 
 
 @dataclass
@@ -105,7 +105,7 @@ def seeds(target: str, root: Path) -> list[Path]:
     if target == "elf":
         return [*sorted(work.glob("patches/*/objects/**/*.o.XSPLICE")), *payloads,
                 *sorted(work.glob("orig/tree/**/*.o"))[:12]]
-    if target in ("verify", "sign"):
+    if target in ("verify", "split", "sign"):
         return payloads
     if target == "diff":
         return sorted(work.glob("patches/*/objects/**/*.o.XSPLICE"))
@@ -188,6 +188,12 @@ def _sign_target(root: Path) -> Callable[[bytes], None]:
     return lambda data: sign.verify(data, certificate, "fuzz.livepatch") and None
 
 
+def _split_target(root: Path) -> Callable[[bytes], None]:
+    from xsplice_build import sign
+
+    return lambda data: sign.split(data, "fuzz.livepatch") and None
+
+
 def _diff_target(root: Path) -> Callable[[bytes], None]:
     from xsplice_build.diff.engine import diff_elves
     from xsplice_build.diff.extract import Extract
@@ -216,8 +222,9 @@ def _toml_target(root: Path) -> Callable[[bytes], None]:
     from xsplice_build.project import Project
     from xsplice_build.toolchain import read_lock
 
-    scratch = Path(tempfile.mkdtemp(prefix="xsplice-fuzz-"))
-    (scratch / "baseline").mkdir()
+    # A checkout-shaped directory of its own, under the checkout's work/ (never its baseline/).
+    scratch = root / "work" / "fuzz" / "toml-scratch"
+    (scratch / "baseline").mkdir(parents=True, exist_ok=True)
     project = Project(scratch)
     path = scratch / "baseline" / "fuzz.toml"
 
@@ -231,7 +238,8 @@ def _toml_target(root: Path) -> Callable[[bytes], None]:
 
 
 TARGET_SETUP: dict[str, Callable[[Path], Callable[[bytes], None]]] = {
-    "elf": _elf_target, "verify": _verify_target, "sign": _sign_target, "diff": _diff_target, "toml": _toml_target}
+    "elf": _elf_target, "verify": _verify_target, "split": _split_target, "sign": _sign_target, "diff": _diff_target,
+    "toml": _toml_target}
 
 
 if __name__ == "__main__":
