@@ -145,8 +145,9 @@ def run_child(target: str, root: Path, libfuzzer_args: list[str]) -> int:
         try:
             one_input(data)
         except XspliceError as error:
-            if "\n" in error.message or not error.message.strip():
-                raise AssertionError(f"refusal is not one line: {error.message!r}") from None
+            # One printable line: no newline, no control character, nothing a terminal cannot encode.
+            if not error.message.isprintable() or not error.message.strip():
+                raise AssertionError(f"refusal is not one printable line: {error.message!r}") from None
 
     atheris.Setup([sys.argv[0], *libfuzzer_args], test_one_input)
     atheris.Fuzz()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import struct
 import subprocess
+import sys
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -240,3 +242,24 @@ def test_the_overlap_sort_never_compares_sections(real_object: bytes) -> None:
 
 def test_header_sizes_are_what_the_cases_assume() -> None:
     assert (EHDR.size, SHDR.size) == (64, 64)
+
+
+def test_names_with_control_or_undecodable_bytes_are_escaped_in_the_refusal(real_object: bytes,
+                                                                            tmp_path: Path) -> None:
+    """Found by the fuzzer (a section name that is not UTF-8 crashed the diff): names are the file's
+    bytes, and a message shows them escaped, never as terminal control sequences."""
+    elf = _elf(real_object)
+    text = next(s for s in elf.sections if s.name == ".text.f")
+    shstrtab = elf.sections[struct.unpack_from("<H", real_object, 0x3E)[0]]
+    at = shstrtab.offset + shstrtab.data.index(b".text.f\0")
+    forged = bytearray(_set_section(real_object, text.index, SH_ALIGN, "<Q", 24))
+    forged[at:at + 7] = b"\x1b[2J\xff.f"
+    message = _refusal(bytes(forged))
+    assert f"section [{text.index}] \\x1b[2J\\udcff.f: alignment 0x18 is not a power of two" in message
+    assert message.isprintable()
+    (tmp_path / "f.o").write_bytes(real_object)
+    (tmp_path / "forged.o").write_bytes(bytes(forged))
+    result = subprocess.run([str(Path(sys.executable).parent / "xsplice-build"), "diff", "f.o", "forged.o"],
+                            cwd=tmp_path, capture_output=True, check=False)
+    assert result.returncode == 1 and b"\x1b" not in result.stderr and b"Traceback" not in result.stderr
+    assert result.stderr.count(b"\n") == 1 and b"\\x1b[2J\\udcff.f" in result.stderr

@@ -28,6 +28,9 @@ from .verify import summary, verify_file
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):
+        # Names from hostile files may hold undecodable bytes: escape them rather than crash printing.
+        stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     parser = _parser()
     arguments = parser.parse_args(argv)
     try:

@@ -13,7 +13,7 @@ class XspliceError(Exception):
     exit_code = 1
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split()))
+        super().__init__(printable(" ".join(message.split())))
 
     @property
     def message(self) -> str:
@@ -72,3 +72,14 @@ class Unpatchable(XspliceError):
         first = self.refusals[0] if self.refusals else "unpatchable change"
         more = f" (and {len(self.refusals) - 1} more)" if len(self.refusals) > 1 else ""
         super().__init__(first + more)
+
+
+def printable(text: str) -> str:
+    """`text` with what a terminal would act on or cannot encode escaped (\\x1b, \\udcff).
+
+    Messages name sections and symbols of hostile files: a control character in a name must not
+    reach the user's terminal, nor an undecodable byte (kept as a surrogate) crash the printing.
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)

@@ -74,7 +74,7 @@ def make_payload(extract: bytes, functions: list[PatchedFunction], base: BaseIma
         offset = len(table)
         funcs.relocations.append(OutRela(offset + layout.name, R_X86_64_64, strings_symbol, len(names)))
         funcs.relocations.append(OutRela(offset + layout.new_addr, R_X86_64_64, new_symbol, 0))
-        names += entry.name.encode() + b"\0"
+        names += entry.name.encode("utf-8", "surrogateescape") + b"\0"  # the symbol's own bytes
         table += layout.pack(entry.old_addr, entry.new_size, entry.old_size)
     strings.data, funcs.data = bytes(names), bytes(table)
     depends = _note_section(DEPENDS, base.build_id)

@@ -59,7 +59,8 @@ def string_offset(rela: Rela, symbol_value: int) -> int:
 
 def string_at(section: Section, offset: int) -> bytes:
     if not 0 <= offset < len(section.data):
-        return b"<outside %s>" % section.name.encode()
+        # Names come from hostile files: their undecodable bytes were kept as surrogates (elf.reader).
+        return b"<outside %s>" % section.name.encode("utf-8", "surrogateescape")
     end = section.data.find(b"\0", offset)
     return section.data[offset: end if end >= 0 else len(section.data)]
 
