@@ -84,3 +84,12 @@ def test_reader_parses_a_real_object_like_readelf(tmp_path: Path) -> None:
     counter = next(s for s in elf.symbols if s.name == "counter")
     assert counter.xen_name == "f.c#counter"
     assert shutil.which("eu-elflint")
+
+
+def test_an_addend_past_64_bits_wraps_as_the_linker_computes_it() -> None:
+    """Found by the fuzzer: a forged symbol value made symbol + addend leave r_addend's range."""
+    text = OutSection(".text.f", SHT_PROGBITS, SHF_ALLOC | SHF_EXECINSTR, b"\xe8\0\0\0\0\xc3", 16)
+    external = OutSymbol("g", STT_NOTYPE, STB_GLOBAL)
+    text.relocations.append(OutRela(1, R_X86_64_PC32, external, (1 << 64) - 4))
+    elf = read_elf(write_relocatable([text], [section_symbol(text), external]), "wrapped")
+    assert elf.section_named(".text.f").relocations[0].addend == -4

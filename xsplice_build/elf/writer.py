@@ -119,7 +119,7 @@ def write_relocatable(sections: list[OutSection], symbols: list[OutSymbol]) -> b
     for section in sections:
         if not section.relocations:
             continue
-        data = b"".join(RELA.pack(r.offset, (symbol_index[id(r.symbol)] << 32) | r.type, r.addend)
+        data = b"".join(RELA.pack(r.offset, (symbol_index[id(r.symbol)] << 32) | r.type, _signed64(r.addend))
                         for r in section.relocations)
         offset = place(data, 8)
         headers.append((shstrtab.add(".rela" + section.name), SHT_RELA, SHF_INFO_LINK, 0, offset, len(data),
@@ -154,3 +154,9 @@ def _shndx(symbol: OutSymbol, section_index: dict[int, int]) -> int:
     if symbol.section is None:
         return SHN_UNDEF
     return section_index[id(symbol.section)]
+
+
+def _signed64(addend: int) -> int:
+    """An addend as r_addend holds it: the linker computes symbol + addend modulo 2**64, so a sum
+    that left the signed range (a forged symbol value, say) wraps as it would there."""
+    return (addend + (1 << 63)) % (1 << 64) - (1 << 63)
