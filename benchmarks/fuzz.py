@@ -44,7 +44,7 @@ class Outcome:
     features: int
     crashes: int
     hangs: int
-    seconds: float
+    rate: int
     rc: int
 
 
@@ -95,7 +95,7 @@ def fuzz(target: str, root: Path, work: Path, seconds: int, timeout: int, rss_mb
                    coverage=_last_int(r"cov: (\d+)", log), features=_last_int(r"ft: (\d+)", log),
                    crashes=sum(not name.startswith("timeout-") for name in new),
                    hangs=sum(name.startswith("timeout-") for name in new),
-                   seconds=seconds, rc=result.returncode)
+                   rate=_last_int(r"stat::average_exec_per_sec:\s+(\d+)", log), rc=result.returncode)
 
 
 def seeds(target: str, root: Path) -> list[Path]:
@@ -122,8 +122,7 @@ def print_table(outcomes: list[Outcome]) -> None:
     print(f"{'target':<8} {'executions':>11} {'exec/s':>7} {'coverage':>9} {'features':>9} {'crashes':>8} "
           f"{'hangs':>6}")
     for o in outcomes:
-        rate = o.executions // max(o.seconds, 1)
-        print(f"{o.target:<8} {o.executions:>11} {rate:>7} {o.coverage:>9} {o.features:>9} {o.crashes:>8} "
+        print(f"{o.target:<8} {o.executions:>11} {o.rate:>7} {o.coverage:>9} {o.features:>9} {o.crashes:>8} "
               f"{o.hangs:>6}")
     print(f"{'total':<8} {sum(o.executions for o in outcomes):>11} {'':>7} "
           f"{sum(o.coverage for o in outcomes):>9} {'':>9} {sum(o.crashes for o in outcomes):>8} "
