@@ -34,6 +34,13 @@ opt_scheduler = {
     "default": "",
     "help": "run the jobs on a Dask distributed scheduler at URL (tcp://HOST:PORT; needs the cluster extra)",
 }
+opt_store = {
+    "name": "store",
+    "long": "store",
+    "type": str,
+    "default": "",
+    "help": "with --scheduler: the payload store, a directory every worker sees at this path (shared filesystem)",
+}
 opt_baselines = {
     "name": "baselines",
     "long": "baseline",
@@ -85,15 +92,17 @@ def _recording(reporter_class: type) -> type:
 class Nightly(Run):
     name = "nightly"
     doc_purpose = "build every (patch, baseline) pair that has a variant and write out/release/"
-    doc_usage = "[-n N] [--baseline NAME]..."
+    doc_usage = "[-n N] [--baseline NAME]... [--scheduler tcp://HOST:PORT [--store DIR]]"
     doc_description = ("Runs every stage of every pair that is not up to date, continuing past failures, then "
                        "writes out/release/<baseline>/<patch>.livepatch and out/release/manifest.json (one entry "
                        "per pair, ok or failed with its reason). Exits 1 when any pair failed.")
-    cmd_options = (*Run.cmd_options, opt_baselines, opt_scheduler)
+    cmd_options = (*Run.cmd_options, opt_baselines, opt_scheduler, opt_store)
 
     def execute(self, params: Any, args: list[str]) -> int:
         try:
             self._pairs = self._selection(params, args)
+            if params.get("scheduler"):
+                return _distributed(self._pairs, params["scheduler"], params.get("store") or None)
         except XspliceError as error:
             print(f"xsplice: error: {error.message}", file=sys.stderr)
             return 2
@@ -102,10 +111,8 @@ class Nightly(Run):
 
     @staticmethod
     def _selection(params: Any, args: list[str]) -> list[release.Pair]:
-        if params.get("scheduler"):
-            raise XspliceError(f"--scheduler {params['scheduler']}: the distributed nightly needs the cluster extra "
-                               "(pip install -e '.[cluster]'), which this installation does not have; run "
-                               "without --scheduler to build on this machine")
+        if params.get("store") and not params.get("scheduler"):
+            raise XspliceError("--store is for the distributed nightly: give --scheduler tcp://HOST:PORT too")
         if args:
             raise XspliceError(f"usage: doit nightly [-n N] [--baseline NAME]... (takes no arguments, got "
                                f"{' '.join(args)})")
@@ -136,6 +143,22 @@ class Nightly(Run):
         _print_summary(Console(file=outfile, highlight=False, soft_wrap=True), entries,
                        directory.relative_to(project.root))
         return 0 if all(item["status"] == "ok" for item in entries) else 1
+
+
+def _distributed(pairs: list[release.Pair], scheduler: str, store: str | None) -> int:
+    """The nightly on a Dask cluster: workers build up to the unsigned payloads, this process signs and releases."""
+    try:
+        from . import cluster
+    except ImportError:
+        raise XspliceError(f"--scheduler {scheduler}: the distributed nightly needs the cluster extra "
+                           "(pip install -e '.[cluster]'), which this installation does not have; run "
+                           "without --scheduler to build on this machine") from None
+    project = Project.find()
+    entries = cluster.run_nightly(project, pairs, scheduler, store, sys.stdout)
+    directory = release.write_release(project, entries)
+    _print_summary(Console(file=sys.stdout, highlight=False, soft_wrap=True), entries,
+                   directory.relative_to(project.root))
+    return 0 if all(item["status"] == "ok" for item in entries) else 1
 
 
 def _print_summary(console: Console, entries: list[dict[str, Any]], directory: Path) -> None:
