@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 from distributed import WorkerPlugin, get_worker
-from distributed.utils import sync
 
 from . import payload_store, toolchain
 from .errors import XspliceError
@@ -221,7 +220,12 @@ def toolchain_problem(slot: Slot, lock: bytes) -> str | None:
 
 
 class ToolchainGate(WorkerPlugin):
-    """Runs on every worker before it takes work: claims the slot, grants the job resource only to a match."""
+    """Runs on every worker before it takes work: claims the slot; a match gets the job resource, else it leaves.
+
+    Leaving (worker and nanny close) rather than holding the resource at zero: Dask's work
+    stealing may hand a loosely restricted task to any idle worker, and a task sent to a worker
+    without the resource would wait there forever.
+    """
 
     name = "xsplice-toolchain-gate"
 
@@ -235,8 +239,10 @@ class ToolchainGate(WorkerPlugin):
         slot = await asyncio.to_thread(current_slot)
         problem = await asyncio.to_thread(toolchain_problem, slot, self.lock)
         if problem is not None:
-            logger.error("xsplice: this worker takes no nightly jobs: %s", problem)
-        await worker.set_resources(**{self.resource: 0 if problem else 1})
+            logger.error("xsplice: this worker leaves the cluster, it must not build payloads: %s", problem)
+            asyncio.get_running_loop().create_task(worker.close(nanny=True, reason="xsplice: wrong toolchain"))
+            return
+        await worker.set_resources(**{self.resource: 1})
 
 
 # ---- one job -----------------------------------------------------------------------------------------------
@@ -260,34 +266,43 @@ def run_job(baseline: str, patch: str, archive: bytes, digest: str, lock_sha256:
         stored = payload_store.lookup(Path(store), key) if store else None
         result: dict[str, Any] = {"baseline": baseline, "patch": patch, "worker": _address(),
                                   "slot": str(slot.directory), "toolchain_lock_sha256": lock_sha256, "store_key": key}
+        _journal(slot, f"start {baseline}/{patch} {key}")
         if stored is not None:
+            _journal(slot, f"stored {baseline}/{patch} {key}")
             return {**result, "status": "ok", "reason": None, "source": "store", "ran": [], "records":
                     stored.records, "unsigned": stored.unsigned, "seconds": time.monotonic() - started}
         result.update(_build(slot, project, Pair(baseline, patch)))
         if result["status"] == "ok" and store:
             payload_store.put(Path(store), key, payload_store.StoredResult(result["records"], result["unsigned"]))
         result["seconds"] = time.monotonic() - started
+        _journal(slot, f"{result['status']} {baseline}/{patch} {key}")
         return result
 
 
+def _journal(slot: Slot, line: str) -> None:
+    """One line per job event in the slot's jobs.log: what ran where, for operators (and the tests)."""
+    with (slot.directory / "jobs.log").open("a") as journal:
+        journal.write(f"{os.getpid()} {line}\n")
+
+
 def _refuse_wrong_toolchain(project: Project, lock_sha256: str) -> None:
-    problem = None
     if toolchain.lock_digest(project.lock_path) != lock_sha256:
-        problem = "the sources' toolchain.lock is not the coordinator's"
-    else:
-        try:
-            toolchain.check(project.lock_path)
-        except XspliceError as error:
-            problem = error.message
-    if problem is not None:
-        _withdraw(toolchain_resource(lock_sha256))
-        raise WrongToolchain(f"worker {_address()}: {problem}")
+        raise WrongToolchain(f"worker {_address()}: the sources' toolchain.lock is not the one the coordinator "
+                             f"checks results against ({lock_sha256})")
+    try:
+        toolchain.check(project.lock_path)
+    except XspliceError as error:
+        _leave()
+        raise WrongToolchain(f"worker {_address()}: {error.message}") from None
 
 
-def _withdraw(resource: str) -> None:
-    """Take the job resource away from this worker, so the retry runs on another."""
-    worker = get_worker()
-    sync(worker.loop, worker.set_resources, **{resource: 0})
+def _leave() -> None:
+    """This worker's toolchain changed under it: close it (and its nanny), so the retry runs on another."""
+    try:
+        worker = get_worker()
+    except ValueError:
+        return
+    worker.loop.add_callback(worker.close, nanny=True, reason="xsplice: wrong toolchain")
 
 
 def _address() -> str:
@@ -310,7 +325,7 @@ def _build(slot: Slot, project: Project, pair: Pair) -> dict[str, Any]:
     failures = dict(_FAILED_RE.findall(output))
     ran = _STARTED_RE.findall(output)
     if "toolchain" in failures:
-        _withdraw(toolchain_resource(toolchain.lock_digest(project.lock_path)))
+        _leave()
         raise WrongToolchain(f"worker {_address()}: {failures['toolchain']}")
     if process.returncode not in (0, 1) and not failures:
         raise RuntimeError(f"doit in {root} exited {process.returncode}: {output.strip()[-500:]}")

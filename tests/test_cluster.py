@@ -1,0 +1,177 @@
+"""`doit nightly --scheduler` on a real two-worker dask.distributed.LocalCluster: the same release, byte for byte."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import BIN, Checkout, copy_checkout
+from distributed import Client, LocalCluster
+
+from xsplice_build.cluster import _refusal
+
+MINIXEN = ("--baseline", "minixen", "--baseline", "minixen-1.1")
+PAIRS = 5
+_JOB_RE = re.compile(r"^xsplice: cluster: (\S+) (ok|failed) on (\S+): (built|from the payload store)[^\n]*?"
+                     r"(?: \(ran ([^)]*)\))?$", re.MULTILINE)
+
+
+def start_cluster(workers: Path, n_workers: int = 2) -> LocalCluster:
+    """A real local cluster of worker processes, each claiming a slot under `workers`."""
+    previous = os.environ.get("XSPLICE_WORKER_ROOT")
+    os.environ["XSPLICE_WORKER_ROOT"] = str(workers)  # worker processes take the environment at spawn
+    try:
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+    finally:
+        if previous is None:
+            del os.environ["XSPLICE_WORKER_ROOT"]
+        else:
+            os.environ["XSPLICE_WORKER_ROOT"] = previous
+
+
+@pytest.fixture(scope="module")
+def one_machine(tmp_path_factory: pytest.TempPathFactory) -> Checkout:
+    """The reference: the ordinary one-machine nightly of the minixen tier (shared, do not modify)."""
+    checkout = copy_checkout(tmp_path_factory.mktemp("one-machine") / "checkout")
+    checkout.doit("nightly", *MINIXEN)
+    return checkout
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    with start_cluster(tmp_path_factory.mktemp("workers")) as local:
+        yield local
+
+
+def coordinator(path: Path, reference: Checkout) -> Checkout:
+    """A fresh checkout with the reference's signing key: signatures are deterministic per key."""
+    checkout = copy_checkout(path)
+    shutil.copytree(reference.root / "keys", checkout.root / "keys")
+    return checkout
+
+
+def release_files(checkout: Checkout) -> dict[str, bytes]:
+    root = checkout.root / "out"
+    return {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted(root.rglob("*"))
+            if path.is_file()}
+
+
+def jobs(output: str) -> list[tuple[str, str, str, str, list[str]]]:
+    return [(pair, status, worker, how, ran.split()) for pair, status, worker, how, ran in _JOB_RE.findall(output)]
+
+
+def test_the_distributed_nightly_releases_the_same_bytes_and_builds_each_tree_once_per_worker(
+        one_machine: Checkout, cluster: LocalCluster, tmp_path: Path) -> None:
+    checkout = coordinator(tmp_path / "coordinator", one_machine)
+    store = tmp_path / "store"
+    result = checkout.doit("nightly", *MINIXEN, "--scheduler", cluster.scheduler_address, "--store", str(store))
+    assert "xsplice: nightly: 5 ok, 0 failed" in result.stdout
+    # Every file of out/ (release, manifest, signer, each report.json) is the one-machine nightly's.
+    assert release_files(checkout) == release_files(one_machine)
+    done = jobs(result.stdout)
+    assert sorted(pair for pair, *_ in done) == sorted(f"{b}/{p}" for b, p in _pairs(one_machine))
+    assert all(status == "ok" and how == "built" for _, status, _, how, _ in done)
+    # Affinity: a baseline's trees are built at most once per worker that ran its jobs, never per job.
+    for baseline in ("minixen", "minixen-1.1"):
+        ran_on = {worker for pair, _, worker, _, _ in done if pair.split("/")[0] == baseline}
+        builds = [worker for _, _, worker, _, ran in done if f"build-base:{baseline}" in ran]
+        assert sorted(set(builds)) == sorted(builds) and len(builds) <= len(ran_on)
+        assert 1 <= len(builds) < sum(pair.split("/")[0] == baseline for pair, *_ in done)
+    # A second coordinator (another directory) with the store warm: every job returns at once, same bytes.
+    again = coordinator(tmp_path / "again", one_machine)
+    warm = again.doit("nightly", *MINIXEN, "--scheduler", cluster.scheduler_address, "--store", str(store))
+    assert {how for *_, how, _ in jobs(warm.stdout)} == {"from the payload store"} and len(jobs(warm.stdout)) == 5
+    assert release_files(again) == release_files(one_machine)
+    assert not (again.root / "work" / "minixen" / "base").exists()  # the coordinator built nothing
+
+
+def _pairs(checkout: Checkout) -> list[tuple[str, str]]:
+    import json
+
+    manifest = json.loads((checkout.root / "out" / "release" / "manifest.json").read_text())
+    return [(entry["baseline"], entry["patch"]) for entry in manifest["payloads"]]
+
+
+def test_a_worker_with_another_assembler_never_contributes(one_machine: Checkout, tmp_path: Path) -> None:
+    # A real difference: gcc finds `as` through PATH, so this worker's builds would use another assembler.
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "as").write_text("#!/bin/sh\nexec /usr/bin/as \"$@\"\n")
+    (fake / "as").chmod(0o755)
+    workers = tmp_path / "workers"
+    with start_cluster(workers, n_workers=1) as local, Client(local) as client:
+        good = set(client.scheduler_info()["workers"])
+        bad_env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "XSPLICE_WORKER_ROOT": str(workers)}
+        bad = subprocess.Popen([str(BIN / "dask"), "worker", local.scheduler_address, "--nthreads", "1",
+                                "--no-dashboard", "--name", "wrong-assembler"], env=bad_env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            client.wait_for_workers(2, timeout=60)
+            checkout = coordinator(tmp_path / "coordinator", one_machine)
+            result = checkout.doit("nightly", *MINIXEN, "--scheduler", local.scheduler_address)
+            # The gate closed it (worker and nanny): it is gone, and every job ran on the good worker.
+            assert bad.wait(timeout=60) == 0 and set(client.scheduler_info()["workers"]) == good
+            assert {worker for _, _, worker, _, _ in jobs(result.stdout)} == good
+            assert release_files(checkout) == release_files(one_machine)
+            # The check inside every job: sources whose toolchain.lock is not the coordinator's are refused.
+            from xsplice_build.cluster_worker import WrongToolchain, pack_sources, run_job
+
+            archive, digest = pack_sources(checkout.root)
+            future = client.submit(run_job, "minixen", "XSA-131", archive, digest, "0" * 64, None, pure=False)
+            with pytest.raises(WrongToolchain, match="is not the one the coordinator checks"):
+                future.result(timeout=60)
+        finally:
+            if bad.poll() is None:
+                bad.terminate()
+                bad.wait(timeout=30)
+
+
+def test_the_coordinator_refuses_a_result_built_against_another_lock() -> None:
+    result = {"toolchain_lock_sha256": "0" * 64, "worker": "tcp://10.0.0.9:4000", "records": {}, "unsigned": b""}
+    from xsplice_build.release import Pair
+
+    reason = _refusal(Pair("minixen", "XSA-131"), result, "1" * 64)
+    assert reason is not None and "refused the result of tcp://10.0.0.9:4000" in reason
+
+
+def test_a_worker_killed_mid_build_costs_nothing_but_time(one_machine: Checkout, tmp_path: Path) -> None:
+    workers, store = tmp_path / "workers", tmp_path / "store"
+    with start_cluster(workers) as local, Client(local) as client:
+        pids = client.run(os.getpid)
+        checkout = coordinator(tmp_path / "coordinator", one_machine)
+        nightly = subprocess.Popen([str(BIN / "doit"), "nightly", *MINIXEN, "--scheduler", local.scheduler_address,
+                                    "--store", str(store)], cwd=checkout.root, text=True,
+                                   env={**os.environ, "XSPLICE_ROOT": str(checkout.root)},
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        victim = _worker_compiling(pids.values(), deadline=time.monotonic() + 120)
+        os.kill(victim, signal.SIGKILL)
+        output, _ = nightly.communicate(timeout=300)
+    assert nightly.returncode == 0, output
+    assert release_files(checkout) == release_files(one_machine)
+    # A job that finished was not built again: one "ok" per pair over every slot's journal.
+    journal = "".join(path.read_text() for path in workers.glob("slot*/jobs.log"))
+    built = re.findall(r"^\d+ ok (\S+) ", journal, re.MULTILINE)
+    assert sorted(built) == sorted(f"{b}/{p}" for b, p in _pairs(one_machine))
+    assert any(line.startswith(f"{victim} start ") for line in journal.splitlines())
+
+
+def _worker_compiling(pids: object, deadline: float) -> int:
+    """The worker process that has a compiler or make running under it right now."""
+    while time.monotonic() < deadline:
+        for pid in pids:  # type: ignore[attr-defined]
+            try:
+                names = {child.name() for child in psutil.Process(pid).children(recursive=True)}
+            except psutil.NoSuchProcess:
+                continue
+            if names & {"make", "cc1", "as", "x86_64-linux-gnu-gcc-12"}:
+                return pid
+        time.sleep(0.02)
+    raise AssertionError("no worker started a build")
