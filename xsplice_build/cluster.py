@@ -17,6 +17,7 @@ import time
 from typing import Any, TextIO
 
 from distributed import Client, as_completed
+from distributed.comm.core import CommClosedError
 
 from . import release, stages, toolchain
 from .cluster_worker import ToolchainGate, pack_sources, record_names, run_job, toolchain_resource
@@ -42,7 +43,11 @@ def run_nightly(project: Project, pairs: list[Pair], scheduler: str, store: str 
         raise XspliceError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({error}); start it with "
                            "`dask scheduler` and give its tcp://HOST:PORT") from None
     with client:
-        client.register_plugin(ToolchainGate(lock))
+        try:
+            client.register_plugin(ToolchainGate(lock))
+        except (OSError, CommClosedError) as error:
+            # A worker lost while it ran the gate; the scheduler keeps the plugin for every worker that joins.
+            _say(stream, f"cluster: a worker was lost while checking its toolchain ({error}); going on")
         workers = _eligible_workers(client, toolchain_resource(lock_sha256), scheduler)
         _say(stream, f"cluster: {len(workers)} worker(s) with the locked toolchain at {scheduler}")
         shared = client.scatter(archive, broadcast=True, hash=True)
