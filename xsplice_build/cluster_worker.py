@@ -3,8 +3,9 @@
 Each Dask worker process claims a slot, a directory at a fixed path
 ($XSPLICE_WORKER_ROOT/slotN, default /var/tmp/xsplice-worker) that it holds with an
 exclusive flock for its lifetime: one checkout per slot, kept between jobs and nights,
-so a baseline's trees are built once per worker and compiler-cache keys (which carry
-the build directory) repeat from one night and one machine to the next.
+so a baseline's trees are built once per worker, and every tree sits at the same path
+from one night and one machine to the next (what a compile cache needs from a build that
+is not path-independent; the xsplice-cc wrapper makes ours so).
 
 A job copies the coordinator's sources into the slot's checkout, checks the toolchain,
 answers from the payload store when its key is there, and otherwise runs the ordinary
