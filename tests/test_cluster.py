@@ -127,6 +127,16 @@ def test_a_worker_with_another_assembler_never_contributes(one_machine: Checkout
                 bad.wait(timeout=30)
 
 
+def test_an_unreachable_scheduler_and_a_store_without_one_are_refused_in_one_line(checkout: Checkout) -> None:
+    quick = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}  # Dask's own setting, to fail fast here
+    result = checkout.doit("nightly", *MINIXEN, "--scheduler", "tcp://127.0.0.1:9", check=False, env=quick)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "cannot reach the Dask scheduler" in result.stderr
+    result = checkout.doit("nightly", *MINIXEN, "--store", str(checkout.root / "store"), check=False)
+    assert result.returncode == 2 and "give --scheduler" in result.stderr
+    assert not (checkout.root / "out").exists()
+
+
 def test_the_coordinator_refuses_a_result_built_against_another_lock() -> None:
     result = {"toolchain_lock_sha256": "0" * 64, "worker": "tcp://10.0.0.9:4000", "records": {}, "unsigned": b""}
     from xsplice_build.release import Pair

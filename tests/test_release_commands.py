@@ -92,13 +92,6 @@ def test_a_failing_pair_is_recorded_and_the_others_still_ship(tmp_path: Path) ->
     assert "xsplice: nightly: 5 ok, 1 failed" in result.stdout
 
 
-def test_scheduler_is_refused_in_one_line_until_the_cluster_extra_exists(checkout: Checkout) -> None:
-    result = checkout.doit("nightly", *MINIXEN, "--scheduler", "tcp://127.0.0.1:8786", check=False)
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and "needs the cluster extra" in result.stderr
-    assert not (checkout.root / "out").exists()
-
-
 def test_audit_of_the_manifest_from_another_directory_is_identical(nightly_once: Checkout, tmp_path: Path) -> None:
     auditor = copy_checkout(tmp_path / "elsewhere" / "auditor")
     manifest = nightly_once.root / "out" / "release" / "manifest.json"

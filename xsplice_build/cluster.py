@@ -33,16 +33,16 @@ _WAIT_FOR_WORKERS = 60.0
 def run_nightly(project: Project, pairs: list[Pair], scheduler: str, store: str | None,
                 stream: TextIO) -> list[dict[str, Any]]:
     """Build every pair on the cluster, sign here; the manifest entries, in the order of `pairs`."""
-    stages.stage_dev_keys(project)
     lock = project.lock_path.read_bytes()
     lock_sha256 = toolchain.lock_digest(project.lock_path)
     archive, digest = pack_sources(project.root)
     try:
-        client = Client(scheduler, timeout="30s")
+        client = Client(scheduler)  # connect timeout: Dask's distributed.comm.timeouts.connect (30 s)
     except OSError as error:
         raise XspliceError(f"--scheduler {scheduler}: cannot reach the Dask scheduler ({error}); start it with "
                            "`dask scheduler` and give its tcp://HOST:PORT") from None
     with client:
+        stages.stage_dev_keys(project)
         try:
             client.register_plugin(ToolchainGate(lock))
         except (OSError, CommClosedError) as error:
