@@ -137,12 +137,17 @@ def test_an_unreachable_scheduler_and_a_store_without_one_are_refused_in_one_lin
     assert not (checkout.root / "out").exists()
 
 
-def test_the_coordinator_refuses_a_result_built_against_another_lock() -> None:
-    result = {"toolchain_lock_sha256": "0" * 64, "worker": "tcp://10.0.0.9:4000", "records": {}, "unsigned": b""}
+def test_the_coordinator_refuses_a_result_built_against_another_lock_or_code() -> None:
+    from xsplice_build.payload_store import stages_code
     from xsplice_build.release import Pair
 
-    reason = _refusal(Pair("minixen", "XSA-131"), result, "1" * 64)
-    assert reason is not None and "refused the result of tcp://10.0.0.9:4000" in reason
+    pair, lock = Pair("minixen", "XSA-131"), "1" * 64
+    result = {"toolchain_lock_sha256": "0" * 64, "code_sha256": stages_code(), "worker": "tcp://10.0.0.9:4000",
+              "records": {}, "unsigned": b""}
+    reason = _refusal(pair, result, lock)
+    assert reason is not None and "refused the result of tcp://10.0.0.9:4000: built against toolchain lock" in reason
+    reason = _refusal(pair, {**result, "toolchain_lock_sha256": lock, "code_sha256": "2" * 64}, lock)
+    assert reason is not None and "other xsplice-build code" in reason
 
 
 def test_a_worker_killed_mid_build_costs_nothing_but_time(one_machine: Checkout, tmp_path: Path) -> None:

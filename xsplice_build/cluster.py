@@ -19,7 +19,7 @@ from typing import Any, TextIO
 from distributed import Client, as_completed
 from distributed.comm.core import CommClosedError
 
-from . import release, stages, toolchain
+from . import payload_store, release, stages, toolchain
 from .cluster_worker import ToolchainGate, pack_sources, record_names, run_job, toolchain_resource
 from .errors import XspliceError
 from .files import sha256_bytes, write_atomic
@@ -44,7 +44,7 @@ def run_nightly(project: Project, pairs: list[Pair], scheduler: str, store: str 
     with client:
         stages.stage_dev_keys(project)
         try:
-            client.register_plugin(ToolchainGate(lock))
+            client.register_plugin(ToolchainGate(lock, payload_store.stages_code()))
         except (OSError, CommClosedError) as error:
             # A worker lost while it ran the gate; the scheduler keeps the plugin for every worker that joins.
             _say(stream, f"cluster: a worker was lost while checking its toolchain ({error}); going on")
@@ -123,6 +123,9 @@ def _refusal(pair: Pair, result: dict[str, Any], lock_sha256: str) -> str | None
     if result["toolchain_lock_sha256"] != lock_sha256:
         return (f"cluster:{pair.name}: refused the result of {result['worker']}: built against toolchain lock "
                 f"{result['toolchain_lock_sha256']}, not this checkout's {lock_sha256}")
+    if result.get("code_sha256") != payload_store.stages_code():
+        return (f"cluster:{pair.name}: refused the result of {result['worker']}: built by other xsplice-build "
+                "code than this one's; install the same version on every machine")
     try:
         recorded = json.loads(result["records"][f"patches/{pair.patch}/payload.json"])["sha256"]
     except (KeyError, TypeError, ValueError):

@@ -230,8 +230,9 @@ class ToolchainGate(WorkerPlugin):
 
     name = "xsplice-toolchain-gate"
 
-    def __init__(self, lock: bytes) -> None:
+    def __init__(self, lock: bytes, code_sha256: str) -> None:
         self.lock = lock
+        self.code_sha256 = code_sha256
         self.resource = toolchain_resource(hashlib.sha256(lock).hexdigest())
 
     async def setup(self, worker: Any) -> None:
@@ -239,6 +240,8 @@ class ToolchainGate(WorkerPlugin):
 
         slot = await asyncio.to_thread(current_slot)
         problem = await asyncio.to_thread(toolchain_problem, slot, self.lock)
+        if problem is None and payload_store.stages_code() != self.code_sha256:
+            problem = "its xsplice-build code is not the coordinator's; install the same version on every machine"
         if problem is not None:
             logger.error("xsplice: this worker leaves the cluster, it must not build payloads: %s", problem)
             asyncio.get_running_loop().create_task(worker.close(nanny=True, reason="xsplice: wrong toolchain"))
@@ -257,6 +260,12 @@ def record_names(patch: str) -> list[str]:
 def run_job(baseline: str, patch: str, archive: bytes, digest: str, lock_sha256: str,
             store: str | None) -> dict[str, Any]:
     """Build one pair up to its unsigned payload in this worker's slot; a small record for the coordinator."""
+    result = _run_job(baseline, patch, archive, digest, lock_sha256, store)
+    return {**result, "code_sha256": payload_store.stages_code()}
+
+
+def _run_job(baseline: str, patch: str, archive: bytes, digest: str, lock_sha256: str,
+             store: str | None) -> dict[str, Any]:
     slot = current_slot()
     with slot.busy:
         started = time.monotonic()

@@ -36,6 +36,12 @@ class StoredResult:
     unsigned: bytes
 
 
+def stages_code() -> str:
+    """One digest of this installation's code that decides unsigned payloads (workers must match the coordinator)."""
+    code = {stage: code_fingerprint(stage) for stage in _STAGES}
+    return hashlib.sha256(json.dumps({"code": code, "version": __version__}, sort_keys=True).encode()).hexdigest()
+
+
 def store_key(project: Project, baseline: str, patch: str, lock_sha256: str) -> str:
     """The sha256 of every input of (baseline, patch)'s unsigned payload."""
     definition = load_baseline(project, baseline)
@@ -47,8 +53,7 @@ def store_key(project: Project, baseline: str, patch: str, lock_sha256: str) -> 
         "patch": patch,
         "patch_sha256": sha256_file(patch_file(project, patch, definition.name)),
         "toolchain_lock_sha256": lock_sha256,
-        "code": {stage: code_fingerprint(stage) for stage in _STAGES},
-        "xsplice_build_version": __version__,
+        "code": stages_code(),
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
