@@ -72,12 +72,12 @@ def test_the_distributed_nightly_releases_the_same_bytes_and_builds_each_tree_on
     done = jobs(result.stdout)
     assert sorted(pair for pair, *_ in done) == sorted(f"{b}/{p}" for b, p in _pairs(one_machine))
     assert all(status == "ok" and how == "built" for _, status, _, how, _ in done)
-    # Affinity: a baseline's trees are built at most once per worker that ran its jobs, never per job.
+    # Affinity: a baseline's trees are built at most once per worker that ran its jobs, never per job
+    # (minixen-1.1 has three pairs, and there are two workers).
     for baseline in ("minixen", "minixen-1.1"):
         ran_on = {worker for pair, _, worker, _, _ in done if pair.split("/")[0] == baseline}
         builds = [worker for _, _, worker, _, ran in done if f"build-base:{baseline}" in ran]
-        assert sorted(set(builds)) == sorted(builds) and len(builds) <= len(ran_on)
-        assert 1 <= len(builds) < sum(pair.split("/")[0] == baseline for pair, *_ in done)
+        assert sorted(set(builds)) == sorted(builds) and 1 <= len(builds) <= len(ran_on) <= 2
     # A second coordinator (another directory) with the store warm: every job returns at once, same bytes.
     again = coordinator(tmp_path / "again", one_machine)
     warm = again.doit("nightly", *MINIXEN, "--scheduler", cluster.scheduler_address, "--store", str(store))
