@@ -27,20 +27,15 @@ from pathlib import Path
 
 from distributed import LocalCluster
 
+from xsplice_build.project import copy_sources
+
 REPO = Path(__file__).resolve().parents[1]
 DOIT = Path(sys.executable).parent / "doit"
-COPIED = ("dodo.py", "pyproject.toml", "toolchain.lock", "baseline", "patches")
 
 
 def fresh_checkout(parent: Path, name: str) -> Path:
     root = parent / name
-    root.mkdir()
-    for entry in COPIED:
-        source = REPO / entry
-        if source.is_dir():
-            shutil.copytree(source, root / entry)
-        else:
-            shutil.copy2(source, root / entry)
+    copy_sources(REPO, root)
     return root
 
 

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -25,22 +24,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from xsplice_build.project import copy_sources
+
 REPO = Path(__file__).resolve().parents[1]
 DOIT = Path(sys.executable).parent / "doit"
-COPIED = ("dodo.py", "pyproject.toml", "toolchain.lock", "baseline", "patches")
 # The minixen tier; real Xen's pairs (xen-4.17) are a build of minutes each, outside this benchmark.
 BASELINES = ("--baseline", "minixen", "--baseline", "minixen-1.1")
 
 
 def fresh_checkout(parent: Path, name: str) -> Path:
     root = parent / name
-    root.mkdir()
-    for entry in COPIED:
-        source = REPO / entry
-        if source.is_dir():
-            shutil.copytree(source, root / entry)
-        else:
-            shutil.copy2(source, root / entry)
+    copy_sources(REPO, root)
     return root
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -28,20 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from xsplice_build.layout import compile_flags, kbuild_command  # noqa: E402
+from xsplice_build.project import copy_sources  # noqa: E402
 
 DOIT = Path(sys.executable).parent / "doit"
-COPIED = ("dodo.py", "pyproject.toml", "toolchain.lock", "baseline", "patches")
 
 
 def fresh_checkout(parent: Path) -> Path:
     root = parent / "checkout"
-    root.mkdir()
-    for name in COPIED:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, root / name)
-        else:
-            shutil.copy2(source, root / name)
+    copy_sources(REPO, root)
     return root
 
 

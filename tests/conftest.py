@@ -8,7 +8,6 @@ since every task path is relative to the checkout).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from xsplice_build.project import copy_sources
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-_COPIED = ("dodo.py", "pyproject.toml", "toolchain.lock", "baseline", "patches")
 
 
 @dataclass
@@ -56,15 +56,18 @@ class Checkout:
 
 
 def copy_checkout(destination: Path, source: Path = REPO, with_state: bool = False) -> Checkout:
-    destination.mkdir(parents=True, exist_ok=True)
-    names = _COPIED + (("work", "out", "keys") if with_state else ())
-    for name in names:
-        path = source / name
-        if path.is_dir():
-            shutil.copytree(path, destination / name, symlinks=True)
-        elif path.exists():
-            shutil.copy2(path, destination / name)
+    copy_sources(source, destination, ("work", "out", "keys") if with_state else ())
     return Checkout(destination)
+
+
+def one_line_failure(result: subprocess.CompletedProcess[str]) -> str:
+    """The one line a refused run prints (and assert it printed exactly one, and no traceback)."""
+    assert result.returncode != 0
+    text = result.stdout + result.stderr
+    assert "Traceback" not in text
+    failures = [line for line in text.splitlines() if "FAILED" in line or "error:" in line]
+    assert len(failures) == 1, text
+    return failures[0]
 
 
 @pytest.fixture

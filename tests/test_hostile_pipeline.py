@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import BIN, Checkout, copy_checkout
+from conftest import BIN, Checkout, copy_checkout, one_line_failure
 from cryptography.hazmat.primitives import serialization
 
 CANARY = "int canary = 1;\n"
@@ -186,19 +186,10 @@ def _add_patch(checkout: Checkout, name: str, text: str) -> None:
     (checkout.root / "patches" / name / "minixen.patch").write_text(text)
 
 
-def _one_line_failure(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode != 0
-    text = result.stdout + result.stderr
-    assert "Traceback" not in text
-    failures = [line for line in text.splitlines() if "FAILED" in line or "error:" in line]
-    assert len(failures) == 1, text
-    return failures[0]
-
-
 def test_a_patch_of_files_the_build_never_compiles_has_nothing_to_patch(built: Checkout) -> None:
     _add_patch(built, "notes", "Adds notes only.\n\ndiff --git a/NOTES b/NOTES\nnew file mode 100644\n--- /dev/null\n"
                                "+++ b/NOTES\n@@ -0,0 +1 @@\n+nothing compiled here\n")
-    line = _one_line_failure(built.doit("build-patch", "notes", check=False))
+    line = one_line_failure(built.doit("build-patch", "notes", check=False))
     assert "FAILED diff:minixen/notes: nothing to patch: the patch changes no compiled object" in line
     assert not built.out("notes").exists()
 
@@ -210,7 +201,7 @@ def test_a_patch_reaching_out_of_the_tree_writes_nothing_outside(built: Checkout
     path = "../" * 6 + "canary.c"
     _add_patch(built, "escape", f"diff --git a/{path} b/{path}\n--- a/{path}\n+++ b/{path}\n@@ -1 +1 @@\n"
                                 f"-int canary = 1;\n+int canary = 2;\n")
-    line = _one_line_failure(built.doit("build-patch", "escape", check=False))
+    line = one_line_failure(built.doit("build-patch", "escape", check=False))
     assert re.search(r"FAILED build-patched:minixen/escape: .*escape/minixen.patch: touches '(\.\./)+canary.c', "
                      "outside the baseline's tree", line), line
     assert canary.read_text() == CANARY
@@ -222,7 +213,7 @@ def test_a_symlinked_patch_file_is_refused(built: Checkout, tmp_path: Path) -> N
     outside.write_text((built.root / "patches" / "XSA-131" / "minixen.patch").read_text())
     (built.root / "patches" / "linked").mkdir()
     (built.root / "patches" / "linked" / "minixen.patch").symlink_to(outside)
-    line = _one_line_failure(built.doit("build-patch", "linked", check=False))
+    line = one_line_failure(built.doit("build-patch", "linked", check=False))
     assert "patches/linked/minixen.patch: must be a regular file inside patches/" in line
 
 
@@ -269,6 +260,6 @@ def test_a_patch_name_that_could_leave_patches_is_refused_before_use(checkout: C
 
 
 def test_build_patch_refuses_a_hostile_patch_name_in_one_line(checkout: Checkout) -> None:
-    line = _one_line_failure(checkout.doit("build-patch", "../../keys/development", check=False))
+    line = one_line_failure(checkout.doit("build-patch", "../../keys/development", check=False))
     assert "patch name '../../keys/development' is not allowed" in line
     assert not (checkout.root / "out").exists()

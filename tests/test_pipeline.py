@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, Checkout
+from conftest import REPO, Checkout, one_line_failure
 
 from xsplice_build.elf.notes import image_build_id
 from xsplice_build.elf.reader import read_elf_file
@@ -15,15 +15,6 @@ from xsplice_build.elf.reader import read_elf_file
 
 def _started(output: str) -> list[str]:
     return re.findall(r"^xsplice: start (\S+)", output, re.MULTILINE)
-
-
-def _one_line_failure(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode != 0
-    text = result.stdout + result.stderr
-    assert "Traceback" not in text
-    failures = [line for line in text.splitlines() if "FAILED" in line or "error:" in line]
-    assert len(failures) == 1, text
-    return failures[0]
 
 
 def test_build_patch_writes_a_signed_payload_and_its_report(built_once: Checkout) -> None:
@@ -91,18 +82,18 @@ def test_a_description_only_change_stops_where_the_bytes_stop_changing(built: Ch
 
 
 def test_unknown_patch_is_refused_in_one_line(checkout: Checkout) -> None:
-    line = _one_line_failure(checkout.doit("build-patch", "XSA-999", check=False))
+    line = one_line_failure(checkout.doit("build-patch", "XSA-999", check=False))
     assert "unknown patch 'XSA-999'" in line and "XSA-131" in line
     assert not (checkout.root / "out").exists()
 
 
 def test_unknown_baseline_is_refused_in_one_line(checkout: Checkout) -> None:
-    line = _one_line_failure(checkout.doit("build-patch", "--baseline", "xen-9.9", "XSA-131", check=False))
+    line = one_line_failure(checkout.doit("build-patch", "--baseline", "xen-9.9", "XSA-131", check=False))
     assert "unknown baseline 'xen-9.9'" in line and "minixen" in line
 
 
 def test_a_baseline_name_cannot_leave_baseline_dir(checkout: Checkout) -> None:
-    line = _one_line_failure(checkout.doit("build-patch", "--baseline", "../dodo", "XSA-131", check=False))
+    line = one_line_failure(checkout.doit("build-patch", "--baseline", "../dodo", "XSA-131", check=False))
     assert "baseline name '../dodo' is not allowed" in line
 
 
@@ -111,7 +102,7 @@ def test_a_patch_that_does_not_apply_stops_at_build_patched(built: Checkout) -> 
     patch.write_text(patch.read_text().replace(" ret = domain_set_max_vcpus(d, op->u.max_vcpus.max);",
                                                " ret = domain_set_max_vcpus(d, 4);"))
     previous = (built.out("XSA-131") / "XSA-131.livepatch").read_bytes()
-    line = _one_line_failure(built.doit("build-patch", "XSA-131", check=False))
+    line = one_line_failure(built.doit("build-patch", "XSA-131", check=False))
     assert "FAILED build-patched:minixen/XSA-131" in line
     assert "patches/XSA-131/minixen.patch: does not apply" in line and "common/domctl.c" in line
     # The previous good payload stays; nothing half-written replaces it.
@@ -122,7 +113,7 @@ def test_a_patch_that_does_not_apply_stops_at_build_patched(built: Checkout) -> 
 def test_a_patch_that_does_not_apply_leaves_no_payload(checkout: Checkout) -> None:
     patch = checkout.root / "patches" / "XSA-131" / "minixen.patch"
     patch.write_text(patch.read_text().replace("case XEN_DOMCTL_max_vcpus:", "case XEN_DOMCTL_max_vcpu:"))
-    _one_line_failure(checkout.doit("build-patch", "XSA-131", check=False))
+    one_line_failure(checkout.doit("build-patch", "XSA-131", check=False))
     assert not checkout.out("XSA-131").exists()
 
 
@@ -131,7 +122,7 @@ def test_a_toolchain_that_differs_from_the_lock_stops_the_build(checkout: Checko
     text = lock.read_text()
     ld_sha = re.search(r'\[ld\][^\[]*sha256 = "([0-9a-f]+)"', text).group(1)
     lock.write_text(text.replace(ld_sha, "0" * 64))
-    line = _one_line_failure(checkout.doit("build-patch", "XSA-131", check=False))
+    line = one_line_failure(checkout.doit("build-patch", "XSA-131", check=False))
     assert "FAILED toolchain" in line
     assert "toolchain.lock: ld differs: sha256" in line and "doit lock-toolchain" in line
     assert not checkout.out("XSA-131").exists()
@@ -161,11 +152,11 @@ def test_a_supplied_image_is_trusted_only_when_the_baseline_rebuilds_to_it(built
     built.doit("build-patch", "--image", str(mine), "XSA-131")
     assert built.report("XSA-131")["base_image"] == str(mine.resolve())
     other = built.work("minixen", "orig", "tree", "xen-syms")  # built with -ffunction-sections: another image
-    line = _one_line_failure(built.doit("build-patch", "--image", str(other), "regression-test", check=False))
+    line = one_line_failure(built.doit("build-patch", "--image", str(other), "regression-test", check=False))
     assert "FAILED build-base:minixen" in line and "rebuilds to" in line
 
 
 def test_a_missing_supplied_image_is_refused(checkout: Checkout) -> None:
-    line = _one_line_failure(checkout.doit("build-patch", "--image", "/nonexistent/xen-syms", "XSA-131",
+    line = one_line_failure(checkout.doit("build-patch", "--image", "/nonexistent/xen-syms", "XSA-131",
                                            check=False))
     assert "/nonexistent/xen-syms: no such image" in line

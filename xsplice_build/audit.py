@@ -28,11 +28,11 @@ from .errors import SignatureError, XspliceError
 from .files import read_json, sha256_bytes, sha256_file
 from .patches import patch_file
 from .project import Project, check_name
+from .project import copy_sources as copy_project_sources
 from .release import MANIFEST, Pair, failure_reason, load_manifest
 from .sign import configured_keys, load_keys, sign, split, verify
 from .stages import Records
 
-SOURCES = ("dodo.py", "pyproject.toml", "toolchain.lock", "baseline", "patches")
 _FAILED_RE = re.compile(r"^xsplice: FAILED (\S+): (.*)$", re.MULTILINE)
 
 
@@ -113,12 +113,8 @@ def _rebuildable(fresh: Project, target: Target) -> Target:
 
 
 def copy_sources(root: Path, fresh: Path) -> None:
-    for name in SOURCES:
-        source = root / name
-        if source.is_dir():
-            shutil.copytree(source, fresh / name, symlinks=True)
-        elif source.is_file():
-            shutil.copy2(source, fresh / name)
+    """The checkout's sources in a fresh directory, with empty caches and outputs."""
+    copy_project_sources(root, fresh)
     (fresh / "work").mkdir()
     (fresh / "out").mkdir()
 

@@ -40,10 +40,9 @@ from distributed import WorkerPlugin, get_worker
 from . import payload_store, toolchain
 from .errors import XspliceError
 from .files import read_json, remove_tree, write_atomic
-from .project import Project
+from .project import SOURCES, Project
 from .release import Pair, _base_build_id, failure_reason
 
-SOURCES = ("dodo.py", "pyproject.toml", "toolchain.lock", "baseline", "patches")
 DEFAULT_ROOT = "/var/tmp/xsplice-worker"
 _FAILED_RE = re.compile(r"^xsplice: FAILED (\S+): (.*)$", re.MULTILINE)
 _STARTED_RE = re.compile(r"^xsplice: start (\S+)$", re.MULTILINE)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+
+# What a checkout is, beside its caches and outputs: what audits, cluster workers, benchmarks and
+# tests copy to rebuild elsewhere.
+SOURCES = ("dodo.py", "pyproject.toml", "toolchain.lock", "baseline", "patches")
 
 # A name becomes a path component: no separators, no leading dot, nothing a shell or
 # a path join could turn into a way out of patches/, baseline/ or out/.
@@ -22,6 +27,17 @@ def check_name(kind: str, name: str) -> str:
             "(no slashes, no leading dot, at most 100 characters)"
         )
     return name
+
+
+def copy_sources(root: Path, destination: Path, extra: tuple[str, ...] = ()) -> None:
+    """Copy a checkout's sources (and the `extra` entries, e.g. work/) from `root` into `destination`."""
+    destination.mkdir(parents=True, exist_ok=True)
+    for name in SOURCES + extra:
+        source = root / name
+        if source.is_dir():
+            shutil.copytree(source, destination / name, symlinks=True)
+        elif source.is_file():
+            shutil.copy2(source, destination / name)
 
 
 @dataclass(frozen=True)
