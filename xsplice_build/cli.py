@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from .diff.engine import diff_objects, nothing_to_patch_message
@@ -28,15 +29,19 @@ from .verify import summary, verify_file
 
 
 def main(argv: list[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    return run_command("xsplice-build", lambda: arguments.run(arguments))
+
+
+def run_command(program: str, command: Callable[[], int | None]) -> int:
+    """The console scripts' one output boundary: a user-facing refusal is one line and its exit code."""
     for stream in (sys.stdout, sys.stderr):
         # Names from hostile files may hold undecodable bytes: escape them rather than crash printing.
         stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
-    parser = _parser()
-    arguments = parser.parse_args(argv)
     try:
-        return int(arguments.run(arguments))
+        return int(command() or 0)
     except XspliceError as error:
-        print(f"xsplice-build: {error.message}", file=sys.stderr)
+        print(f"{program}: {error.message}", file=sys.stderr)
         return error.exit_code
 
 

@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 
 from . import hypervisor, sign
+from .cli import run_command
 from .elf.notes import parse_build_id_note
 from .elf.reader import read_elf
-from .errors import PayloadRejected, XspliceError
+from .errors import PayloadRejected
 from .hypervisor import STATE_APPLIED, STATE_CHECKED, STATE_NAMES, Connection, HypervisorError, RunDir
 from .probes import check_phase, load_probes, probe_file
 from .project import Project, check_name
@@ -31,11 +32,7 @@ ALLOWED = {"check": STATE_CHECKED | STATE_APPLIED, "apply": STATE_CHECKED, "reve
 
 def main(argv: list[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
-    try:
-        return int(arguments.run(Project.find(), arguments) or 0)
-    except XspliceError as error:
-        print(f"xen-xsplice: {error.message}", file=sys.stderr)
-        return error.exit_code
+    return run_command("xen-xsplice", lambda: arguments.run(Project.find(), arguments))
 
 
 def _parser() -> argparse.ArgumentParser:
