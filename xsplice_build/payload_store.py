@@ -19,13 +19,13 @@ from pathlib import Path
 
 from . import __version__
 from .baseline import load_baseline
+from .code_identity import identity
 from .files import dump_json, remove_tree, sha256_bytes, sha256_file
 from .patches import patch_file
 from .project import Project
-from .tasks import code_fingerprint
 
 # The stages whose code decides the unsigned payload (signing happens later, on the coordinator).
-_STAGES = ("checkout", "build", "diff", "payload")
+_STAGES = ("checkout", "build_base", "build_orig", "build_patched", "diff", "payload")
 _PAYLOAD = "payload.unsigned"
 _RECORDS = "records.json"
 
@@ -38,7 +38,7 @@ class StoredResult:
 
 def stages_code() -> str:
     """One digest of this installation's code that decides unsigned payloads (workers must match the coordinator)."""
-    code = {stage: code_fingerprint(stage) for stage in _STAGES}
+    code = {stage: identity(stage) for stage in _STAGES}
     return hashlib.sha256(json.dumps({"code": code, "version": __version__}, sort_keys=True).encode()).hexdigest()
 
 

@@ -19,21 +19,12 @@ from doit.tools import config_changed
 
 from . import integrity, stages
 from .baseline import Baseline, load_all, supplied_image
+from .code_identity import identity
 from .errors import XspliceError
 from .files import read_json
 from .patches import pairs
 from .project import Project
 from .sign import SigningKeys, configured_keys
-
-_PACKAGE = Path(__file__).resolve().parent
-# The code each stage runs: a change to it makes the stage's cached results stale.
-_STAGE_CODE = {
-    "checkout": ["checkout.py", "baseline.py"],
-    "build": ["build.py", "baseline.py", "data/xsplice-cc", "elf/reader.py", "elf/notes.py", "layout.py"],
-    "diff": ["diff", "elf", "stages.py"],
-    "payload": ["payload.py", "image.py", "elf"],
-    "sign": ["sign.py", "stages.py"],
-}
 
 
 def run_stage(stage: str, root: str, **arguments: str) -> TaskFailed | None:
@@ -44,16 +35,6 @@ def run_stage(stage: str, root: str, **arguments: str) -> TaskFailed | None:
     except XspliceError as error:
         return TaskFailed(error.message)
     return None
-
-
-def code_fingerprint(stage: str) -> str:
-    digest = hashlib.sha256()
-    for entry in _STAGE_CODE[stage]:
-        path = _PACKAGE / entry
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
-        for file in files:
-            digest.update(file.relative_to(_PACKAGE).as_posix().encode() + b"\0" + file.read_bytes())
-    return digest.hexdigest()
 
 
 class Pipeline:
@@ -100,19 +81,17 @@ class Pipeline:
         yield self._doc("checkout", "pristine tree of each baseline at its pinned commit")
         for baseline in self.baselines:
             records = stages.Records(self.project, baseline.name)
-            yield self._subtask("checkout", baseline.name, "checkout", baseline.inputs(), [records.checkout],
+            yield self._subtask("checkout", baseline.name, baseline.inputs(), [records.checkout],
                                 baseline=baseline.name)
 
     def build_base(self) -> Iterator[dict[str, Any]]:
         yield self._doc("build-base", "build each baseline as shipped: the image and its build-id")
         for baseline in self.baselines:
             records = stages.Records(self.project, baseline.name)
-            task = self._subtask("build-base", baseline.name, "build", self._build_inputs(baseline, records.checkout),
-                                 [records.build_base], baseline=baseline.name)
-            image = supplied_image(baseline.name)
-            task["uptodate"] = [config_changed({"code": code_fingerprint("build"), "image": _image_identity(image)}),
-                                task["uptodate"][1]]  # the outputs-intact check _subtask made
-            yield task
+            # A supplied image (--image) is an input too: another file means another record.
+            image = {"image": _image_identity(supplied_image(baseline.name))}
+            yield self._subtask("build-base", baseline.name, self._build_inputs(baseline, records.checkout),
+                                [records.build_base], config=image, baseline=baseline.name)
 
     def build_orig(self) -> Iterator[dict[str, Any]]:
         yield self._doc("build-orig", "build each baseline's original objects, one section per function")
@@ -121,7 +100,7 @@ class Pipeline:
             inputs = self._build_inputs(baseline, records.checkout)
             if baseline.build.split_sections == "base":
                 inputs.append(records.build_base)
-            yield self._subtask("build-orig", baseline.name, "build", inputs, [records.build_orig],
+            yield self._subtask("build-orig", baseline.name, inputs, [records.build_orig],
                                 baseline=baseline.name)
 
     def build_patched(self) -> Iterator[dict[str, Any]]:
@@ -129,7 +108,7 @@ class Pipeline:
         for baseline, patch in self._pairs():
             records = stages.Records(self.project, baseline, patch)
             inputs = [records.build_orig, self._patch(baseline, patch), self.project.toolchain_state]
-            yield self._subtask("build-patched", f"{baseline}/{patch}", "build", inputs, [records.patched],
+            yield self._subtask("build-patched", f"{baseline}/{patch}", inputs, [records.patched],
                                 baseline=baseline, patch=patch)
 
     def diff(self) -> Iterator[dict[str, Any]]:
@@ -138,7 +117,7 @@ class Pipeline:
             records = stages.Records(self.project, baseline, patch)
             # The diff reads the base build record too (the image's record layouts): declared, or a parallel
             # nightly may run it before build-base.
-            yield self._subtask("diff", f"{baseline}/{patch}", "diff",
+            yield self._subtask("diff", f"{baseline}/{patch}",
                                 [records.patched, records.build_orig, records.build_base],
                                 [records.diff, records.extract], baseline=baseline, patch=patch)
 
@@ -147,7 +126,7 @@ class Pipeline:
         for baseline, patch in self._pairs():
             records = stages.Records(self.project, baseline, patch)
             inputs = [records.diff, records.extract, records.build_base]
-            yield self._subtask("payload", f"{baseline}/{patch}", "payload", inputs,
+            yield self._subtask("payload", f"{baseline}/{patch}", inputs,
                                 [records.payload, records.unsigned], baseline=baseline, patch=patch)
 
     def sign(self) -> Iterator[dict[str, Any]]:
@@ -158,22 +137,24 @@ class Pipeline:
             # The report also reads the earlier records (commit, patch hash, base image).
             inputs = [records.payload, records.unsigned, self.project.lock_path, records.checkout,
                       records.build_base, records.patched, records.diff]
-            task = self._subtask("sign", f"{baseline}/{patch}", "sign", inputs,
-                                 [records.signed, records.report], record=records.report, baseline=baseline,
-                                 patch=patch)
-            task["task_dep"] = ["dev-keys"]
-            # One config_changed per task: doit keeps a single saved value for all of them.
-            task["uptodate"] = [config_changed({"code": code_fingerprint("sign"), "key": self._path(keys.key),
-                                                "certificate": self._path(keys.certificate)}), _keys_unchanged(keys),
-                                task["uptodate"][1]]
-            yield task
+            config = {"key": self._path(keys.key), "certificate": self._path(keys.certificate)}
+            task = self._subtask("sign", f"{baseline}/{patch}", inputs, [records.signed, records.report],
+                                 record=records.report, config=config, checks=[_keys_unchanged(keys)],
+                                 baseline=baseline, patch=patch)
+            yield {**task, "task_dep": ["dev-keys"]}
 
-    def _subtask(self, basename: str, name: str, code: str, inputs: list[Path], targets: list[Path],
-                 record: Path | None = None, **arguments: str) -> dict[str, Any]:
-        """One stage for one baseline or pair; `record` (default: the first target) lists its outputs' hashes."""
-        return {"basename": basename, "name": name, "actions": self._action(basename.replace("-", "_"), **arguments),
+    def _subtask(self, basename: str, name: str, inputs: list[Path], targets: list[Path],
+                 record: Path | None = None, config: dict[str, str] | None = None,
+                 checks: list[Callable[..., bool]] | None = None, **arguments: str) -> dict[str, Any]:
+        """One stage for one baseline or pair; `record` (default: the first target) lists its outputs' hashes.
+
+        Up to date needs the stage's code (code_identity) and `config` unchanged, every check true and the
+        outputs intact. One config_changed per task: doit keeps a single saved value for all of them.
+        """
+        stage = basename.replace("-", "_")
+        return {"basename": basename, "name": name, "actions": self._action(stage, **arguments),
                 "file_dep": [self._path(p) for p in inputs], "targets": [self._path(p) for p in targets],
-                "uptodate": [config_changed(code_fingerprint(code)),
+                "uptodate": [config_changed({"code": identity(stage), **(config or {})}), *(checks or []),
                              _outputs_intact(self.project, basename, record or targets[0], targets)]}
 
     def _build_inputs(self, baseline: Baseline, checkout_record: Path) -> list[Path]:

@@ -1,0 +1,223 @@
+"""The code a stage runs, computed from this package's sources: what makes its cached results stale.
+
+A stage is a function `stage_NAME` of stages.py. Its code is the part of stages.py it
+reaches (that function and the helpers, records and imported names it uses, followed
+through stages.py), then the import closure of every module of this package those names
+come from (imports inside functions count: they run too), with the `__init__.py` of each
+package on the way, and the package data files a module names (the xsplice-cc wrapper).
+Computed, never listed: a hand-kept list once left the payload stage without
+`layout.py`, and a payload built by old code was kept as up to date.
+
+One function (`stage_identity`) serves the doit tasks, the payload store's key and the
+cluster's code gate alike.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE = PACKAGE_DIR.name
+RUNNER = "stages"  # the module whose `stage_NAME` functions are the stages
+
+
+@dataclass(frozen=True)
+class Sources:
+    """The package's Python modules (dotted name relative to the package -> file) and its data files."""
+
+    root: Path
+    modules: dict[str, Path]
+    data: dict[str, Path]
+
+    @staticmethod
+    def of(root: Path) -> Sources:
+        modules: dict[str, Path] = {}
+        for file in sorted(root.rglob("*.py")):
+            parts = file.relative_to(root).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = file
+        data = {file.name: file for file in sorted((root / "data").glob("*")) if file.is_file()}
+        return Sources(root, modules, data)
+
+
+def stage_modules(stage: str, root: Path = PACKAGE_DIR) -> list[str]:
+    """The files (relative to the package) whose content is stage `stage`'s code, stages.py included."""
+    sources = Sources.of(root)
+    modules = _reached_modules(sources, stage)
+    closure = _import_closure(sources, modules)
+    files = {sources.modules[name] for name in closure} | {sources.modules[RUNNER]}
+    for name in closure:
+        files |= _named_data(sources, name)
+    return sorted(file.relative_to(root).as_posix() for file in files)
+
+
+def stage_identity(stage: str, root: Path = PACKAGE_DIR) -> str:
+    """sha256 over the code stage `stage` runs: the stages.py functions it reaches, then whole modules."""
+    sources = Sources.of(root)
+    digest = hashlib.sha256()
+    digest.update(_runner_part(sources, stage).encode())
+    for name in stage_modules(stage, root):
+        if name == f"{RUNNER}.py":
+            continue  # only the part of it the stage reaches, above
+        file = root / name
+        digest.update(name.encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+@cache
+def identity(stage: str) -> str:
+    """This installation's identity of `stage` (computed once per process)."""
+    return stage_identity(stage)
+
+
+def stages(root: Path = PACKAGE_DIR) -> list[str]:
+    """Every stage stages.py defines, by name (`build_base` for `stage_build_base`)."""
+    tree = _parse(Sources.of(root).modules[RUNNER])
+    return sorted(node.name.removeprefix("stage_") for node in tree.body
+                  if isinstance(node, ast.FunctionDef) and node.name.startswith("stage_"))
+
+
+# ---- inside stages.py: what one stage function reaches -------------------------------------------------------
+
+def _runner_definitions(sources: Sources) -> tuple[dict[str, ast.AST], dict[str, str], str]:
+    """stages.py's top-level definitions by name, its imported names -> package module, and its text."""
+    file = sources.modules[RUNNER]
+    text = file.read_text()
+    tree = _parse_text(text, str(file))
+    definitions: dict[str, ast.AST] = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef):
+            definitions[node.name] = node
+        elif isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    definitions[target.id] = node
+    imported = {}
+    for module, name in _imports(sources, RUNNER):
+        imported[name] = module
+    return definitions, imported, text
+
+
+def _reached(sources: Sources, stage: str) -> tuple[list[ast.AST], set[str]]:
+    """The stages.py definitions `stage_<stage>` reaches and the package modules of the names it uses."""
+    definitions, imported, _text = _runner_definitions(sources)
+    start = f"stage_{stage}"
+    if start not in definitions:
+        raise KeyError(f"{RUNNER}.py has no {start}")
+    seen: dict[str, ast.AST] = {}
+    modules: set[str] = set()
+    queue = [start]
+    while queue:
+        name = queue.pop()
+        if name in seen:
+            continue
+        seen[name] = definitions[name]
+        for used in _names_used(definitions[name]):
+            if used in definitions and used not in seen:
+                queue.append(used)
+            elif used in imported:
+                modules.add(imported[used])
+    return [seen[name] for name in sorted(seen)], modules
+
+
+def _reached_modules(sources: Sources, stage: str) -> set[str]:
+    return _reached(sources, stage)[1]
+
+
+def _runner_part(sources: Sources, stage: str) -> str:
+    _definitions, _imported, text = _runner_definitions(sources)
+    nodes, _modules = _reached(sources, stage)
+    return "\n".join(ast.get_source_segment(text, node) or "" for node in nodes)
+
+
+def _names_used(node: ast.AST) -> set[str]:
+    return {child.id for child in ast.walk(node) if isinstance(child, ast.Name)}
+
+
+# ---- between modules: the import closure ---------------------------------------------------------------------
+
+def _import_closure(sources: Sources, modules: set[str]) -> set[str]:
+    closure: set[str] = set()
+    queue = sorted(modules)
+    while queue:
+        module = queue.pop()
+        if module in closure:
+            continue
+        closure.add(module)
+        queue.extend(_packages_of(module))
+        queue.extend(found for found, _name in _imports(sources, module))
+    return closure
+
+
+def _packages_of(module: str) -> list[str]:
+    """The packages whose __init__.py importing `module` runs ("" is this package itself)."""
+    parts = module.split(".") if module else []
+    return [".".join(parts[:i]) for i in range(len(parts))]
+
+
+def _imports(sources: Sources, module: str) -> list[tuple[str, str]]:
+    """(package module, local name) for every import of this package's code in `module`, anywhere in it."""
+    file = sources.modules[module]
+    return _imports_in(file.read_text(), str(file), module, frozenset(sources.modules))
+
+
+@cache
+def _imports_in(text: str, filename: str, module: str, known: frozenset[str]) -> list[tuple[str, str]]:
+    package = module if filename.endswith("__init__.py") else module.rpartition(".")[0]
+    found = []
+    for node in ast.walk(_parse_text(text, filename)):
+        if isinstance(node, ast.ImportFrom):
+            base = _absolute(package, node.module, node.level)
+            if base is None:
+                continue
+            for alias in node.names:
+                submodule = f"{base}.{alias.name}" if base else alias.name
+                target = submodule if submodule in known else base
+                found.append((target, alias.asname or alias.name))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == PACKAGE or alias.name.startswith(f"{PACKAGE}."):
+                    name = alias.name.removeprefix(PACKAGE).removeprefix(".")
+                    found.append((name, alias.asname or alias.name.split(".")[0]))
+    return [(target, name) for target, name in found if target in known]
+
+
+def _absolute(package: str, module: str | None, level: int) -> str | None:
+    """The dotted name (relative to this package) an import refers to, or None for another package's."""
+    if level == 0:
+        if module is None or not (module == PACKAGE or module.startswith(f"{PACKAGE}.")):
+            return None
+        return module.removeprefix(PACKAGE).removeprefix(".")
+    parts = package.split(".") if package else []
+    if level - 1 > len(parts):
+        return None
+    base = parts[:len(parts) - (level - 1)]
+    if module:
+        base.append(module)
+    return ".".join(base)
+
+
+def _named_data(sources: Sources, module: str) -> set[Path]:
+    """The package data files `module` names in a string literal (build.py: "xsplice-cc")."""
+    file = sources.modules[module]
+    strings = _strings_in(file.read_text(), str(file))
+    return {path for name, path in sources.data.items() if name in strings}
+
+
+@cache
+def _strings_in(text: str, filename: str) -> frozenset[str]:
+    return frozenset(node.value for node in ast.walk(_parse_text(text, filename))
+                     if isinstance(node, ast.Constant) and isinstance(node.value, str))
+
+
+def _parse(file: Path) -> ast.AST:
+    return _parse_text(file.read_text(), str(file))
+
+
+@cache
+def _parse_text(text: str, filename: str) -> ast.AST:
+    return ast.parse(text, filename)
