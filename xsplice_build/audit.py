@@ -11,11 +11,7 @@ compared too; without it, the release's signature is verified over the rebuilt b
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,10 +26,9 @@ from .patches import patch_file
 from .project import Project, check_name
 from .project import copy_sources as copy_project_sources
 from .release import MANIFEST, Pair, failure_reason, load_manifest
+from .runner import run_in_child
 from .sign import configured_keys, load_keys, sign, split, verify
 from .stages import Records
-
-_FAILED_RE = re.compile(r"^xsplice: FAILED (\S+): (.*)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -121,16 +116,11 @@ def copy_sources(root: Path, fresh: Path) -> None:
 
 def rebuild(fresh: Path, pairs: list[Pair], processes: int) -> dict[str, str]:
     """Run the stages up to each unsigned payload in `fresh`; returns each failed task's one-line reason."""
-    tasks = [f"payload:{pair.name}" for pair in pairs]
-    parallel = ["-n", str(processes)] if processes > 1 else []
-    result = subprocess.run([sys.executable, "-m", "doit", "--continue", *parallel, "toolchain", *tasks], cwd=fresh,
-                            env={**os.environ, "XSPLICE_ROOT": str(fresh), "PYTHONUNBUFFERED": "1"},
-                            capture_output=True, text=True, check=False)
-    failures = dict(_FAILED_RE.findall(result.stdout))
-    if result.returncode not in (0, 1) and not failures:
-        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["no output"]
-        raise XspliceError(f"the rebuild in {fresh} did not run (doit exited {result.returncode}): {detail[0]}")
-    return failures
+    # In a child process: the fresh checkout's dodo.py and doit database stay apart from this checkout's.
+    result = run_in_child(fresh, ["toolchain", *(f"payload:{pair.name}" for pair in pairs)], processes)
+    if not result.ran:
+        raise XspliceError(f"the rebuild in {fresh} did not run (doit exited {result.code})")
+    return result.failed
 
 
 def _audit_one(project: Project, fresh: Path, target: Target, failures: dict[str, str],

@@ -24,10 +24,7 @@ import io
 import itertools
 import logging
 import os
-import re
 import signal
-import subprocess
-import sys
 import tarfile
 import threading
 import time
@@ -42,15 +39,14 @@ from .errors import XspliceError
 from .files import read_json, remove_tree, write_atomic
 from .project import SOURCES, Project
 from .release import Pair, _base_build_id, failure_reason
+from .runner import run_in_child
 
 DEFAULT_ROOT = "/var/tmp/xsplice-worker"
-_FAILED_RE = re.compile(r"^xsplice: FAILED (\S+): (.*)$", re.MULTILINE)
-_STARTED_RE = re.compile(r"^xsplice: start (\S+)$", re.MULTILINE)
 _CLAIM_SECONDS = 60.0
 logger = logging.getLogger("xsplice_build.cluster")
 
 
-class WrongToolchain(Exception):
+class WrongToolchain(XspliceError):
     """This worker's gcc, cc1, as or ld is not the coordinator's locked one: it must not build."""
 
 
@@ -323,21 +319,15 @@ def _address() -> str:
 
 def _build(slot: Slot, project: Project, pair: Pair) -> dict[str, Any]:
     root = project.root
-    command = [sys.executable, "-m", "doit", "--continue", "toolchain", f"payload:{pair.name}"]
     # Its own session and process group, holding the slot's lock: ended as a group if this worker dies.
-    environment = {**os.environ, "XSPLICE_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(command, cwd=root, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, text=True,
-                               start_new_session=True, pass_fds=(slot.lock_fd,))
-    write_atomic(slot.directory / "job.pgid", str(process.pid).encode())
-    output, _ = process.communicate()
-    failures = dict(_FAILED_RE.findall(output))
-    ran = _STARTED_RE.findall(output)
+    run = run_in_child(root, ["toolchain", f"payload:{pair.name}"], start_new_session=True, pass_fds=(slot.lock_fd,),
+                       started=lambda process: write_atomic(slot.directory / "job.pgid", str(process.pid).encode()))
+    failures, ran = run.failed, run.started
     if "toolchain" in failures:
         _leave()
         raise WrongToolchain(f"worker {_address()}: {failures['toolchain']}")
-    if process.returncode not in (0, 1) and not failures:
-        raise RuntimeError(f"doit in {root} exited {process.returncode}: {output.strip()[-500:]}")
+    if not run.ran:
+        raise XspliceError(f"worker {_address()}: doit in {root} did not run (exit {run.code})")
     reason = failure_reason(pair, failures)
     records = Path(project.baseline_work(pair.baseline))
     unsigned = records / "patches" / pair.patch / f"{pair.patch}.livepatch.unsigned"

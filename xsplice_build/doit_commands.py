@@ -16,7 +16,7 @@ from doit.cmd_run import Run
 
 from .baseline import DEFAULT_BASELINE, load_baseline, supply_image
 from .errors import XspliceError
-from .lock import exclusive, lock_timeout
+from .lock import hold
 from .patches import patch_file
 from .project import Project
 from .sign import configured_keys, key_mode_warning
@@ -52,15 +52,14 @@ class BuildPatch(Run):
         try:
             project = Project.find()
             # doit opens its dependency database inside execute: one build at a time may hold it.
-            with exclusive(project.work_dir / ".lock", lock_timeout(),
-                           lambda text: print(f"xsplice: {text}", flush=True)):
-                baseline, patch = self._selection(params, args)
-                if params["image"]:
-                    supply_image(baseline, Path(params["image"]))
-                warning = key_mode_warning(configured_keys(project.root))
-                if warning:
-                    print(f"xsplice: warning: {warning}", flush=True)
-                result = super().execute(params, ["toolchain", f"sign:{baseline}/{patch}"])
+            hold(project)
+            baseline, patch = self._selection(params, args)
+            if params["image"]:
+                supply_image(baseline, Path(params["image"]))
+            warning = key_mode_warning(configured_keys(project.root))
+            if warning:
+                print(f"xsplice: warning: {warning}", flush=True)
+            result = super().execute(params, ["toolchain", f"sign:{baseline}/{patch}"])
         except XspliceError as error:
             print(f"xsplice: error: {error.message}", file=sys.stderr)
             return 2

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from .errors import ConfigError, XspliceError
 from .files import write_json
-from .lock import exclusive, lock_timeout
 from .project import Project
+from .runner import run_targets
 
 STATE_CHECKED = 1
 STATE_APPLIED = 2
@@ -160,18 +160,13 @@ def trusted_certificate(project: Project) -> Path:
 
 
 def build_base(project: Project, baseline: str) -> dict:
-    """The baseline's base image, built through doit when needed; its build-base record."""
-    doit = Path(sys.executable).parent / "doit"
-    # The same lock as `doit build-patch`: one doit at a time opens the dependency database.
-    with exclusive(project.work_dir / ".lock", lock_timeout(), lambda text: print(f"xen-xsplice: {text}",
-                                                                                  file=sys.stderr)):
-        result = subprocess.run([str(doit), f"build-base:{baseline}"], cwd=project.root, capture_output=True,
-                                text=True, check=False, env={**os.environ, "XSPLICE_ROOT": str(project.root)})
+    """The baseline's base image, built through the pipeline when needed; its build-base record."""
+    announce = lambda text: print(f"xen-xsplice: {text}", file=sys.stderr)  # noqa: E731
+    result = run_targets(project, [f"build-base:{baseline}"], echo=False, announce=announce)
     record_path = project.baseline_work(baseline) / "base.json"
-    if result.returncode != 0 or not record_path.is_file():
-        reason = (result.stdout + result.stderr).strip().splitlines()
-        raise HypervisorError(f"baseline {baseline}: building the base image failed: "
-                              f"{reason[-1] if reason else 'doit failed'}")
+    if result.code != 0 or not record_path.is_file():
+        reason = next(iter(result.failed.values()), f"doit exited {result.code}")
+        raise HypervisorError(f"baseline {baseline}: building the base image failed: {reason}")
     return json.loads(record_path.read_text())
 
 

@@ -1,4 +1,9 @@
-"""doit's task loader for dodo.py, also taking `-n N` before a command name: `doit -n 2 nightly`.
+"""doit's task loader for dodo.py: takes the checkout's lock for commands that write, and `-n N` before a command.
+
+Every doit command that runs tasks or changes doit's state (`run`, `build-patch`, a bare
+`doit TASK`, `clean`, `forget`, `ignore`, `reset-dep`) holds the checkout's lock (lock.hold)
+from the moment it loads the tasks until it exits, so it never shares work/ or the
+dependency database with another build; `list` and `info` only read and do not wait.
 
 doit parses options that come before a command name as the task loader's own (anything
 else turns the command name into a task name for `doit run`), so the number of worker
@@ -7,9 +12,23 @@ processes is offered here too; doit hands it to the command, as `doit nightly -n
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from doit.cmd_base import DodoTaskLoader
 from doit.cmd_run import opt_num_process
+
+from .lock import hold
+from .project import Project
+
+# doit's own commands that write work/ or doit's database without running tasks.
+_WRITING_COMMANDS = frozenset({"clean", "forget", "ignore", "reset-dep"})
 
 
 class DodoLoader(DodoTaskLoader):
     cmd_options = (*DodoTaskLoader.cmd_options, opt_num_process)
+
+    def load_tasks(self, cmd: Any, pos_args: list[str]) -> list[Any]:
+        if getattr(cmd, "execute_tasks", False) or cmd.name in _WRITING_COMMANDS:
+            hold(Project(Path(self.namespace["__file__"]).resolve().parent))
+        return super().load_tasks(cmd, pos_args)

@@ -1,7 +1,8 @@
 """One doit build at a time per checkout: an advisory lock on work/.lock (fcntl.flock).
 
-Two builds in the same checkout (`doit build-patch`, or `xen-xsplice boot` building a base image)
-would write the same stage trees and share doit's dependency database; the second waits (saying
+Two commands writing the same checkout (`doit build-patch`, `doit nightly`, `doit audit`, any
+`doit` run of the stages, `xen-xsplice boot` building a base image) would write the same stage
+trees and share doit's dependency database; the second waits (saying
 so, in one line) until the first is done, and refuses in one line if it has waited longer than
 XSPLICE_LOCK_TIMEOUT seconds (default 3600). The kernel drops the lock when its holder exits,
 however it exits, so a crashed build never leaves it held.
@@ -12,11 +13,11 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import XspliceError
+from .project import Project
 
 TIMEOUT_ENV = "XSPLICE_LOCK_TIMEOUT"
 DEFAULT_TIMEOUT = 3600.0
@@ -35,27 +36,43 @@ def lock_timeout() -> float:
         raise XspliceError(f"{TIMEOUT_ENV}={value!r} is not a number of seconds") from None
 
 
-@contextmanager
-def exclusive(path: Path, timeout: float, announce: Callable[[str], None]) -> Iterator[None]:
-    """Hold an exclusive lock on `path` for the block; wait up to `timeout` seconds for it."""
+def _wait(path: Path, descriptor: int, timeout: float, announce: Callable[[str], None]) -> None:
+    """Lock `descriptor`, saying once that we wait; refuse after `timeout` seconds. Records our pid in the file."""
+    if not _try_lock(descriptor):
+        holder = _holder(path)
+        announce(f"waiting for another build in this checkout ({holder}) to finish; "
+                 f"giving up after {timeout:.0f} s")
+        deadline = time.monotonic() + timeout
+        while not _try_lock(descriptor):
+            if time.monotonic() >= deadline:
+                os.close(descriptor)
+                raise LockTimeout(f"{path}: another build ({holder}) still holds the lock after "
+                                  f"{timeout:.0f} s; wait for it to finish, or stop it")
+            time.sleep(POLL_SECONDS)
+    os.ftruncate(descriptor, 0)
+    os.write(descriptor, f"{os.getpid()}\n".encode())
+
+
+_HELD: dict[Path, int] = {}  # the checkout locks this process holds: lock file -> descriptor
+
+
+def hold(project: Project, announce: Callable[[str], None] | None = None) -> None:
+    """Take the checkout's lock (work/.lock) for the rest of this process: every command that writes work/ or out/.
+
+    Held until the process exits (the kernel drops it then, however it exits), so a command that locks and
+    then runs the pipeline, which locks too, simply holds it already. Children inherit the descriptor.
+    """
+    path = (project.work_dir / ".lock").resolve()
+    if path in _HELD:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        if not _try_lock(descriptor):
-            holder = _holder(path)
-            announce(f"waiting for another build in this checkout ({holder}) to finish; "
-                     f"giving up after {timeout:.0f} s")
-            deadline = time.monotonic() + timeout
-            while not _try_lock(descriptor):
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(f"{path}: another build ({holder}) still holds the lock after "
-                                      f"{timeout:.0f} s; wait for it to finish, or stop it")
-                time.sleep(POLL_SECONDS)
-        os.ftruncate(descriptor, 0)
-        os.write(descriptor, f"{os.getpid()}\n".encode())
-        yield
-    finally:
-        os.close(descriptor)
+    _wait(path, descriptor, lock_timeout(), announce or _say)
+    _HELD[path] = descriptor
+
+
+def _say(text: str) -> None:
+    print(f"xsplice: {text}", flush=True)
 
 
 def _try_lock(descriptor: int) -> bool:

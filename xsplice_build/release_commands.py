@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from doit.cmd_base import Command
-from doit.cmd_run import Run
-from doit.exceptions import BaseFail, UnmetDependency
 from rich.console import Console
 from rich.table import Table
 
@@ -23,9 +21,10 @@ from . import audit, release
 from .baseline import DEFAULT_BASELINE, load_all, load_baseline
 from .doit_commands import opt_baseline
 from .errors import XspliceError
+from .lock import hold
 from .patches import release_pairs
 from .project import Project
-from .reporter import one_line
+from .runner import run_targets
 
 opt_scheduler = {
     "name": "scheduler",
@@ -62,7 +61,7 @@ opt_processes = {
     "long": "process",
     "type": int,
     "default": 0,
-    "help": "rebuild with this many parallel doit workers [default: 0, serial]",
+    "help": "run the stages in this many parallel doit worker processes [default: 0, serial]",
 }
 opt_keep = {
     "name": "keep",
@@ -73,41 +72,34 @@ opt_keep = {
 }
 
 
-def _recording(reporter_class: type) -> type:
-    """The configured reporter, also keeping each failed task's one-line reason for the manifest."""
-
-    class Recording(reporter_class):  # type: ignore[misc, valid-type]
-        def __init__(self, outstream: TextIO, options: dict[str, Any]) -> None:
-            super().__init__(outstream, options)
-            self.failed: dict[str, str] = {}
-
-        def add_failure(self, task: Any, fail: BaseFail) -> None:
-            if not isinstance(fail, UnmetDependency):
-                self.failed[task.name] = one_line(fail)
-            super().add_failure(task, fail)
-
-    return Recording
-
-
-class Nightly(Run):
+class Nightly(Command):
     name = "nightly"
     doc_purpose = "build every (patch, baseline) pair that has a variant and write out/release/"
     doc_usage = "[-n N] [--baseline NAME]... [--scheduler tcp://HOST:PORT [--store DIR]]"
     doc_description = ("Runs every stage of every pair that is not up to date, continuing past failures, then "
                        "writes out/release/<baseline>/<patch>.livepatch and out/release/manifest.json (one entry "
                        "per pair, ok or failed with its reason). Exits 1 when any pair failed.")
-    cmd_options = (*Run.cmd_options, opt_baselines, opt_scheduler, opt_store)
+    cmd_options = (opt_processes, opt_baselines, opt_scheduler, opt_store)
 
     def execute(self, params: Any, args: list[str]) -> int:
         try:
-            self._pairs = self._selection(params, args)
+            pairs = self._selection(params, args)
+            project = Project.find()
+            hold(project)
             if params.get("scheduler"):
-                return _distributed(self._pairs, params["scheduler"], params.get("store") or None)
+                return _distributed(pairs, params["scheduler"], params.get("store") or None)
+            tasks = ["toolchain", *(f"sign:{pair.name}" for pair in pairs)]
+            result = run_targets(project, tasks, params["num_process"])
         except XspliceError as error:
             print(f"xsplice: error: {error.message}", file=sys.stderr)
             return 2
-        tasks = ["toolchain", *(f"sign:{pair.name}" for pair in self._pairs)]
-        return super().execute(params, tasks)
+        if not result.ran:
+            return result.code
+        entries = [release.entry(project, pair, release.failure_reason(pair, result.failed)) for pair in pairs]
+        directory = release.write_release(project, entries)
+        _print_summary(Console(file=sys.stdout, highlight=False, soft_wrap=True), entries,
+                       directory.relative_to(project.root))
+        return 0 if all(item["status"] == "ok" for item in entries) else 1
 
     @staticmethod
     def _selection(params: Any, args: list[str]) -> list[release.Pair]:
@@ -124,25 +116,6 @@ class Nightly(Run):
             raise XspliceError(f"no (baseline, patch) pairs for {', '.join(baselines) or 'any baseline'}: add "
                                "patches/NAME/BASELINE.patch")
         return selected
-
-    def _execute(self, outfile: TextIO, verbosity: int | None = None, always: bool = False,
-                 continue_: bool = False, reporter: Any = "console", num_process: int = 0,
-                 par_type: str = "process", single: bool = False, auto_delayed_regex: bool = False,
-                 force_verbosity: bool = False, failure_verbosity: int = 0, pdb: bool = False) -> int:
-        reporter_class = self.reporters[reporter] if isinstance(reporter, str) else reporter
-        recording = _recording(reporter_class)(outfile, {"failure_verbosity": failure_verbosity})
-        # A nightly always continues: one pair's failure must not cost the others their payload.
-        result = super()._execute(outfile, verbosity, always, True, recording, num_process, par_type, single,
-                                  auto_delayed_regex, force_verbosity, failure_verbosity, pdb)
-        if result not in (0, 1, 2):  # 3: nothing ran (a dodo.py or command-line error)
-            return result
-        project = Project.find()
-        entries = [release.entry(project, pair, release.failure_reason(pair, recording.failed))
-                   for pair in self._pairs]
-        directory = release.write_release(project, entries)
-        _print_summary(Console(file=outfile, highlight=False, soft_wrap=True), entries,
-                       directory.relative_to(project.root))
-        return 0 if all(item["status"] == "ok" for item in entries) else 1
 
 
 def _distributed(pairs: list[release.Pair], scheduler: str, store: str | None) -> int:
@@ -202,6 +175,7 @@ class Audit(Command):
     def execute(self, params: Any, args: list[str]) -> int:
         try:
             project = Project.find()
+            hold(project)  # it reads out/, which a build in this checkout rewrites
             if params["manifest"]:
                 if args:
                     raise XspliceError("usage: doit audit --manifest PATH (no PATCH with --manifest)")
