@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from .console import run_command
 from .diff.engine import diff_objects, nothing_to_patch_message
 from .diff.explain import explain_record, render
 from .diff.extract import Extract
 from .diff.profile import PROFILES, profile_named
-from .errors import NothingToPatch, Unpatchable, XspliceError
+from .errors import NothingToPatch, Unpatchable
 from .files import write_atomic
 from .hypervisor import trusted_certificate
 from .project import Project
@@ -31,18 +31,6 @@ from .verify import summary, verify_file
 def main(argv: list[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
     return run_command("xsplice-build", lambda: arguments.run(arguments))
-
-
-def run_command(program: str, command: Callable[[], int | None]) -> int:
-    """The console scripts' one output boundary: a user-facing refusal is one line and its exit code."""
-    for stream in (sys.stdout, sys.stderr):
-        # Names from hostile files may hold undecodable bytes: escape them rather than crash printing.
-        stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
-    try:
-        return int(command() or 0)
-    except XspliceError as error:
-        print(f"{program}: {error.message}", file=sys.stderr)
-        return error.exit_code
 
 
 def _parser() -> argparse.ArgumentParser:

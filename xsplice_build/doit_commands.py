@@ -8,13 +8,13 @@ subtasks of dodo.py, so each keeps its own dependency state and `doit list`, `in
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from doit.cmd_run import Run
 
 from .baseline import DEFAULT_BASELINE, load_baseline, supply_image
+from .console import doit_command
 from .errors import XspliceError
 from .lock import hold
 from .patches import patch_file
@@ -48,21 +48,18 @@ class BuildPatch(Run):
                        "build-patched, diff, payload, sign) and writes out/<baseline>/<patch>/.")
     cmd_options = (*Run.cmd_options, opt_baseline, opt_image)
 
+    @doit_command
     def execute(self, params: Any, args: list[str]) -> int:
-        try:
-            project = Project.find()
-            # doit opens its dependency database inside execute: one build at a time may hold it.
-            hold(project)
-            baseline, patch = self._selection(params, args)
-            if params["image"]:
-                supply_image(baseline, Path(params["image"]))
-            warning = key_mode_warning(configured_keys(project.root))
-            if warning:
-                print(f"xsplice: warning: {warning}", flush=True)
-            result = super().execute(params, ["toolchain", f"sign:{baseline}/{patch}"])
-        except XspliceError as error:
-            print(f"xsplice: error: {error.message}", file=sys.stderr)
-            return 2
+        project = Project.find()
+        # doit opens its dependency database inside execute: one build at a time may hold it.
+        hold(project)
+        baseline, patch = self._selection(params, args)
+        if params["image"]:
+            supply_image(baseline, Path(params["image"]))
+        warning = key_mode_warning(configured_keys(project.root))
+        if warning:
+            print(f"xsplice: warning: {warning}", flush=True)
+        result = super().execute(params, ["toolchain", f"sign:{baseline}/{patch}"])
         if result == 0:
             self._summary(baseline, patch)
         return result

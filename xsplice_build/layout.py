@@ -24,7 +24,7 @@ from elftools.elf.elffile import ELFFile
 from .baseline import LayoutProbe
 from .diff.profile import TargetProfile
 from .elf.livepatch import XEN_4_17_FUNC, FuncLayout
-from .errors import BuildError
+from .errors import BuildError, ElfError
 
 # Where each record is declared, to look there first: scanning every unit of a real hypervisor's
 # DWARF costs far more than the few units that use the type.
@@ -65,7 +65,7 @@ def read_structs(image: Path, names: Iterable[str]) -> dict[str, StructLayout]:
                         continue
                     _scan(top, (homes if home_first else wanted) - set(found), found)
     except (PyElfError, OSError, ValueError) as error:
-        raise ValueError(f"{image}: cannot read DWARF: {error}") from None
+        raise ElfError(f"{image}: cannot read DWARF: {error}") from None
     return found
 
 

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from . import audit, release
 from .baseline import DEFAULT_BASELINE, load_all, load_baseline
+from .console import doit_command
 from .doit_commands import opt_baseline
 from .errors import XspliceError
 from .lock import hold
@@ -81,18 +82,15 @@ class Nightly(Command):
                        "per pair, ok or failed with its reason). Exits 1 when any pair failed.")
     cmd_options = (opt_processes, opt_baselines, opt_scheduler, opt_store)
 
+    @doit_command
     def execute(self, params: Any, args: list[str]) -> int:
-        try:
-            pairs = self._selection(params, args)
-            project = Project.find()
-            hold(project)
-            if params.get("scheduler"):
-                return _distributed(pairs, params["scheduler"], params.get("store") or None)
-            tasks = ["toolchain", *(f"sign:{pair.name}" for pair in pairs)]
-            result = run_targets(project, tasks, params["num_process"])
-        except XspliceError as error:
-            print(f"xsplice: error: {error.message}", file=sys.stderr)
-            return 2
+        pairs = self._selection(params, args)
+        project = Project.find()
+        hold(project)
+        if params.get("scheduler"):
+            return _distributed(pairs, params["scheduler"], params.get("store") or None)
+        tasks = ["toolchain", *(f"sign:{pair.name}" for pair in pairs)]
+        result = run_targets(project, tasks, params["num_process"])
         if not result.ran:
             return result.code
         entries = [release.entry(project, pair, release.failure_reason(pair, result.failed)) for pair in pairs]
@@ -172,20 +170,17 @@ class Audit(Command):
                        f"bytes. Default baseline: {DEFAULT_BASELINE}.")
     cmd_options = (opt_baseline, opt_manifest, opt_processes, opt_keep)
 
+    @doit_command
     def execute(self, params: Any, args: list[str]) -> int:
-        try:
-            project = Project.find()
-            hold(project)  # it reads out/, which a build in this checkout rewrites
-            if params["manifest"]:
-                if args:
-                    raise XspliceError("usage: doit audit --manifest PATH (no PATCH with --manifest)")
-                targets = audit.targets_from_manifest(Path(params["manifest"]))
-            else:
-                if len(args) != 1:
-                    raise XspliceError(f"usage: doit audit [--baseline NAME] PATCH | --manifest PATH "
-                                       f"(got {len(args)} arguments)")
-                targets = audit.targets_from_checkout(project, params["baseline"], args[0])
-            return audit.run(project, targets, params["num_process"], params["keep"], sys.stdout)
-        except XspliceError as error:
-            print(f"xsplice: error: {error.message}", file=sys.stderr)
-            return 2
+        project = Project.find()
+        hold(project)  # it reads out/, which a build in this checkout rewrites
+        if params["manifest"]:
+            if args:
+                raise XspliceError("usage: doit audit --manifest PATH (no PATCH with --manifest)")
+            targets = audit.targets_from_manifest(Path(params["manifest"]))
+        else:
+            if len(args) != 1:
+                raise XspliceError(f"usage: doit audit [--baseline NAME] PATCH | --manifest PATH "
+                                   f"(got {len(args)} arguments)")
+            targets = audit.targets_from_checkout(project, params["baseline"], args[0])
+        return audit.run(project, targets, params["num_process"], params["keep"], sys.stdout)

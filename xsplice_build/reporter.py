@@ -45,7 +45,13 @@ class XspliceReporter:
             return
         seconds = time.monotonic() - self.started.pop(task.name)
         self._line(f"[green]done[/] {escape(task.name)} ({seconds:.1f} s)", markup=True)
+        # Warnings a stage returned (tasks.run_stage keeps them in the task's values): shown, never dropped.
+        for warning in task.values.get("warnings", []):
+            self.add_warning(task.name, warning)
         self._show_running()
+
+    def add_warning(self, task: str, text: str) -> None:
+        self._line(f"warning: {task}: {' '.join(str(text).split())}")
 
     def add_failure(self, task: Any, fail: BaseFail) -> None:
         self.started.pop(task.name, None)

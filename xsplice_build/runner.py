@@ -91,6 +91,7 @@ def recording_reporter() -> type:
 
         def add_warning(self, task: str, text: str) -> None:
             self.result.warnings.append(f"{task}: {text}")
+            super().add_warning(task, text)
 
     return RecordingReporter
 

@@ -27,14 +27,26 @@ from .project import Project
 from .sign import SigningKeys, configured_keys
 
 
-def run_stage(stage: str, root: str, **arguments: str) -> TaskFailed | None:
-    """A doit python-action: run one stage, turning a user-facing error into a one-line failure."""
+def run_stage(stage: str, root: str, targets: list[str], certificate: str = "",
+              **arguments: str) -> TaskFailed | dict[str, Any]:
+    """A doit python-action: run one stage, turning a user-facing error into a one-line failure.
+
+    On success it returns the values doit saves for the next run's up-to-date checks (the digest of the
+    targets as written, the certificate signed with) and the warnings the stage returned, which the
+    reporter shows.
+    """
     function: Callable[..., Any] = getattr(stages, f"stage_{stage}")
+    project = Project(Path(root))
     try:
-        function(Project(Path(root)), **arguments)
+        warnings = function(project, **arguments)
     except XspliceError as error:
         return TaskFailed(error.message)
-    return None
+    values: dict[str, Any] = {"targets_sha256": integrity.files_digest([project.root / t for t in targets])}
+    if certificate:
+        values["certificate_sha256"] = _file_digest(Path(certificate))
+    if warnings:
+        values["warnings"] = [str(warning) for warning in warnings]
+    return values
 
 
 class Pipeline:
@@ -60,8 +72,9 @@ class Pipeline:
             self._baselines = load_all(self.project)
         return self._baselines
 
-    def _action(self, stage: str, **arguments: str) -> list[tuple[Callable[..., Any], list[Any], dict[str, str]]]:
-        return [(run_stage, [stage, self.root], arguments)]
+    def _action(self, stage: str, targets: list[str] | None = None,
+                **arguments: str) -> list[tuple[Callable[..., Any], list[Any], dict[str, Any]]]:
+        return [(run_stage, [stage, self.root, targets or []], arguments)]
 
     def toolchain(self) -> dict[str, Any]:
         return {"doc": "check gcc, cc1, as and ld against toolchain.lock", "actions": self._action("toolchain"),
@@ -140,7 +153,7 @@ class Pipeline:
             config = {"key": self._path(keys.key), "certificate": self._path(keys.certificate)}
             task = self._subtask("sign", f"{baseline}/{patch}", inputs, [records.signed, records.report],
                                  record=records.report, config=config, checks=[_keys_unchanged(keys)],
-                                 baseline=baseline, patch=patch)
+                                 certificate=str(keys.certificate), baseline=baseline, patch=patch)
             yield {**task, "task_dep": ["dev-keys"]}
 
     def _subtask(self, basename: str, name: str, inputs: list[Path], targets: list[Path],
@@ -152,8 +165,9 @@ class Pipeline:
         outputs intact. One config_changed per task: doit keeps a single saved value for all of them.
         """
         stage = basename.replace("-", "_")
-        return {"basename": basename, "name": name, "actions": self._action(stage, **arguments),
-                "file_dep": [self._path(p) for p in inputs], "targets": [self._path(p) for p in targets],
+        paths = [self._path(p) for p in targets]
+        return {"basename": basename, "name": name, "actions": self._action(stage, paths, **arguments),
+                "file_dep": [self._path(p) for p in inputs], "targets": paths,
                 "uptodate": [config_changed({"code": identity(stage), **(config or {})}), *(checks or []),
                              _outputs_intact(self.project, basename, record or targets[0], targets)]}
 
@@ -190,16 +204,15 @@ def _keys_present(keys: SigningKeys) -> bool:
     return not keys.development or (keys.key.is_file() and keys.certificate.is_file())
 
 
-def _certificate_digest(keys: SigningKeys) -> str:
-    return hashlib.sha256(keys.certificate.read_bytes()).hexdigest() if keys.certificate.is_file() else ""
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
 
 
 def _keys_unchanged(keys: SigningKeys) -> Callable[..., bool]:
     """Re-sign when the certificate changes (a new development pair, a new release key)."""
 
-    def check(task: Any, values: dict[str, Any]) -> bool:
-        task.value_savers.append(lambda: {"certificate_sha256": _certificate_digest(keys)})
-        digest = _certificate_digest(keys)
+    def check(task: Any, values: dict[str, Any]) -> bool:  # doit passes both by these names
+        digest = _file_digest(keys.certificate)
         return bool(digest) and values.get("certificate_sha256") == digest
 
     return check
@@ -208,8 +221,8 @@ def _keys_unchanged(keys: SigningKeys) -> Callable[..., bool]:
 def _outputs_intact(project: Project, stage: str, record: Path, targets: list[Path]) -> Callable[..., bool]:
     """Up to date only with the targets as this stage last wrote them and every output its record lists intact."""
 
-    def check(task: Any, values: dict[str, Any]) -> bool:
-        task.value_savers.append(lambda: {"targets_sha256": integrity.files_digest(targets)})
+    def check(task: Any, values: dict[str, Any]) -> bool:  # doit passes both by these names
+        # run_stage saved the digest of the targets it wrote.
         if values.get("targets_sha256") != integrity.files_digest(targets):
             return False
         try:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from . import hypervisor, sign
-from .cli import run_command
+from .console import run_command
 from .elf.notes import parse_build_id_note
 from .elf.reader import read_elf
 from .errors import PayloadRejected
