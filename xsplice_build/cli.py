@@ -17,15 +17,9 @@ import sys
 from pathlib import Path
 
 from .console import run_command
-from .diff.engine import diff_objects, nothing_to_patch_message
-from .diff.explain import explain_record, render
-from .diff.extract import Extract
-from .diff.profile import PROFILES, profile_named
 from .errors import NothingToPatch, Unpatchable
-from .files import write_atomic
-from .hypervisor import trusted_certificate
-from .project import Project
-from .verify import summary, verify_file
+
+# Each command imports its engine when it runs: `--help` loads neither cryptography nor pyelftools.
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("--explain", action="store_true", help="show every correlation, change and inclusion")
     diff.add_argument("--json", action="store_true", help="print the decisions as JSON")
     diff.add_argument("-o", "--output", type=Path, help="write the extracted code (a relocatable object)")
-    diff.add_argument("--profile", default="xen-x86_64", choices=sorted(PROFILES))
+    diff.add_argument("--profile", default="xen-x86_64", choices=_profile_names())
     diff.add_argument("--name", help="the object's path in the tree, as the pipeline's reports name it "
                       "(default: PATCHED)")
     diff.set_defaults(run=_diff)
@@ -57,7 +51,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _profile_names() -> list[str]:
+    from .diff.profile import PROFILES
+
+    return sorted(PROFILES)
+
+
 def _verify(arguments: argparse.Namespace) -> int:
+    from .hypervisor import trusted_certificate
+    from .project import Project
+    from .verify import summary, verify_file
+
     certificate = arguments.cert or trusted_certificate(Project.find())
     linked, image = verify_file(arguments.payload, arguments.image, certificate, arguments.require_code_signing)
     print(summary(linked, image, certificate))
@@ -65,6 +69,12 @@ def _verify(arguments: argparse.Namespace) -> int:
 
 
 def _diff(arguments: argparse.Namespace) -> int:
+    from .diff.engine import diff_objects, nothing_to_patch_message
+    from .diff.explain import explain_record, render
+    from .diff.extract import Extract
+    from .diff.profile import profile_named
+    from .files import write_atomic
+
     result = diff_objects(arguments.original, arguments.patched, arguments.name or str(arguments.patched),
                           profile_named(arguments.profile))
     record = explain_record(result)
