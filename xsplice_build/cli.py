@@ -15,9 +15,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .console import run_command
 from .errors import NothingToPatch, Unpatchable
+
+if TYPE_CHECKING:
+    from .diff.state import ObjectDiff
 
 # Each command imports its engine when it runs: `--help` loads neither cryptography nor pyelftools.
 
@@ -59,49 +63,54 @@ def _profile_names() -> list[str]:
 
 def _verify(arguments: argparse.Namespace) -> int:
     from .hypervisor import trusted_certificate
-    from .project import Project
     from .verify import summary, verify_file
 
-    certificate = arguments.cert or trusted_certificate(Project.find())
+    certificate = arguments.cert or trusted_certificate()
     linked, image = verify_file(arguments.payload, arguments.image, certificate, arguments.require_code_signing)
     print(summary(linked, image, certificate))
     return 0
 
 
 def _diff(arguments: argparse.Namespace) -> int:
-    from .diff.engine import diff_objects, nothing_to_patch_message
-    from .diff.explain import explain_record, render
-    from .diff.extract import Extract
+    from .diff.engine import conclude, diff_objects
     from .diff.profile import profile_named
     from .files import write_atomic
 
     result = diff_objects(arguments.original, arguments.patched, arguments.name or str(arguments.patched),
                           profile_named(arguments.profile))
-    record = explain_record(result)
-    if arguments.json:
-        print(json.dumps(record, indent=2, sort_keys=True))
-    elif arguments.explain:
-        print("\n".join(render(record)))
-    if result.refusals:
-        for refusal in result.refusals[1:]:
-            print(f"xsplice-build: {refusal}", file=sys.stderr)
-        raise Unpatchable(result.refusals)
-    extract = Extract()
-    extract.add(result)
-    data, functions = extract.finish()
-    if not functions:
-        hint = "" if arguments.explain or arguments.json else "; run with --explain to see every decision"
-        raise NothingToPatch(nothing_to_patch_message([result]) + hint)
+    try:
+        # The pipeline's own conclusion (pass 5): extraction also resolves the base-image references.
+        concluded = conclude([result])
+    except (NothingToPatch, Unpatchable) as refusal:
+        _show(arguments, result)
+        for line in result.refusals[1:]:
+            print(f"xsplice-build: {line}", file=sys.stderr)
+        if isinstance(refusal, NothingToPatch) and not (arguments.explain or arguments.json):
+            raise refusal.with_note("run with --explain to see every decision") from None
+        raise
+    record = _show(arguments, result)
     if not arguments.json:
-        for function in functions:
+        for function in concluded.functions:
             print(f"changed {function.name} ({function.old_size} -> {function.new_size} bytes)")
         for name in record["new_functions"]:
             print(f"new     {name}")
         for text in record["warnings"] + record["ignored"]:
             print(f"note    {text}")
     if arguments.output:
-        write_atomic(arguments.output, data)
+        write_atomic(arguments.output, concluded.extract)
     return 0
+
+
+def _show(arguments: argparse.Namespace, result: ObjectDiff) -> dict[str, Any]:
+    """Print the decisions as --json or --explain asked (the pipeline's diff.explain.json / .txt record)."""
+    from .diff.explain import explain_record, render
+
+    record = explain_record(result)
+    if arguments.json:
+        print(json.dumps(record, indent=2, sort_keys=True))
+    elif arguments.explain:
+        print("\n".join(render(record)))
+    return record
 
 
 if __name__ == "__main__":

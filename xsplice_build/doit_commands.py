@@ -1,16 +1,24 @@
-"""doit commands of this project: `doit build-patch [--baseline NAME] PATCH`.
+"""doit commands of this project: `doit build-patch [--baseline NAME] PATCH`, and what all of them share.
 
 A command plugin maps the advisory name onto the ordinary per-(baseline, patch)
 subtasks of dodo.py, so each keeps its own dependency state and `doit list`, `info`,
 `forget` and `clean` keep working on them.
+
+Every project command (`ProjectCommand`) answers `--help`, `doit help CMD` and a misspelled
+option with its own short usage (not doit's list of every run option), and takes options
+after its arguments too (`doit build-patch XSA-131 --baseline minixen-1.1`).
 """
 
 from __future__ import annotations
 
+import getopt
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
+from doit.cmd_clean import Clean as DoitClean
 from doit.cmd_run import Run
 
 from .baseline import DEFAULT_BASELINE, load_baseline, supply_image
@@ -40,22 +48,79 @@ opt_image = {
 }
 
 
-class BuildPatch(Run):
+class ProjectCommand:
+    """Short usage for --help, `doit help CMD` and bad options; GNU-style options anywhere among the arguments."""
+
+    name: str
+    doc_purpose: str
+    doc_usage: str
+    own_options: tuple[dict[str, Any], ...] = ()
+
+    def help(self) -> str:
+        lines = [f"usage: doit {self.name} {self.doc_usage}", "", self.doc_purpose, ""]
+        for option in self.own_options:
+            flags = ", ".join(flag for flag in (f"-{option['short']}" if option.get("short") else "",
+                                                f"--{option['long']}" if option.get("long") else "") if flag)
+            value = "" if option.get("type") is bool else " VALUE"
+            lines.append(f"  {flags + value:24} {option['help']}")
+        lines += ["", "Exit codes and every command: docs/commands.md"]
+        return "\n".join(lines)
+
+    def parse_execute(self, in_args: list[str]) -> int:
+        if "--help" in in_args or "-h" in in_args:
+            print(self.help())
+            return 0
+        parser = self.cmdparser  # type: ignore[attr-defined]
+        try:
+            options, positional = getopt.gnu_getopt(in_args, parser.get_short(), parser.get_long())
+        except getopt.GetoptError as error:
+            print(f"xsplice: error: {error}\n{self.help()}", file=sys.stderr)
+            return 2
+        ordered = [item for flag, value in options for item in ([flag, value] if value else [flag])]
+        params, args = parser.parse([*ordered, "--", *positional])
+        params.update(self.opt_vals)  # type: ignore[attr-defined]
+        return self.execute(params, args)  # type: ignore[attr-defined]
+
+
+class Clean(DoitClean):
+    """doit's `clean` without the loader's `-n N` (the number of processes), so `doit clean -n` is its dry run."""
+
+    def get_options(self) -> list[Any]:
+        return [option for option in super().get_options() if option.name != "num_process"]
+
+
+opt_processes_run = {
+    "name": "num_process",
+    "short": "n",
+    "long": "process",
+    "type": int,
+    "default": 0,
+    "help": "run the stages in this many parallel doit worker processes [default: 0, serial]",
+}
+
+
+class BuildPatch(ProjectCommand, Run):
     name = "build-patch"
     doc_purpose = "build a signed live-patch payload for PATCH against a baseline"
-    doc_usage = "[--baseline NAME] PATCH"
+    doc_usage = "[--baseline NAME] [--image XEN-SYMS] PATCH"
     doc_description = ("Runs every stage that is not up to date (checkout, toolchain, build-base, build-orig, "
                        "build-patched, diff, payload, sign) and writes out/<baseline>/<patch>/.")
+    own_options = (opt_baseline, opt_image, opt_processes_run)
     cmd_options = (*Run.cmd_options, opt_baseline, opt_image)
+
+    def help(self) -> str:
+        return (f"{super().help()}\nPATCH is an advisory under patches/ (patches/PATCH/BASELINE.patch), or the "
+                "path of such a file. doit's run options (-a, -c, -v ...) apply too.")
 
     @doit_command
     def execute(self, params: Any, args: list[str]) -> int:
         project = Project.find()
         # doit opens its dependency database inside execute: one build at a time may hold it.
         hold(project)
-        baseline, patch = self._selection(params, args)
+        baseline, patch = self._selection(project, params, args)
         if params["image"]:
             supply_image(baseline, Path(params["image"]))
+        os.chdir(project.root)  # run from any directory of the checkout: doit finds dodo.py here
         warning = key_mode_warning(configured_keys(project.root))
         if warning:
             print(f"xsplice: warning: {warning}", flush=True)
@@ -65,13 +130,13 @@ class BuildPatch(Run):
         return result
 
     @staticmethod
-    def _selection(params: Any, args: list[str]) -> tuple[str, str]:
+    def _selection(project: Project, params: Any, args: list[str]) -> tuple[str, str]:
         if len(args) != 1:
             raise XspliceError(f"usage: doit build-patch [--baseline NAME] PATCH (got {len(args)} arguments)")
-        project = Project.find()
-        baseline = load_baseline(project, params["baseline"]).name
-        patch_file(project, args[0], baseline)
-        return baseline, args[0]
+        patch, baseline = _patch_argument(project, args[0], params["baseline"])
+        baseline = load_baseline(project, baseline).name
+        patch_file(project, patch, baseline)
+        return baseline, patch
 
     @staticmethod
     def _summary(baseline: str, patch: str) -> None:
@@ -81,3 +146,21 @@ class BuildPatch(Run):
         functions = ", ".join(f["name"] for f in report["functions"])
         print(f"xsplice: payload {out.relative_to(project.root) / report['payload']} "
               f"(signed; replaces {functions}; depends on build-id {report['base_build_id']})")
+
+
+def _patch_argument(project: Project, argument: str, baseline: str) -> tuple[str, str]:
+    """(patch, baseline) from an advisory name, or from the path of patches/NAME/BASELINE.patch."""
+    if "/" not in argument and not argument.endswith(".patch"):
+        return argument, baseline
+    path = Path(argument).resolve()
+    try:
+        name, file = path.relative_to(project.patches_dir.resolve()).parts
+    except ValueError:
+        raise XspliceError(f"{argument}: not a patch of this checkout; patches live in "
+                           f"{project.patches_dir}/NAME/BASELINE.patch: add it there and give NAME") from None
+    if not file.endswith(".patch"):
+        raise XspliceError(f"{argument}: a patch file is patches/NAME/BASELINE.patch")
+    from_file = file.removesuffix(".patch")
+    if baseline not in (DEFAULT_BASELINE, from_file):
+        raise XspliceError(f"{argument} is the variant for baseline {from_file}, not --baseline {baseline}")
+    return name, from_file

@@ -153,14 +153,20 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def trusted_certificate(project: Project) -> Path:
-    """The certificate payloads must verify against: XSPLICE_TRUSTED_CERT, else the development one."""
+def trusted_certificate(project: Project | None = None) -> Path:
+    """The certificate payloads must verify against: XSPLICE_TRUSTED_CERT (any directory), else the checkout's
+    development one (`project`, default: the checkout around the current directory)."""
     configured = os.environ.get("XSPLICE_TRUSTED_CERT")
-    return Path(configured) if configured else project.root / "keys" / "development" / "signing_cert.pem"
+    if configured:
+        return Path(configured)
+    return (project or Project.find()).root / "keys" / "development" / "signing_cert.pem"
 
 
 def build_base(project: Project, baseline: str) -> dict:
     """The baseline's base image, built through the pipeline when needed; its build-base record."""
+    from .baseline import load_baseline
+
+    baseline = load_baseline(project, baseline).name  # "unknown baseline 'X'" before any build
     announce = lambda text: print(f"xen-xsplice: {text}", file=sys.stderr)  # noqa: E731
     result = run_targets(project, [f"build-base:{baseline}"], echo=False, announce=announce)
     record_path = project.baseline_work(baseline) / "base.json"

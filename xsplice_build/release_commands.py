@@ -20,7 +20,7 @@ from rich.table import Table
 from . import audit, release
 from .baseline import DEFAULT_BASELINE, load_all, load_baseline
 from .console import doit_command
-from .doit_commands import opt_baseline
+from .doit_commands import ProjectCommand, opt_baseline
 from .errors import XspliceError
 from .lock import hold
 from .patches import release_pairs
@@ -73,7 +73,7 @@ opt_keep = {
 }
 
 
-class Nightly(Command):
+class Nightly(ProjectCommand, Command):
     name = "nightly"
     doc_purpose = "build every (patch, baseline) pair that has a variant and write out/release/"
     doc_usage = "[-n N] [--baseline NAME]... [--scheduler tcp://HOST:PORT [--store DIR]]"
@@ -81,6 +81,7 @@ class Nightly(Command):
                        "writes out/release/<baseline>/<patch>.livepatch and out/release/manifest.json (one entry "
                        "per pair, ok or failed with its reason). Exits 1 when any pair failed.")
     cmd_options = (opt_processes, opt_baselines, opt_scheduler, opt_store)
+    own_options = cmd_options
 
     @doit_command
     def execute(self, params: Any, args: list[str]) -> int:
@@ -159,7 +160,7 @@ def _functions(item: dict[str, Any]) -> str:
     return ", ".join(function["name"] for function in item["functions"])
 
 
-class Audit(Command):
+class Audit(ProjectCommand, Command):
     name = "audit"
     doc_purpose = "rebuild released payloads from scratch in a fresh directory and compare them bit for bit"
     doc_usage = "[--baseline NAME] PATCH | --manifest PATH"
@@ -169,6 +170,7 @@ class Audit(Command):
                        "section and symbol by symbol. With a signing key here, also signs and compares the signed "
                        f"bytes. Default baseline: {DEFAULT_BASELINE}.")
     cmd_options = (opt_baseline, opt_manifest, opt_processes, opt_keep)
+    own_options = cmd_options
 
     @doit_command
     def execute(self, params: Any, args: list[str]) -> int:

@@ -180,14 +180,12 @@ def stage_diff(project: Project, baseline: str, patch: str) -> None:
         original = orig_tree / change["original"] if change["original"] else None
         pairs.append((change["object"], original, records.patch_dir / "objects" / f"{change['object']}.XSPLICE"))
     diffs = diff_pairs(pairs, apply_layout(profile_named(definition.profile), layout))
-    explained = [explain_record(diff) for diff in diffs]
-    _write_explanation(project, records, patch, explained)
     try:
-        result = conclude(diffs)
+        result = conclude(diffs)  # extraction resolves the base-image references the explanation lists
     except (NothingToPatch, Unpatchable) as refusal:
+        _write_explanation(project, records, patch, [explain_record(diff) for diff in diffs])
         where = records.explain_text.relative_to(project.root)
         raise refusal.with_note(f"every decision is in {where}") from None
-    # Extraction resolved the base-image references: record the decisions again, now complete.
     explained = [explain_record(diff) for diff in diffs]
     _write_explanation(project, records, patch, explained)
     write_atomic(records.extract, result.extract)

@@ -168,6 +168,8 @@ class Pipeline:
         paths = [self._path(p) for p in targets]
         return {"basename": basename, "name": name, "actions": self._action(stage, paths, **arguments),
                 "file_dep": [self._path(p) for p in inputs], "targets": paths,
+                # `doit clean`: removes the record and outputs listed as targets, so the stage runs again
+                "clean": True,
                 "uptodate": [config_changed({"code": identity(stage), **(config or {})}), *(checks or []),
                              _outputs_intact(self.project, basename, record or targets[0], targets)]}
 
