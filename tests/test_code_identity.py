@@ -20,7 +20,7 @@ PAIR_STAGES = {"checkout", "build_base", "build_orig", "build_patched", "diff", 
 
 @pytest.mark.fast
 def test_every_stage_of_the_pipeline_is_found() -> None:
-    assert PAIR_STAGES <= set(stages())
+    assert set(stages()) >= PAIR_STAGES
 
 
 @pytest.mark.fast

@@ -221,3 +221,24 @@ def _parse(file: Path) -> ast.AST:
 @cache
 def _parse_text(text: str, filename: str) -> ast.AST:
     return ast.parse(text, filename)
+
+
+def package_imports(root: Path = PACKAGE_DIR) -> dict[str, set[str]]:
+    """Every module of the package -> the package modules it imports (anywhere in it), "" being __init__."""
+    sources = Sources.of(root)
+    return {module: {found for found, _name in _imports(sources, module)} - {module} for module in sources.modules}
+
+
+def third_party_imports(root: Path = PACKAGE_DIR) -> dict[str, set[str]]:
+    """Every module of the package -> the top-level names of other packages it imports (anywhere in it)."""
+    sources = Sources.of(root)
+    found: dict[str, set[str]] = {}
+    for module, file in sources.modules.items():
+        names = set()
+        for node in ast.walk(_parse(file)):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        found[module] = names - {PACKAGE}
+    return found

@@ -11,10 +11,8 @@ after its arguments too (`doit build-patch XSA-131 --baseline minixen-1.1`).
 
 from __future__ import annotations
 
-import getopt
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +20,12 @@ from doit.cmd_clean import Clean as DoitClean
 from doit.cmd_run import Run
 
 from .baseline import DEFAULT_BASELINE, load_baseline, supply_image
-from .console import doit_command
+from .console import ProjectCommand, doit_command, opt_baseline, opt_processes
 from .errors import XspliceError
 from .lock import hold
 from .patches import patch_file
 from .project import Project
 from .sign import configured_keys, key_mode_warning
-
-opt_baseline = {
-    "name": "baseline",
-    "long": "baseline",
-    "type": str,
-    "default": DEFAULT_BASELINE,
-    "help": f"baseline to build against (a name from baseline/*.toml) [default: {DEFAULT_BASELINE}]",
-}
-
 
 opt_image = {
     "name": "image",
@@ -48,55 +37,11 @@ opt_image = {
 }
 
 
-class ProjectCommand:
-    """Short usage for --help, `doit help CMD` and bad options; GNU-style options anywhere among the arguments."""
-
-    name: str
-    doc_purpose: str
-    doc_usage: str
-    own_options: tuple[dict[str, Any], ...] = ()
-
-    def help(self) -> str:
-        lines = [f"usage: doit {self.name} {self.doc_usage}", "", self.doc_purpose, ""]
-        for option in self.own_options:
-            flags = ", ".join(flag for flag in (f"-{option['short']}" if option.get("short") else "",
-                                                f"--{option['long']}" if option.get("long") else "") if flag)
-            value = "" if option.get("type") is bool else " VALUE"
-            lines.append(f"  {flags + value:24} {option['help']}")
-        lines += ["", "Exit codes and every command: docs/commands.md"]
-        return "\n".join(lines)
-
-    def parse_execute(self, in_args: list[str]) -> int:
-        if "--help" in in_args or "-h" in in_args:
-            print(self.help())
-            return 0
-        parser = self.cmdparser  # type: ignore[attr-defined]
-        try:
-            options, positional = getopt.gnu_getopt(in_args, parser.get_short(), parser.get_long())
-        except getopt.GetoptError as error:
-            print(f"xsplice: error: {error}\n{self.help()}", file=sys.stderr)
-            return 2
-        ordered = [item for flag, value in options for item in ([flag, value] if value else [flag])]
-        params, args = parser.parse([*ordered, "--", *positional])
-        params.update(self.opt_vals)  # type: ignore[attr-defined]
-        return self.execute(params, args)  # type: ignore[attr-defined]
-
-
 class Clean(DoitClean):
     """doit's `clean` without the loader's `-n N` (the number of processes), so `doit clean -n` is its dry run."""
 
     def get_options(self) -> list[Any]:
         return [option for option in super().get_options() if option.name != "num_process"]
-
-
-opt_processes_run = {
-    "name": "num_process",
-    "short": "n",
-    "long": "process",
-    "type": int,
-    "default": 0,
-    "help": "run the stages in this many parallel doit worker processes [default: 0, serial]",
-}
 
 
 class BuildPatch(ProjectCommand, Run):
@@ -105,7 +50,7 @@ class BuildPatch(ProjectCommand, Run):
     doc_usage = "[--baseline NAME] [--image XEN-SYMS] PATCH"
     doc_description = ("Runs every stage that is not up to date (checkout, toolchain, build-base, build-orig, "
                        "build-patched, diff, payload, sign) and writes out/<baseline>/<patch>/.")
-    own_options = (opt_baseline, opt_image, opt_processes_run)
+    own_options = (opt_baseline, opt_image, opt_processes)
     cmd_options = (*Run.cmd_options, opt_baseline, opt_image)
 
     def help(self) -> str:

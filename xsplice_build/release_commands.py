@@ -19,8 +19,7 @@ from rich.table import Table
 
 from . import audit, release
 from .baseline import DEFAULT_BASELINE, load_all, load_baseline
-from .console import doit_command
-from .doit_commands import ProjectCommand, opt_baseline
+from .console import ProjectCommand, doit_command, opt_baseline, opt_processes
 from .errors import XspliceError
 from .lock import hold
 from .patches import release_pairs
@@ -54,15 +53,6 @@ opt_manifest = {
     "type": str,
     "default": "",
     "help": "audit every ok entry of this release manifest (out/release/manifest.json of any checkout)",
-}
-opt_processes = {
-    # doit's own name for it, so `doit -n 2 audit` (the loader's -n) means the same as `doit audit -n 2`
-    "name": "num_process",
-    "short": "n",
-    "long": "process",
-    "type": int,
-    "default": 0,
-    "help": "run the stages in this many parallel doit worker processes [default: 0, serial]",
 }
 opt_keep = {
     "name": "keep",
