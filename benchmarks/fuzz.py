@@ -51,6 +51,8 @@ class Outcome:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=60, help="fuzzing time per target")
+    parser.add_argument("--runs", type=int, default=0,
+                        help="stop each target after this many inputs instead (a fixed amount of work, for tests)")
     parser.add_argument("--targets", default=",".join(TARGETS))
     parser.add_argument("--root", type=Path, default=REPO, help="a checkout whose work/ and out/ give the seeds")
     parser.add_argument("--work", type=Path, help="corpus and artifacts (default ROOT/work/fuzz)")
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     root = arguments.root.resolve()
     ensure_built(root)
     work = (arguments.work or root / "work" / "fuzz").resolve()
-    outcomes = [fuzz(target, root, work, arguments.seconds, arguments.timeout, arguments.rss_mb)
+    outcomes = [fuzz(target, root, work, arguments.seconds, arguments.timeout, arguments.rss_mb, arguments.runs)
                 for target in arguments.targets.split(",")]
     print_table(outcomes)
     return 0 if all(o.crashes == 0 and o.hangs == 0 and o.rc == 0 for o in outcomes) else 1
@@ -76,8 +78,8 @@ def ensure_built(root: Path) -> None:
                            env={**os.environ, "XSPLICE_ROOT": str(root)}, check=True)
 
 
-def fuzz(target: str, root: Path, work: Path, seconds: int, timeout: int, rss_mb: int) -> Outcome:
-    """Run one target for `seconds` in a child process and read libFuzzer's figures."""
+def fuzz(target: str, root: Path, work: Path, seconds: int, timeout: int, rss_mb: int, runs: int = 0) -> Outcome:
+    """Run one target for `seconds` (or `runs` inputs) in a child process and read libFuzzer's figures."""
     corpus, artifacts = work / "corpus" / target, work / "artifacts" / target
     corpus.mkdir(parents=True, exist_ok=True)
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -85,9 +87,11 @@ def fuzz(target: str, root: Path, work: Path, seconds: int, timeout: int, rss_mb
         shutil.copyfile(seed, corpus / f"seed-{seed.parent.name}-{seed.name}")
     before = set(artifacts.iterdir())
     command = [sys.executable, str(Path(__file__).resolve()), "--child", target, "--root", str(root),
-               str(corpus), f"-max_total_time={seconds}", f"-timeout={timeout}", f"-rss_limit_mb={rss_mb}",
+               str(corpus), f"-runs={runs}" if runs else f"-max_total_time={seconds}", f"-timeout={timeout}",
+               f"-rss_limit_mb={rss_mb}",
                f"-artifact_prefix={artifacts}/", "-print_final_stats=1"]
-    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=seconds + 600)
+    result = subprocess.run(command, capture_output=True, text=True, check=False,
+                            timeout=(seconds if not runs else 0) + 600)
     log = result.stdout + result.stderr
     (work / f"{target}.log").write_text(log)
     new = [path.name for path in set(artifacts.iterdir()) - before]

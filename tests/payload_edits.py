@@ -12,16 +12,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xsplice_build import sign
-from xsplice_build.elf.constants import R_X86_64_32
+from xsplice_build.elf.constants import ET_EXEC, R_X86_64_32, SHF_ALLOC, SHF_WRITE, SHT_RELA
+from xsplice_build.elf.livepatch import XEN_4_17_FUNC
 from xsplice_build.elf.reader import read_elf
-from xsplice_build.elf.structs import RELA, SHDR, SYM
+from xsplice_build.elf.structs import EHDR, NHDR, RELA, SHDR, SYM, read_field, write_field
 
-FUNCS_OLD_SIZE, FUNCS_VERSION = 28, 32
+# Every record is edited through its one declaration (elf.structs, elf.livepatch): nothing here retypes a layout.
+FUNC = XEN_4_17_FUNC
 
 
 def _section_header_offset(data: bytes, index: int) -> int:
-    (shoff,) = struct.unpack_from("<Q", data, 0x28)
-    return shoff + index * SHDR.size
+    return read_field(EHDR, data, 0, "e_shoff") + index * SHDR.size
+
+
+def _edit_section_header(data: bytes, index: int, field: str, change: Callable[[int], int]) -> bytes:
+    out = bytearray(data)
+    at = _section_header_offset(data, index)
+    write_field(SHDR, out, at, field, change(read_field(SHDR, data, at, field)))
+    return bytes(out)
 
 
 def other_build_id(data: bytes) -> bytes:
@@ -30,17 +38,16 @@ def other_build_id(data: bytes) -> bytes:
     elf = read_elf(data, "payload")
     for name in (".livepatch.depends", ".livepatch.xen_depends"):
         section = elf.section_named(name)
-        for offset in range(section.offset + 16, section.offset + section.size):
+        # The note's descriptor follows its header and its 4-byte aligned name ("GNU\0").
+        descriptor = section.offset + NHDR.size + (read_field(NHDR, data, section.offset, "n_namesz") + 3) // 4 * 4
+        for offset in range(descriptor, section.offset + section.size):
             out[offset] ^= 0xFF
     return bytes(out)
 
 
 def writable_text(data: bytes) -> bytes:
-    out = bytearray(data)
     text = next(s for s in read_elf(data, "payload").sections if s.is_text)
-    flags_at = _section_header_offset(data, text.index) + 8
-    struct.pack_into("<Q", out, flags_at, text.flags | 0x1)
-    return bytes(out)
+    return _edit_section_header(data, text.index, "sh_flags", lambda flags: flags | SHF_WRITE)
 
 
 def unknown_symbol(data: bytes) -> bytes:
@@ -49,7 +56,7 @@ def unknown_symbol(data: bytes) -> bytes:
     elf = read_elf(data, "payload")
     symbol = next(s for s in elf.symbols[1:] if s.is_undefined)
     strtab = elf.sections[elf.sections[elf.symtab_index].link]
-    (st_name,) = struct.unpack_from("<I", data, elf.sections[elf.symtab_index].offset + symbol.index * SYM.size)
+    st_name = read_field(SYM, data, elf.sections[elf.symtab_index].offset + symbol.index * SYM.size, "st_name")
     out[strtab.offset + st_name] = ord("Q")
     return bytes(out)
 
@@ -59,21 +66,20 @@ def _first_text_relocation(data: bytes) -> tuple[int, int]:
     elf = read_elf(data, "payload")
     target = next(s for s in elf.sections if s.is_text and s.relocations)
     rela = elf.sections[target.rela_section]
-    _, info, _ = RELA.unpack_from(data, rela.offset)
-    return rela.offset, info
+    return rela.offset, read_field(RELA, data, rela.offset, "r_info")
 
 
 def unsupported_relocation(data: bytes) -> bytes:
     out = bytearray(data)
     offset, info = _first_text_relocation(data)
-    struct.pack_into("<Q", out, offset + 8, (info & ~0xFFFFFFFF) | R_X86_64_32)
+    write_field(RELA, out, offset, "r_info", (info >> 32 << 32) | R_X86_64_32)  # ELF64_R_INFO(sym, type)
     return bytes(out)
 
 
 def overflowing_relocation(data: bytes) -> bytes:
     out = bytearray(data)
     offset, _ = _first_text_relocation(data)
-    struct.pack_into("<q", out, offset + 16, 1 << 40)
+    write_field(RELA, out, offset, "r_addend", 1 << 40)
     return bytes(out)
 
 
@@ -83,44 +89,39 @@ def _funcs_field(data: bytes, field: int) -> int:
 
 def wrong_old_size(data: bytes) -> bytes:
     out = bytearray(data)
-    at = _funcs_field(data, FUNCS_OLD_SIZE)
-    struct.pack_into("<I", out, at, struct.unpack_from("<I", data, at)[0] + 1)
+    at = _funcs_field(data, FUNC.old_size)
+    struct.pack_into("<I", out, at, struct.unpack_from("<I", data, at)[0] + 1)  # old_size: a uint32_t
     return bytes(out)
 
 
 def wrong_version(data: bytes) -> bytes:
     out = bytearray(data)
-    out[_funcs_field(data, FUNCS_VERSION)] = 1
+    out[_funcs_field(data, FUNC.version_offset)] = FUNC.version - 1
     return bytes(out)
 
 
 def unallocated_depends(data: bytes) -> bytes:
-    out = bytearray(data)
     section = read_elf(data, "payload").section_named(".livepatch.depends")
-    flags_at = _section_header_offset(data, section.index) + 8
-    struct.pack_into("<Q", out, flags_at, section.flags & ~0x2)
-    return bytes(out)
+    return _edit_section_header(data, section.index, "sh_flags", lambda flags: flags & ~SHF_ALLOC)
 
 
 def relocations_for_section_zero(data: bytes) -> bytes:
-    out = bytearray(data)
-    rela = next(s for s in read_elf(data, "payload").sections if s.type == 4)
-    struct.pack_into("<I", out, _section_header_offset(data, rela.index) + 44, 0)
-    return bytes(out)
+    rela = next(s for s in read_elf(data, "payload").sections if s.type == SHT_RELA)
+    return _edit_section_header(data, rela.index, "sh_info", lambda _info: 0)
 
 
 def not_relocatable(data: bytes) -> bytes:
-    return data[:16] + struct.pack("<H", 2) + data[18:]
+    out = bytearray(data)
+    write_field(EHDR, out, 0, "e_type", ET_EXEC)
+    return bytes(out)
 
 
 def special_section_twice(data: bytes) -> bytes:
     """Name .livepatch.xen_depends .livepatch.depends: the loader looks special sections up by name."""
     elf = read_elf(data, "payload")
-    (shstrndx,) = struct.unpack_from("<H", data, 0x3E)
-    out = bytearray(data)
-    struct.pack_into("<I", out, _section_header_offset(data, elf.section_named(".livepatch.xen_depends").index),
-                     elf.sections[shstrndx].data.index(b".livepatch.depends\0"))
-    return bytes(out)
+    shstrndx = read_field(EHDR, data, 0, "e_shstrndx")
+    name = elf.sections[shstrndx].data.index(b".livepatch.depends\0")
+    return _edit_section_header(data, elf.section_named(".livepatch.xen_depends").index, "sh_name", lambda _: name)
 
 
 @dataclass(frozen=True)

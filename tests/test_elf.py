@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,8 +54,15 @@ def test_reader_reads_what_the_writer_wrote() -> None:
         [(1, R_X86_64_PC32, "g")]
 
 
-def test_writing_is_deterministic() -> None:
-    assert _sample() == _sample()
+def test_writing_is_deterministic_across_processes_and_hash_seeds() -> None:
+    # Two calls in one process share one hash seed and one set/dict order: only separate processes with
+    # different PYTHONHASHSEED values can show an order that leaks into the bytes.
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from test_elf import _sample; "
+              "sys.stdout.buffer.write(_sample())")
+    outputs = {subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)], check=True,
+                              capture_output=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+               for seed in ("0", "1", "4242")}
+    assert len(outputs) == 1 and next(iter(outputs)).startswith(b"\x7fELF")
 
 
 @pytest.mark.parametrize(("mutate", "message"), [

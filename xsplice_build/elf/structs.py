@@ -23,3 +23,27 @@ NHDR = struct.Struct("<III")
 PHDR = struct.Struct("<IIQQQQQQ")
 
 assert (EHDR.size, SHDR.size, SYM.size, RELA.size, NHDR.size, PHDR.size) == (64, 64, 24, 24, 12, 56)
+
+# The gABI's field names of each record, in order: tools and tests edit a field by name, never by offset.
+FIELDS: dict[struct.Struct, tuple[str, ...]] = {
+    EHDR: ("e_ident", "e_type", "e_machine", "e_version", "e_entry", "e_phoff", "e_shoff", "e_flags", "e_ehsize",
+           "e_phentsize", "e_phnum", "e_shentsize", "e_shnum", "e_shstrndx"),
+    SHDR: ("sh_name", "sh_type", "sh_flags", "sh_addr", "sh_offset", "sh_size", "sh_link", "sh_info",
+           "sh_addralign", "sh_entsize"),
+    SYM: ("st_name", "st_info", "st_other", "st_shndx", "st_value", "st_size"),
+    RELA: ("r_offset", "r_info", "r_addend"),
+    NHDR: ("n_namesz", "n_descsz", "n_type"),
+    PHDR: ("p_type", "p_flags", "p_offset", "p_vaddr", "p_paddr", "p_filesz", "p_memsz", "p_align"),
+}
+
+
+def read_field(record: struct.Struct, data: bytes, offset: int, name: str) -> int:
+    """One field, by its gABI name, of the `record` at `offset` in `data`."""
+    return record.unpack_from(data, offset)[FIELDS[record].index(name)]
+
+
+def write_field(record: struct.Struct, data: bytearray, offset: int, name: str, value: int) -> None:
+    """Replace one field, by its gABI name, of the `record` at `offset` in `data`."""
+    fields = list(record.unpack_from(data, offset))
+    fields[FIELDS[record].index(name)] = value
+    record.pack_into(data, offset, *fields)
