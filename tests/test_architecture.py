@@ -10,7 +10,7 @@ from xsplice_build.code_identity import package_imports, third_party_imports
 # Lowest first; every module of the package is in exactly one layer (a new module must be placed).
 LAYERS: dict[str, set[str]] = {
     "foundation": {"", "errors", "files", "project", "schema", "baseline", "patches", "lock", "code_identity",
-                   "console"},
+                   "console", "records"},
     "elf": {"elf", "elf.constants", "elf.structs", "elf.model", "elf.reader", "elf.writer", "elf.notes",
             "elf.relink", "elf.compare", "elf.livepatch"},
     "diff/target": {"diff", "diff.state", "diff.profile", "diff.correlate", "diff.compare", "diff.lines",

@@ -13,7 +13,7 @@ import pytest
 from conftest import Checkout
 
 from xsplice_build import code_identity
-from xsplice_build.code_identity import PACKAGE_DIR, stage_identity, stage_modules, stages
+from xsplice_build.code_identity import PACKAGE_DIR, identities, stage_identity, stage_modules, stages
 
 PAIR_STAGES = {"checkout", "build_base", "build_orig", "build_patched", "diff", "payload", "sign"}
 
@@ -66,7 +66,7 @@ def _file_of(module: str) -> str:
 def test_changing_each_module_changes_exactly_the_stages_that_run_it(tmp_path: Path) -> None:
     package = tmp_path / "xsplice_build"
     shutil.copytree(PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
-    before = {stage: stage_identity(stage, package) for stage in stages(package)}
+    before = identities(package)
     runs = {stage: set(stage_modules(stage, package)) for stage in before}
     files = sorted(path.relative_to(package).as_posix() for path in package.rglob("*") if path.is_file())
     for name in files:
@@ -75,7 +75,8 @@ def test_changing_each_module_changes_exactly_the_stages_that_run_it(tmp_path: P
         path = package / name
         original = path.read_bytes()
         path.write_bytes(original + b"\n# changed\n")
-        changed = {stage for stage in before if stage_identity(stage, package) != before[stage]}
+        after = identities(package)
+        changed = {stage for stage in before if after[stage] != before[stage]}
         path.write_bytes(original)
         assert changed == {stage for stage, modules in runs.items() if name in modules}, name
 

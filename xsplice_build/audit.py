@@ -25,10 +25,10 @@ from .files import read_json, sha256_bytes, sha256_file
 from .patches import patch_file
 from .project import Project, check_name
 from .project import copy_sources as copy_project_sources
+from .records import Records
 from .release import MANIFEST, Pair, failure_reason, load_manifest
 from .runner import run_in_child
 from .sign import configured_keys, load_keys, sign, split, verify
-from .stages import Records
 
 
 @dataclass(frozen=True)

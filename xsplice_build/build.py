@@ -21,7 +21,7 @@ from .baseline import Baseline
 from .elf.notes import image_build_id
 from .elf.reader import read_elf_file
 from .errors import BuildError, PatchError
-from .files import copy_tree, remove_tree, sha256_file
+from .files import copy_tree, sha256_file
 from .patch_rules import check_patch_listing, check_patch_text
 from .project import Project
 from .toolchain import Tool
@@ -126,10 +126,6 @@ def _git_apply(options: list[str], patch: Path, tree: Path, env: dict[str, str])
         raise PatchError(f"{patch}: does not apply to the baseline: {reason}; rebase the patch onto the "
                          "baseline's commit")
     return result.stdout
-
-
-def remove_stage_tree(tree: Path) -> None:
-    remove_tree(tree)
 
 
 def _environment(baseline: Baseline, tree: Path, tools: dict[str, Tool], extra_cflags: str,

@@ -25,7 +25,6 @@ from .files import remove_tree
 from .project import Project
 
 # Commits made from plain directories carry no personal data and no wall-clock time.
-_IDENTITY = "xsplice-build <xsplice-build@localhost>"
 _EPOCH = 1439856000  # 2015-08-18, the xSplice design session; any fixed value would do.
 _GIT_CONFIG = ("-c", "core.autocrlf=false", "-c", "core.fileMode=true", "-c", "commit.gpgsign=false",
                "-c", "core.hooksPath=/dev/null", "-c", "init.defaultBranch=main")

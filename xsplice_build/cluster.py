@@ -24,6 +24,7 @@ from .cluster_worker import ToolchainGate, pack_sources, record_names, run_job, 
 from .errors import XspliceError
 from .files import sha256_bytes, write_atomic
 from .project import Project
+from .records import PayloadRecord, Records
 from .release import Pair
 
 RETRIES = 3
@@ -127,8 +128,9 @@ def _refusal(pair: Pair, result: dict[str, Any], lock_sha256: str) -> str | None
         return (f"cluster:{pair.name}: refused the result of {result['worker']}: built by other xsplice-build "
                 "code than this one's; install the same version on every machine")
     try:
-        recorded = json.loads(result["records"][f"patches/{pair.patch}/payload.json"])["sha256"]
-    except (KeyError, TypeError, ValueError):
+        name = next(name for name in record_names(pair.baseline, pair.patch) if name.endswith(PayloadRecord.FILE))
+        recorded = PayloadRecord.from_json(json.loads(result["records"][name]), name).sha256
+    except (KeyError, TypeError, ValueError, XspliceError):
         recorded = None
     if recorded != sha256_bytes(result["unsigned"]):
         return f"cluster:{pair.name}: refused the result of {result['worker']}: the payload is not its record's"
@@ -138,11 +140,11 @@ def _refusal(pair: Pair, result: dict[str, Any], lock_sha256: str) -> str | None
 def _sign(project: Project, pair: Pair, result: dict[str, Any]) -> str | None:
     """Sign here, with the one-machine nightly's sign stage, over the worker's records; None when signed."""
     base = project.baseline_work(pair.baseline)
-    if set(result["records"]) != set(record_names(pair.patch)):
+    if set(result["records"]) != set(record_names(pair.baseline, pair.patch)):
         return f"cluster:{pair.name}: the result of {result['worker']} lacks stage records"
     for name, text in result["records"].items():
         write_atomic(base / name, text.encode())
-    records = stages.Records(project, pair.baseline, pair.patch)
+    records = Records(project, pair.baseline, pair.patch)
     write_atomic(records.unsigned, result["unsigned"])
     try:
         stages.stage_sign(project, pair.baseline, pair.patch)

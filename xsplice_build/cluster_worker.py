@@ -38,6 +38,7 @@ from . import payload_store, toolchain
 from .errors import XspliceError
 from .files import read_json, remove_tree, write_atomic
 from .project import SOURCES, Project
+from .records import Records
 from .release import Pair, _base_build_id, failure_reason
 from .runner import run_in_child
 
@@ -246,10 +247,10 @@ class ToolchainGate(WorkerPlugin):
 
 # ---- one job -----------------------------------------------------------------------------------------------
 
-def record_names(patch: str) -> list[str]:
-    """The records the coordinator signs from, relative to work/BASELINE."""
-    return ["checkout.json", "base.json", *(f"patches/{patch}/{name}" for name in
-                                            ("patched.json", "diff.json", "payload.json"))]
+def record_names(baseline: str, patch: str) -> list[str]:
+    """The records the coordinator signs from, relative to work/BASELINE (records.Records says which)."""
+    records = Records(Project(Path("/")), baseline, patch)
+    return [path.relative_to(records.base).as_posix() for path in records.signing_inputs()]
 
 
 def run_job(baseline: str, patch: str, archive: bytes, digest: str, lock_sha256: str,
@@ -337,7 +338,7 @@ def _build(slot: Slot, project: Project, pair: Pair) -> dict[str, Any]:
         reason = reason.replace(f"{root.resolve()}/", "").replace(f"{root}/", "")
         return {"status": "failed", "reason": reason, "source": "built", "ran": ran, "records": {}, "unsigned": b"",
                 "base_build_id": _base_build_id(project, pair, reason)}
-    texts = {name: (records / name).read_text() for name in record_names(pair.patch)}
+    texts = {name: (records / name).read_text() for name in record_names(pair.baseline, pair.patch)}
     lock_state = read_json(project.toolchain_state, "toolchain check record")
     return {"status": "ok", "reason": None, "source": "built", "ran": ran, "records": texts,
             "unsigned": unsigned.read_bytes(), "toolchain_lock_sha256": lock_state["lock_sha256"]}

@@ -45,25 +45,35 @@ class Sources:
 
 def stage_modules(stage: str, root: Path = PACKAGE_DIR) -> list[str]:
     """The files (relative to the package) whose content is stage `stage`'s code, stages.py included."""
-    sources = Sources.of(root)
-    modules = _reached_modules(sources, stage)
-    closure = _import_closure(sources, modules)
-    files = {sources.modules[name] for name in closure} | {sources.modules[RUNNER]}
-    for name in closure:
-        files |= _named_data(sources, name)
-    return sorted(file.relative_to(root).as_posix() for file in files)
+    return _files(Sources.of(root), stage)
 
 
 def stage_identity(stage: str, root: Path = PACKAGE_DIR) -> str:
     """sha256 over the code stage `stage` runs: the stages.py functions it reaches, then whole modules."""
+    return _identity(Sources.of(root), stage)
+
+
+def identities(root: Path = PACKAGE_DIR) -> dict[str, str]:
+    """Every stage's identity, reading the sources once."""
     sources = Sources.of(root)
+    return {stage: _identity(sources, stage) for stage in stages(root)}
+
+
+def _files(sources: Sources, stage: str) -> list[str]:
+    closure = _import_closure(sources, _reached_modules(sources, stage))
+    files = {sources.modules[name] for name in closure} | {sources.modules[RUNNER]}
+    for name in closure:
+        files |= _named_data(sources, name)
+    return sorted(file.relative_to(sources.root).as_posix() for file in files)
+
+
+def _identity(sources: Sources, stage: str) -> str:
     digest = hashlib.sha256()
     digest.update(_runner_part(sources, stage).encode())
-    for name in stage_modules(stage, root):
+    for name in _files(sources, stage):
         if name == f"{RUNNER}.py":
             continue  # only the part of it the stage reaches, above
-        file = root / name
-        digest.update(name.encode() + b"\0" + file.read_bytes() + b"\0")
+        digest.update(name.encode() + b"\0" + (sources.root / name).read_bytes() + b"\0")
     return digest.hexdigest()
 
 

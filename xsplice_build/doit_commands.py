@@ -11,7 +11,6 @@ after its arguments too (`doit build-patch XSA-131 --baseline minixen-1.1`).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from .errors import XspliceError
 from .lock import hold
 from .patches import patch_file
 from .project import Project
+from .records import Records, Report
 from .sign import configured_keys, key_mode_warning
 
 opt_image = {
@@ -87,10 +87,10 @@ class BuildPatch(ProjectCommand, Run):
     def _summary(baseline: str, patch: str) -> None:
         project = Project.find()
         out = project.patch_out(baseline, patch)
-        report = json.loads((out / "report.json").read_text())
-        functions = ", ".join(f["name"] for f in report["functions"])
-        print(f"xsplice: payload {out.relative_to(project.root) / report['payload']} "
-              f"(signed; replaces {functions}; depends on build-id {report['base_build_id']})")
+        report = Report.read(Records(project, baseline, patch).report)
+        functions = ", ".join(f["name"] for f in report.functions)
+        print(f"xsplice: payload {out.relative_to(project.root) / report.payload} "
+              f"(signed; replaces {functions}; depends on build-id {report.base_build_id})")
 
 
 def _patch_argument(project: Project, argument: str, baseline: str) -> tuple[str, str]:

@@ -7,7 +7,6 @@ listens on a Unix socket (mode 0600) under work/run/, with its pid and console l
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -20,6 +19,7 @@ from pathlib import Path
 from .errors import ConfigError, XspliceError
 from .files import write_json
 from .project import Project
+from .records import BaseRecord, Records
 from .runner import run_targets
 
 STATE_CHECKED = 1
@@ -169,11 +169,11 @@ def build_base(project: Project, baseline: str) -> dict:
     baseline = load_baseline(project, baseline).name  # "unknown baseline 'X'" before any build
     announce = lambda text: print(f"xen-xsplice: {text}", file=sys.stderr)  # noqa: E731
     result = run_targets(project, [f"build-base:{baseline}"], echo=False, announce=announce)
-    record_path = project.baseline_work(baseline) / "base.json"
+    record_path = Records(project, baseline).build_base
     if result.code != 0 or not record_path.is_file():
         reason = next(iter(result.failed.values()), f"doit exited {result.code}")
         raise HypervisorError(f"baseline {baseline}: building the base image failed: {reason}")
-    return json.loads(record_path.read_text())
+    return BaseRecord.read(record_path).to_json()
 
 
 def boot(project: Project, baseline: str) -> tuple[int, dict]:

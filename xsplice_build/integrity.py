@@ -12,15 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .errors import XspliceError
 from .files import sha256_file
 from .project import Project
-
-# Records whose outputs are files with a recorded sha256, keyed by stage.
-_Listing = Callable[[Project, dict[str, Any], Path], dict[Path, str]]
+from .records import STAGE_RECORDS
 
 
 def files_digest(paths: list[Path]) -> str:
@@ -36,50 +34,14 @@ def outputs_intact(project: Project, stage: str, record: dict[str, Any], record_
     """Whether every output `record` lists for `stage` still has its recorded content."""
     if stage == "checkout":
         return _checkout_intact(project, record)
-    listing = _LISTINGS.get(stage)
-    if listing is None:
+    declared = STAGE_RECORDS.get(stage)
+    if declared is None:
         return True
     try:
-        expected = listing(project, record, record_dir)
-    except (KeyError, TypeError, AttributeError):
+        expected = declared.from_json(record, record_dir / declared.FILE).outputs(project, record_dir)
+    except (XspliceError, KeyError, TypeError, AttributeError):
         return False  # a record without the fields it must have is itself damaged
     return all(path.is_file() and sha256_file(path) == digest for path, digest in expected.items())
-
-
-def _tree_objects(project: Project, record: dict[str, Any], _record_dir: Path) -> dict[Path, str]:
-    tree = project.root / record["tree"]
-    return {tree / name: digest for name, digest in record["objects"].items()}
-
-
-def _base_outputs(project: Project, record: dict[str, Any], record_dir: Path) -> dict[Path, str]:
-    return {**_tree_objects(project, record, record_dir), project.root / record["image"]: record["image_sha256"]}
-
-
-def _patched_objects(_project: Project, record: dict[str, Any], record_dir: Path) -> dict[Path, str]:
-    return {record_dir / "objects" / f"{change['object']}.XSPLICE": change["patched_sha256"]
-            for change in record["changed"]}
-
-
-def _extract(_project: Project, record: dict[str, Any], record_dir: Path) -> dict[Path, str]:
-    return {record_dir / "extract.o": record["extract_sha256"]}
-
-
-def _unsigned(_project: Project, record: dict[str, Any], record_dir: Path) -> dict[Path, str]:
-    return {record_dir / record["unsigned"]: record["sha256"]}
-
-
-def _signed(_project: Project, record: dict[str, Any], record_dir: Path) -> dict[Path, str]:
-    return {record_dir / record["payload"]: record["payload_sha256"]}
-
-
-_LISTINGS: dict[str, _Listing] = {
-    "build-base": _base_outputs,
-    "build-orig": _tree_objects,
-    "build-patched": _patched_objects,
-    "diff": _extract,
-    "payload": _unsigned,
-    "sign": _signed,
-}
 
 
 def _checkout_intact(project: Project, record: dict[str, Any]) -> bool:

@@ -20,8 +20,8 @@ from .errors import XspliceError
 from .files import dump_json, read_json, remove_tree, sha256_file, write_atomic
 from .patches import patch_file
 from .project import Project
+from .records import BaseRecord, Records, Report
 from .sign import configured_keys
-from .stages import Records
 
 MANIFEST = "manifest.json"
 SIGNER = "signer.pem"
@@ -64,15 +64,15 @@ def entry(project: Project, pair: Pair, reason: str | None) -> dict[str, Any]:
 
 def _ok_entry(project: Project, pair: Pair) -> dict[str, Any]:
     records = Records(project, pair.baseline, pair.patch)
-    report = read_json(records.report, "report")
-    if not records.signed.is_file() or sha256_file(records.signed) != report["payload_sha256"]:
+    report = Report.read(records.report)
+    if not records.signed.is_file() or sha256_file(records.signed) != report.payload_sha256:
         raise XspliceError(f"{records.signed}: missing or not the payload its report.json describes; run again")
     return {
         "patch": pair.patch, "baseline": pair.baseline, "status": "ok", "reason": None,
-        "patch_sha256": report["patch_sha256"], "commit": report["commit"], "base_build_id": report["base_build_id"],
-        "toolchain_lock_sha256": report["toolchain_lock_sha256"], "functions": report["functions"],
-        "new_functions": report["new_functions"], "payload_build_id": report["payload_build_id"],
-        "unsigned_payload_sha256": report["unsigned_payload_sha256"], "payload_sha256": report["payload_sha256"],
+        "patch_sha256": report.patch_sha256, "commit": report.commit, "base_build_id": report.base_build_id,
+        "toolchain_lock_sha256": report.toolchain_lock_sha256, "functions": report.functions,
+        "new_functions": report.new_functions, "payload_build_id": report.payload_build_id,
+        "unsigned_payload_sha256": report.unsigned_payload_sha256, "payload_sha256": report.payload_sha256,
         "payload": f"{pair.baseline}/{pair.patch}.livepatch",
     }
 
@@ -95,7 +95,7 @@ def _base_build_id(project: Project, pair: Pair, reason: str) -> str | None:
     # Only when the baseline's own stages went through in this run: otherwise base.json may be stale.
     if not reason.startswith(tuple(f"{stage}:{pair.name}" for stage in _PAIR_STAGES)):
         return None
-    return _known(lambda: read_json(Records(project, pair.baseline).build_base, "base build record")["build_id"])
+    return _known(lambda: BaseRecord.read(Records(project, pair.baseline).build_base).build_id)
 
 
 def _known(value: Any) -> Any:

@@ -31,32 +31,18 @@ from .layout import apply_layout, baseline_layout, func_layout, probe_structs, w
 from .patches import patch_file
 from .payload import make_payload
 from .project import Project
+from .records import (
+    BaseRecord,
+    CheckoutRecord,
+    DiffRecord,
+    OrigRecord,
+    PatchedRecord,
+    PayloadRecord,
+    Records,
+    Report,
+    kept_object,
+)
 from .sign import configured_keys, load_keys, make_development_keys, sign
-
-
-class Records:
-    """Where each stage keeps its record for one baseline (and patch)."""
-
-    def __init__(self, project: Project, baseline: str, patch: str | None = None) -> None:
-        self.project = project
-        self.base = project.baseline_work(baseline)
-        self.checkout = self.base / "checkout.json"
-        self.build_base = self.base / "base.json"
-        self.build_orig = self.base / "orig.json"
-        self.bin = self.base / "bin"
-        if patch is not None:
-            self.patch_dir = project.patch_work(baseline, patch)
-            self.patched = self.patch_dir / "patched.json"
-            self.diff = self.patch_dir / "diff.json"
-            # Every decision of the diff, also when it refuses: where an error line sends the user.
-            self.explain_text = self.patch_dir / "diff.explain.txt"
-            self.explain_json = self.patch_dir / "diff.explain.json"
-            self.extract = self.patch_dir / "extract.o"
-            self.payload = self.patch_dir / "payload.json"
-            self.unsigned = self.patch_dir / f"{patch}.livepatch.unsigned"
-            self.out_dir = project.patch_out(baseline, patch)
-            self.signed = self.out_dir / f"{patch}.livepatch"
-            self.report = self.out_dir / "report.json"
 
 
 def stage_toolchain(project: Project) -> None:
@@ -76,13 +62,13 @@ def stage_dev_keys(project: Project) -> None:
 
 def stage_checkout(project: Project, baseline: str) -> None:
     result = checkout(project, load_baseline(project, baseline))
-    write_json(Records(project, baseline).checkout, asdict(result))
+    CheckoutRecord(**asdict(result)).write(Records(project, baseline).checkout)
 
 
 def stage_build_base(project: Project, baseline: str) -> None:
     definition = load_baseline(project, baseline)
     records = Records(project, baseline)
-    source = project.root / read_json(records.checkout, "checkout record")["tree"]
+    source = project.root / CheckoutRecord.read(records.checkout).tree
     tree = records.base / "base" / "tree"
     prepare_tree(project, definition, source, tree)
     # With split_sections = "base" the shipped build already has one section per function.
@@ -90,15 +76,15 @@ def stage_build_base(project: Project, baseline: str) -> None:
                        bin_dir=records.bin)
     check_expected_build_id(definition, output)
     image = _trusted_image(definition, output.image, output.build_id)
-    write_json(records.build_base, {
-        "tree": relative(tree, project.root),
-        "image": relative(image, project.root) if image.resolve().is_relative_to(project.root.resolve())
+    BaseRecord(
+        tree=relative(tree, project.root),
+        image=relative(image, project.root) if image.resolve().is_relative_to(project.root.resolve())
         else str(image.resolve()),
-        "image_sha256": sha256_file(image),
-        "build_id": output.build_id,
-        "objects": output.objects,
-        "layout": _layout(definition, tree, output.image),
-    })
+        image_sha256=sha256_file(image),
+        build_id=output.build_id,
+        objects=output.objects,
+        layout=_layout(definition, tree, output.image),
+    ).write(records.build_base)
 
 
 def _trusted_image(definition: Baseline, rebuilt: Path, build_id: str) -> Path:
@@ -127,16 +113,16 @@ def stage_build_orig(project: Project, baseline: str) -> None:
     definition = load_baseline(project, baseline)
     records = Records(project, baseline)
     if definition.build.split_sections == "base":
-        base = read_json(records.build_base, "base build record")
-        write_json(records.build_orig, {"tree": base["tree"], "objects": base["objects"], "built_by": "build-base"})
+        base = BaseRecord.read(records.build_base)
+        OrigRecord(tree=base.tree, objects=base.objects, built_by="build-base").write(records.build_orig)
         return
-    source = project.root / read_json(records.checkout, "checkout record")["tree"]
+    source = project.root / CheckoutRecord.read(records.checkout).tree
     tree = records.base / "orig" / "tree"
     prepare_tree(project, definition, source, tree)
     output = run_build(definition, tree, _tools(project), SPLIT_SECTIONS_FLAGS, records.base / "orig" / "build.log",
                        prepare=True, bin_dir=records.bin)
-    write_json(records.build_orig, {"tree": relative(tree, project.root), "objects": output.objects,
-                                    "built_by": "build-orig"})
+    OrigRecord(tree=relative(tree, project.root), objects=output.objects, built_by="build-orig").write(
+        records.build_orig)
 
 
 def stage_build_patched(project: Project, baseline: str, patch: str) -> None:
@@ -144,9 +130,9 @@ def stage_build_patched(project: Project, baseline: str, patch: str) -> None:
     records = Records(project, baseline, patch)
     files.remove_temporaries(records.patch_dir)  # the stages of one pair run one after another
     source = patch_file(project, patch, baseline)
-    orig = read_json(records.build_orig, "original build record")
+    orig = OrigRecord.read(records.build_orig)
     tree = records.patch_dir / "tree"
-    copy_tree(project.root / orig["tree"], tree)
+    copy_tree(project.root / orig.tree, tree)
     touched = apply_patch(source, tree)
     flags = SPLIT_SECTIONS_FLAGS if definition.build.split_sections == "wrapper" else ""
     output = run_build(definition, tree, _tools(project), flags, records.patch_dir / "build.log", prepare=False,
@@ -155,30 +141,30 @@ def stage_build_patched(project: Project, baseline: str, patch: str) -> None:
     remove_tree(objects_dir)
     changed = []
     for name, digest in sorted(output.objects.items()):
-        if orig["objects"].get(name) == digest:
+        if orig.objects.get(name) == digest:
             continue
-        kept = objects_dir / f"{name}.XSPLICE"
+        kept = kept_object(records.patch_dir, name)
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(tree / name, kept)
-        changed.append({"object": name, "original": name if name in orig["objects"] else None,
-                        "original_sha256": orig["objects"].get(name), "patched_sha256": digest})
+        changed.append({"object": name, "original": name if name in orig.objects else None,
+                        "original_sha256": orig.objects.get(name), "patched_sha256": digest})
     # The objects are all the later stages need; a patched tree of a real hypervisor is large.
     remove_tree(tree)
-    write_json(records.patched, {"patch": patch, "patch_sha256": sha256_file(source), "touched": touched,
-                                 "recompiled": sorted(output.objects), "changed": changed})
+    PatchedRecord(patch=patch, patch_sha256=sha256_file(source), touched=touched, recompiled=sorted(output.objects),
+                  changed=changed).write(records.patched)
 
 
 def stage_diff(project: Project, baseline: str, patch: str) -> None:
     definition = load_baseline(project, baseline)
     records = Records(project, baseline, patch)
     files.remove_temporaries(records.patch_dir)  # the stages of one pair run one after another
-    patched = read_json(records.patched, "patched build record")
-    orig_tree = project.root / read_json(records.build_orig, "original build record")["tree"]
-    layout = read_json(records.build_base, "base build record")["layout"]
+    patched = PatchedRecord.read(records.patched)
+    orig_tree = project.root / OrigRecord.read(records.build_orig).tree
+    layout = BaseRecord.read(records.build_base).layout
     pairs: list[tuple[str, Path | None, Path]] = []
-    for change in patched["changed"]:
+    for change in patched.changed:
         original = orig_tree / change["original"] if change["original"] else None
-        pairs.append((change["object"], original, records.patch_dir / "objects" / f"{change['object']}.XSPLICE"))
+        pairs.append((change["object"], original, kept_object(records.patch_dir, change["object"])))
     diffs = diff_pairs(pairs, apply_layout(profile_named(definition.profile), layout))
     try:
         result = conclude(diffs)  # extraction resolves the base-image references the explanation lists
@@ -189,11 +175,8 @@ def stage_diff(project: Project, baseline: str, patch: str) -> None:
     explained = [explain_record(diff) for diff in diffs]
     _write_explanation(project, records, patch, explained)
     write_atomic(records.extract, result.extract)
-    write_json(records.diff, {
-        "functions": [asdict(function) for function in result.functions],
-        "objects": explained,
-        "extract_sha256": sha256_bytes(result.extract),
-    })
+    DiffRecord(functions=[asdict(function) for function in result.functions], objects=explained,
+               extract_sha256=sha256_bytes(result.extract)).write(records.diff)
 
 
 def _write_explanation(project: Project, records: Records, patch: str, explained: list[dict[str, Any]]) -> None:
@@ -210,16 +193,16 @@ def stage_payload(project: Project, baseline: str, patch: str) -> None:
     definition = load_baseline(project, baseline)
     records = Records(project, baseline, patch)
     files.remove_temporaries(records.patch_dir)  # the stages of one pair run one after another
-    diff = read_json(records.diff, "diff record")
-    base = read_json(records.build_base, "base build record")
-    image = BaseImage.load(project.root / base["image"])
-    functions = [PatchedFunction(**function) for function in diff["functions"]]
+    diff = DiffRecord.read(records.diff)
+    base = BaseRecord.read(records.build_base)
+    image = BaseImage.load(project.root / base.image)
+    functions = [PatchedFunction(**function) for function in diff.functions]
     profile = profile_named(definition.profile)
-    layout = func_layout(base["layout"], profile.livepatch_payload_version)
+    layout = func_layout(base.layout, profile.livepatch_payload_version)
     payload = make_payload(records.extract.read_bytes(), functions, image, profile, layout)
     write_atomic(records.unsigned, payload.data)
-    write_json(records.payload, {**payload.record(), "unsigned": records.unsigned.name,
-                                  "sha256": sha256_bytes(payload.data)})
+    PayloadRecord.from_json({**payload.record(), "unsigned": records.unsigned.name,
+                             "sha256": sha256_bytes(payload.data)}, records.payload).write(records.payload)
 
 
 def stage_sign(project: Project, baseline: str, patch: str) -> list[str]:
@@ -233,42 +216,41 @@ def stage_sign(project: Project, baseline: str, patch: str) -> list[str]:
     signed = sign(unsigned, key, certificate)
     report = _report(project, definition, records, patch, unsigned, signed, keys.certificate)
     write_atomic(records.signed, signed)
-    write_json(records.report, report)
+    report.write(records.report)
     return warnings
 
 
 def _report(project: Project, definition: Baseline, records: Records, patch: str, unsigned: bytes, signed: bytes,
-            certificate: Path) -> dict[str, Any]:
-    checkout_record = read_json(records.checkout, "checkout record")
-    base = read_json(records.build_base, "base build record")
-    payload = read_json(records.payload, "payload record")
-    diff = read_json(records.diff, "diff record")
-    patched = read_json(records.patched, "patched build record")
-    new_functions = sorted({f"{entry['object']}: {name}" for entry in diff["objects"]
-                            for name in entry["new_functions"]})
-    return {
-        "patch": patch,
-        "baseline": definition.name,
-        "commit": checkout_record["commit"],
-        "source": checkout_record["source"],
-        "patch_sha256": patched["patch_sha256"],
-        "base_build_id": base["build_id"],
-        "base_image": _path_for_report(project.root / base["image"], records.out_dir),
-        "base_image_sha256": base["image_sha256"],
-        "toolchain_lock_sha256": toolchain.lock_digest(project.lock_path),
-        "functions": [{"name": f["name"], "old_size": f["old_size"], "new_size": f["new_size"],
-                       "old_addr": f"{f['old_addr']:#x}", "object": f["object"]} for f in payload["functions"]],
-        "new_functions": new_functions,
-        "objects_changed": [entry["object"] for entry in diff["objects"]],
-        "warnings": [w for entry in diff["objects"] for w in entry["warnings"]],
-        "ignored": [i for entry in diff["objects"] for i in entry["ignored"]],
-        "payload_build_id": payload["build_id"],
-        "unsigned_payload_sha256": sha256_bytes(unsigned),
-        "payload_sha256": sha256_bytes(signed),
-        "payload": records.signed.name,
-        "signer_certificate": _path_for_report(certificate, records.out_dir),
-        "xsplice_build_version": __version__,
-    }
+            certificate: Path) -> Report:
+    checkout_record = CheckoutRecord.read(records.checkout)
+    base = BaseRecord.read(records.build_base)
+    payload = PayloadRecord.read(records.payload)
+    diff = DiffRecord.read(records.diff)
+    patched = PatchedRecord.read(records.patched)
+    new_functions = sorted({f"{entry['object']}: {name}" for entry in diff.objects for name in entry["new_functions"]})
+    return Report(
+        patch=patch,
+        baseline=definition.name,
+        commit=checkout_record.commit,
+        source=checkout_record.source,
+        patch_sha256=patched.patch_sha256,
+        base_build_id=base.build_id,
+        base_image=_path_for_report(project.root / base.image, records.out_dir),
+        base_image_sha256=base.image_sha256,
+        toolchain_lock_sha256=toolchain.lock_digest(project.lock_path),
+        functions=[{"name": f["name"], "old_size": f["old_size"], "new_size": f["new_size"],
+                    "old_addr": f"{f['old_addr']:#x}", "object": f["object"]} for f in payload.functions],
+        new_functions=new_functions,
+        objects_changed=[entry["object"] for entry in diff.objects],
+        warnings=[w for entry in diff.objects for w in entry["warnings"]],
+        ignored=[i for entry in diff.objects for i in entry["ignored"]],
+        payload_build_id=payload.build_id,
+        unsigned_payload_sha256=sha256_bytes(unsigned),
+        payload_sha256=sha256_bytes(signed),
+        payload=records.signed.name,
+        signer_certificate=_path_for_report(certificate, records.out_dir),
+        xsplice_build_version=__version__,
+    )
 
 
 def _path_for_report(path: Path, report_dir: Path) -> str:

@@ -24,6 +24,7 @@ from .errors import XspliceError
 from .files import read_json
 from .patches import pairs
 from .project import Project
+from .records import Records
 from .sign import SigningKeys, configured_keys
 
 
@@ -93,14 +94,14 @@ class Pipeline:
     def checkout(self) -> Iterator[dict[str, Any]]:
         yield self._doc("checkout", "pristine tree of each baseline at its pinned commit")
         for baseline in self.baselines:
-            records = stages.Records(self.project, baseline.name)
+            records = Records(self.project, baseline.name)
             yield self._subtask("checkout", baseline.name, baseline.inputs(), [records.checkout],
                                 baseline=baseline.name)
 
     def build_base(self) -> Iterator[dict[str, Any]]:
         yield self._doc("build-base", "build each baseline as shipped: the image and its build-id")
         for baseline in self.baselines:
-            records = stages.Records(self.project, baseline.name)
+            records = Records(self.project, baseline.name)
             # A supplied image (--image) is an input too: another file means another record.
             image = {"image": _image_identity(supplied_image(baseline.name))}
             yield self._subtask("build-base", baseline.name, self._build_inputs(baseline, records.checkout),
@@ -109,7 +110,7 @@ class Pipeline:
     def build_orig(self) -> Iterator[dict[str, Any]]:
         yield self._doc("build-orig", "build each baseline's original objects, one section per function")
         for baseline in self.baselines:
-            records = stages.Records(self.project, baseline.name)
+            records = Records(self.project, baseline.name)
             inputs = self._build_inputs(baseline, records.checkout)
             if baseline.build.split_sections == "base":
                 inputs.append(records.build_base)
@@ -119,7 +120,7 @@ class Pipeline:
     def build_patched(self) -> Iterator[dict[str, Any]]:
         yield self._doc("build-patched", "apply each patch and rebuild what it touches (objects kept as .XSPLICE)")
         for baseline, patch in self._pairs():
-            records = stages.Records(self.project, baseline, patch)
+            records = Records(self.project, baseline, patch)
             inputs = [records.build_orig, self._patch(baseline, patch), self.project.toolchain_state]
             yield self._subtask("build-patched", f"{baseline}/{patch}", inputs, [records.patched],
                                 baseline=baseline, patch=patch)
@@ -127,7 +128,7 @@ class Pipeline:
     def diff(self) -> Iterator[dict[str, Any]]:
         yield self._doc("diff", "find the changed and new functions of each patch and what they need")
         for baseline, patch in self._pairs():
-            records = stages.Records(self.project, baseline, patch)
+            records = Records(self.project, baseline, patch)
             # The diff reads the base build record too (the image's record layouts): declared, or a parallel
             # nightly may run it before build-base.
             yield self._subtask("diff", f"{baseline}/{patch}",
@@ -137,7 +138,7 @@ class Pipeline:
     def payload(self) -> Iterator[dict[str, Any]]:
         yield self._doc("payload", "emit each relocatable payload with its livepatch metadata")
         for baseline, patch in self._pairs():
-            records = stages.Records(self.project, baseline, patch)
+            records = Records(self.project, baseline, patch)
             inputs = [records.diff, records.extract, records.build_base]
             yield self._subtask("payload", f"{baseline}/{patch}", inputs,
                                 [records.payload, records.unsigned], baseline=baseline, patch=patch)
@@ -146,7 +147,7 @@ class Pipeline:
         yield self._doc("sign", "sign each payload and write it with report.json to out/")
         keys = configured_keys(self.project.root)
         for baseline, patch in self._pairs():
-            records = stages.Records(self.project, baseline, patch)
+            records = Records(self.project, baseline, patch)
             # The report also reads the earlier records (commit, patch hash, base image).
             inputs = [records.payload, records.unsigned, self.project.lock_path, records.checkout,
                       records.build_base, records.patched, records.diff]
