@@ -89,3 +89,24 @@ def built_once(tmp_path_factory: pytest.TempPathFactory) -> Checkout:
 def built(built_once: Checkout, tmp_path: Path) -> Iterator[Checkout]:
     """A private copy of the built checkout, caches intact, to modify freely."""
     yield copy_checkout(tmp_path / "built", built_once.root, with_state=True)
+
+
+# Fixtures that copy, build, boot or start something through the real pipeline. A test that uses none of them,
+# and copies or runs no checkout itself, is in the fast tier (`pytest -m fast`, run on every change); one that
+# does is there only when marked fast.
+PIPELINE_FIXTURES = frozenset({"checkout", "checkout_project", "built", "built_once", "full_run", "corpus", "running",
+                               "cluster", "nightly_once", "one_machine", "xen"})
+PIPELINE_CALLS = ("copy_checkout(", ".doit(", '"doit"')
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    import inspect
+
+    for item in items:
+        if item.get_closest_marker("fast") or item.get_closest_marker("xen") or item.get_closest_marker("vm"):
+            continue
+        function = getattr(item, "function", None)
+        source = inspect.getsource(function) if function is not None else ""
+        if not set(getattr(item, "fixturenames", ())) & PIPELINE_FIXTURES and not any(
+                call in source for call in PIPELINE_CALLS):
+            item.add_marker(pytest.mark.fast)
