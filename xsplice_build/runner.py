@@ -112,7 +112,8 @@ def run_targets(project: Project, targets: list[str], processes: int = 0, echo: 
     from doit.doit_cmd import DoitMain
 
     result = RunResult()
-    # Reporter plugins are named "module:attribute"; doit imports and calls nothing else of ours.
+    # Reporter plugins are named "module:attribute"; doit imports and calls nothing else of ours. This module's
+    # own name (also "__main__" in `python -m xsplice_build.runner`), so the reporter finds _CURRENT here.
     config = {"REPORTER": {REPORTER_NAME: f"{__name__}:RecordingReporter"}}
     arguments = ["run", "--continue", "--reporter", REPORTER_NAME]
     if processes > 1:
