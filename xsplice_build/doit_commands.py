@@ -95,8 +95,8 @@ class BuildPatch(ProjectCommand, Run):
 
 def _patch_argument(project: Project, argument: str, baseline: str) -> tuple[str, str]:
     """(patch, baseline) from an advisory name, or from the path of patches/NAME/BASELINE.patch."""
-    if "/" not in argument and not argument.endswith(".patch"):
-        return argument, baseline
+    if not argument.endswith(".patch"):
+        return argument, baseline  # a name: patch_file checks it (no separators, nothing leading out)
     path = Path(argument).resolve()
     try:
         name, file = path.relative_to(project.patches_dir.resolve()).parts
