@@ -33,8 +33,11 @@ from .elf.constants import (
     relocation_name,
 )
 from .elf.livepatch import (
+    ALT_FEATURES,
+    ALT_FLAG_NOT,
     ALT_INSTR,
     ALT_INSTRUCTIONS,
+    ALT_MAX_PATCH_LEN,
     ALT_REPLACEMENT,
     FUNCS,
     MAX_PAYLOAD_SIZE,
@@ -381,9 +384,14 @@ def _check_alternatives(linked: LinkedPayload) -> None:
     repl_start = linked.addresses[replacement.index]
     data, base = linked.contents[table.index], linked.addresses[table.index]
     for offset in range(0, table.size, ALT_INSTR.size):
-        orig_offset, repl_offset, _cpuid, orig_len, repl_len, _pad, _priv = ALT_INSTR.unpack_from(data, offset)
+        orig_offset, repl_offset, cpuid, orig_len, repl_len, pad_len, _priv = ALT_INSTR.unpack_from(data, offset)
         orig, repl = base + offset + orig_offset, base + offset + 4 + repl_offset
         where = f"{ALT_INSTRUCTIONS} entry {offset // ALT_INSTR.size}"
+        # Xen 4.17 would BUG() (crash) applying these: refused, as minixen does.
+        if repl_len > orig_len + pad_len or orig_len + pad_len > ALT_MAX_PATCH_LEN or \
+                cpuid & ~ALT_FLAG_NOT >= ALT_FEATURES:
+            raise _reject(elf, where, f"replacement {repl_len} bytes for a site of {orig_len}+{pad_len}, feature "
+                                      f"{cpuid & ~ALT_FLAG_NOT}: Xen's _apply_alternatives would BUG() on it")
         if not (text_start <= orig and orig + orig_len <= text_start + text_size):
             raise _reject(elf, where, f"original {orig:#x}+{orig_len:#x} outside the payload text "
                                       f"{text_start:#x}+{text_size:#x}")

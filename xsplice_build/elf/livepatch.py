@@ -29,6 +29,12 @@ ALT_REPLACEMENT = ".altinstr_replacement"
 # struct alt_instr { s32 orig_offset, repl_offset; u16 cpuid; u8 orig_len, repl_len, pad_len, priv; }
 # __packed (xen/arch/x86/include/asm/alternative.h); each offset is relative to its own field.
 ALT_INSTR = struct.Struct("<iiHBBBB")
+# _apply_alternatives (xen/arch/x86/alternative.c) BUG()s, a hypervisor crash, on an entry whose
+# replacement is longer than the site, a site over MAX_PATCH_LEN, or a feature past NCAPINTS words
+# (4.17: FEATURESET_NR_ENTRIES 19 + X86_NR_SYNTH 1 + X86_NR_BUG 1). ALT_FLAG_NOT inverts the test.
+ALT_MAX_PATCH_LEN = 255 - 1
+ALT_FLAG_NOT = 1 << 15
+ALT_FEATURES = 21 * 32
 MODINFO = ".modinfo"
 BUG_FRAMES = tuple(f".bug_frames.{number}" for number in range(4))
 EX_TABLE = ".ex_table"

@@ -19,7 +19,6 @@
 #define LIVEPATCH_MAX_SIZE        (2UL << 20)
 #define LIVEPATCH_MAX_PAYLOADS    16
 #define LIVEPATCH_MAX_FUNCS       64
-#define LIVEPATCH_OPAQUE_SIZE     31
 #define ARCH_PATCH_INSN_SIZE      5
 #define ENDBR64_LEN               4
 
@@ -31,11 +30,19 @@ struct livepatch_func {
     uint32_t new_size;
     uint32_t old_size;
     uint8_t version;
-    uint8_t opaque[LIVEPATCH_OPAQUE_SIZE];
-    uint8_t applied;
-    uint8_t _pad[7];
-    uint8_t expect[32];
+    uint8_t _pad[39];       /* Xen 4.17 keeps per-function state apart (struct livepatch_fstate): */
+    uint8_t expect[32];     /* the loader never writes an entry once the payload is secured. */
 };
+
+/* struct alt_instr (xen/arch/x86/include/asm/alternative.h): offsets relative to their own field. */
+struct alt_instr {
+    int32_t orig_offset, repl_offset;
+    uint16_t cpuid;
+    uint8_t orig_len, repl_len, pad_len, priv;
+} __attribute__((packed));
+#define ALT_MAX_PATCH_LEN (255 - 1)
+#define ALT_FLAG_NOT      (1 << 15)
+#define ALT_FEATURES      (21 * 32)   /* Xen 4.17's NCAPINTS words of feature bits */
 
 struct livepatch_elf_sec {
     const Elf64_Shdr *sec;
@@ -84,6 +91,7 @@ bool livepatch_elf_ignore_section(const Elf64_Shdr *sec);
 
 /* common/symbols.c */
 int symbols_lookup_by_name(const char *name, unsigned long *addr, unsigned long *size);
+bool symbols_is_code(const char *name);
 
 /* arch/x86/livepatch.c */
 int arch_livepatch_verify_elf(const struct livepatch_elf *elf);
