@@ -35,6 +35,7 @@ from xsplice_build.elf.livepatch import (
     ALT_REPLACEMENT,
     BUG_FRAMES,
     DEPENDS,
+    EX_TABLE,
     FUNCS,
     MAX_PAYLOAD_SIZE,
     MAX_SECTIONS,
@@ -230,6 +231,15 @@ def unallocated_bug_frames(data: bytes) -> bytes:
     return _rewrite(data, change)
 
 
+def partial_entry(name: str) -> Callable[[bytes], bytes]:
+    """An allocated table of `name` holding half an entry (4 bytes of an 8-byte record)."""
+    def edit(data: bytes) -> bytes:
+        def change(sections: list[OutSection], symbols: list[OutSymbol]) -> None:
+            sections.append(OutSection(name, SHT_PROGBITS, SHF_ALLOC, bytes(4), 4))
+        return _rewrite(data, change)
+    return edit
+
+
 def nobits_over_size(data: bytes) -> bytes:
     def change(sections: list[OutSection], symbols: list[OutSymbol]) -> None:
         sections.append(OutSection(".bss.huge", SHT_NOBITS, SHF_ALLOC | SHF_WRITE, b"", 8,
@@ -382,6 +392,12 @@ CASES = [
     Case("unallocated-bug-frames", _bytes(unallocated_bug_frames), "prepare_payload takes .bug_frames.N as loaded",
          refused("must be allocated"), refused("must be allocated"), accepted(),
          why=_XEN_TRUSTS + ": the table is taken at NULL; the first WARN in the new code faults"),
+    Case("bug-frames-partial", _bytes(partial_entry(BUG_FRAMES[0])), "prepare_payload section_ok (.bug_frames.N)",
+         refused("is not a multiple of its 8-byte entries"), refused("wrong size 4 of .bug_frames.0"),
+         refused("Wrong size 4 of .bug_frames.0")),
+    Case("ex-table-partial", _bytes(partial_entry(EX_TABLE)), "prepare_payload section_ok (.ex_table)",
+         refused("is not a multiple of its 8-byte entries"), refused("wrong size 4 of .ex_table"),
+         refused("Wrong size 4 of .ex_table")),
     Case("funcs-names-data", funcs_naming("kernel.c#domctl_names", "data"), "(ours) old function is code",
          refused("is not a function in the image's text"), refused("is not a function in the image's text"),
          accepted(), why=_XEN_TRUSTS + ": apply writes the jump into the variable"),

@@ -464,10 +464,15 @@ static int check_alternatives(const struct payload *payload, const struct livepa
     return 0;
 }
 
-static int check_modinfo(const struct livepatch_elf *elf)
+static int check_tables(const struct livepatch_elf *elf)
 {
     const struct livepatch_elf_sec *sec = livepatch_elf_sec_by_name(elf, ".modinfo");
+    const struct livepatch_elf_sec *ex = livepatch_elf_sec_by_name(elf, ".ex_table");
 
+    /* struct exception_table_entry { s32 addr, cont; }: minixen has no faults to fix up, but checks it. */
+    if ( ex && ex->sec->sh_size % 8 )
+        return livepatch_fail(-EINVAL, "%s: wrong size %lu of .ex_table (must be multiple of 8)", elf->name,
+                              (unsigned long)ex->sec->sh_size);
     if ( sec && sec->sec->sh_size && ((const char *)sec->load_addr)[sec->sec->sh_size - 1] )
         return livepatch_fail(-EINVAL, "%s: incorrect metadata format detected (.modinfo)", elf->name);
     return 0;
@@ -530,7 +535,7 @@ static int load_payload_data(struct payload *payload, const void *raw, size_t le
     if ( !rc )
         rc = check_alternatives(payload, &elf);
     if ( !rc )
-        rc = check_modinfo(&elf);
+        rc = check_tables(&elf);
     if ( !rc )
         rc = check_new_symbols(payload, &elf);
     if ( !rc )
