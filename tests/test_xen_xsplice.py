@@ -13,6 +13,7 @@ from conftest import BIN, Checkout, copy_checkout
 from payload_edits import CASES, Case, Good, other_build_id, resign, unsigned_payload
 
 from xsplice_build import hypervisor
+from xsplice_build.elf.reader import read_elf
 from xsplice_build.hypervisor import RunDir
 from xsplice_build.image import BaseImage
 from xsplice_build.patches import patch_names
@@ -301,3 +302,38 @@ def _image_maps(maps: str) -> list[str]:
     """The mappings of the low 2 GiB: the image, its data, and the area payloads are placed in (the
     receive buffer of a request is mapped anywhere the kernel likes, far above)."""
     return [line for line in maps.splitlines() if int(line.split("-", 1)[0], 16) < 0x80000000]
+
+
+LFENCE, MFENCE = bytes.fromhex("0faee8"), bytes.fromhex("0faef0")
+
+
+def test_alternatives_of_two_objects_load_and_are_applied_by_the_loader(running: Checkout) -> None:
+    """patches/alternatives: two objects' alternatives, one carried .altinstr_replacement. The loader
+    checks every replacement against it, then applies them before securing the text: the lfence of
+    serialise_barrier() becomes its mfence, block_speculation()'s lfence becomes NOPs."""
+    running.doit("build-patch", "alternatives")
+    path = running.out("alternatives") / "alternatives.livepatch"
+    elf = read_elf(unsigned_payload(path), "alternatives")
+    [replacement] = elf.sections_named(".altinstr_replacement")
+    assert replacement.data == MFENCE  # domain.o's part; event.o's zero-length part ends it
+    pid = _pid(running)
+    ok(xen(running, "upload", "alternatives", str(path)))
+    try:
+        with RunDir.of(Project(running.root)).connect() as connection:
+            functions = {line.split()[0]: line for line in connection.request("livepatch get alternatives")
+                         .values("func")}
+        code = {}
+        for name, line in functions.items():
+            fields = dict(word.split("=", 1) for word in line.split()[1:])
+            code[name] = _memory_view(pid, int(fields["new"], 16), int(fields["new_size"]))[1]
+        assert set(code) == {"get_domain_by_id", "evtchn_send"}
+        assert MFENCE in code["get_domain_by_id"] and LFENCE not in code["get_domain_by_id"]
+        assert LFENCE not in code["evtchn_send"]
+        ok(xen(running, "apply", "alternatives"))
+        with RunDir.of(Project(running.root)).connect() as connection:
+            assert connection.request("domctl getinfo 0").rc == 0  # through the patched get_domain_by_id
+            assert connection.request("evtchn 0 4095").rc < 0  # the patched evtchn_send refuses a bad port
+        ok(xen(running, "revert", "alternatives"))
+    finally:
+        xen(running, "unload", "alternatives")
+    _untouched(running, pid)

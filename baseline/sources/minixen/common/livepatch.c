@@ -14,6 +14,7 @@
 #include <xen/version.h>
 #include <xen/livepatch.h>
 #include <asm/syscall_ext.h>
+#include <asm/alternative.h>
 
 _Static_assert(sizeof(struct livepatch_func) == 104, "struct livepatch_func is 104 bytes (version 2)");
 
@@ -421,9 +422,14 @@ static void prepare_bug_frames(struct payload *payload, const struct livepatch_e
     }
 }
 
+static int payload_poke(void *addr, const uint8_t *bytes, size_t len)
+{
+    memcpy(addr, bytes, len);
+    return 0;
+}
+
 /* prepare_payload: every alternative's original in the payload's text, its replacement in the
- * first .altinstr_replacement (the one found by name), zero-length ones included. minixen has
- * no CPU features to patch for, so a checked entry is left as it is (the original stays). */
+ * first .altinstr_replacement (the one found by name), zero-length ones included; then applied. */
 static int check_alternatives(const struct payload *payload, const struct livepatch_elf *elf)
 {
     const struct livepatch_elf_sec *sec = livepatch_elf_sec_by_name(elf, ".altinstructions"), *repl_sec;
@@ -461,6 +467,8 @@ static int check_alternatives(const struct payload *payload, const struct livepa
                                   elf->name, repl, a->repl_len, repl_sec->load_addr,
                                   (unsigned long)repl_sec->sec->sh_size);
     }
+    /* Before secure_payload(): the payload's text is still writable. */
+    apply_alternatives(sec->load_addr, (struct alt_instr *)end, payload_poke);
     return 0;
 }
 

@@ -8,6 +8,7 @@
 #include <xen/types.h>
 #include <xen/elfstructs.h>
 #include <asm/bug.h>
+#include <asm/alternative.h>
 
 #define LIVEPATCH_STATE_CHECKED   1
 #define LIVEPATCH_STATE_APPLIED   2
@@ -34,15 +35,6 @@ struct livepatch_func {
     uint8_t expect[32];     /* the loader never writes an entry once the payload is secured. */
 };
 
-/* struct alt_instr (xen/arch/x86/include/asm/alternative.h): offsets relative to their own field. */
-struct alt_instr {
-    int32_t orig_offset, repl_offset;
-    uint16_t cpuid;
-    uint8_t orig_len, repl_len, pad_len, priv;
-} __attribute__((packed));
-#define ALT_MAX_PATCH_LEN (255 - 1)
-#define ALT_FLAG_NOT      (1 << 15)
-#define ALT_FEATURES      (21 * 32)   /* Xen 4.17's NCAPINTS words of feature bits */
 
 struct livepatch_elf_sec {
     const Elf64_Shdr *sec;
@@ -102,5 +94,6 @@ unsigned int arch_livepatch_patch_offset(const struct livepatch_func *func);
 int arch_livepatch_apply(const struct livepatch_func *func, uint8_t *saved, unsigned int *offset);
 int arch_livepatch_revert(const struct livepatch_func *func, const uint8_t *saved, unsigned int offset);
 int arch_livepatch_secure(void *addr, size_t size, int prot);
+int arch_livepatch_text_write(void *addr, const uint8_t *bytes, size_t len);
 
 #endif /* __XEN_LIVEPATCH_H__ */
