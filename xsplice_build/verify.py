@@ -39,12 +39,15 @@ from .elf.livepatch import (
     ALT_INSTRUCTIONS,
     ALT_MAX_PATCH_LEN,
     ALT_REPLACEMENT,
+    BUILD_ID,
+    DEPENDS,
     FUNCS,
     MAX_PAYLOAD_SIZE,
     MAX_SECTIONS,
     MODINFO,
     REQUIRED,
     XEN_4_17_FUNC,
+    XEN_DEPENDS,
     FuncLayout,
     loader_reads,
 )
@@ -197,13 +200,13 @@ def _check_special_sections(elf: ElfFile) -> None:
 
 def _check_dependencies(elf: ElfFile, running: bytes, image: BaseImage) -> tuple[bytes, bytes]:
     notes = {}
-    for name in (".livepatch.depends", ".livepatch.xen_depends", ".note.gnu.build-id"):
+    for name in REQUIRED:
         notes[name] = parse_build_id_note(elf.section_named(name).data, f"{elf.name}: {name}")
-    for name in (".livepatch.xen_depends", ".livepatch.depends"):
+    for name in (XEN_DEPENDS, DEPENDS):
         if notes[name] != running:
             raise _reject(elf, name, f"build-id {notes[name].hex()} is not the image's "
                                      f"({image.path.name}: {running.hex()}); built for another image")
-    return notes[".livepatch.depends"], notes[".note.gnu.build-id"]
+    return notes[DEPENDS], notes[BUILD_ID]
 
 
 def _layout(elf: ElfFile, base: int) -> tuple[dict[int, int], tuple[int, int]]:
