@@ -74,3 +74,26 @@ def test_the_unsigned_payload_passes_elflint(built_once: Checkout) -> None:
     subprocess.run(["eu-elflint", "--gnu-ld", str(unsigned)], check=True, capture_output=True)
     dump = subprocess.run(["objdump", "-dr", str(unsigned)], check=True, capture_output=True, text=True).stdout
     assert "domctl.c#domctl_count.0" in dump and "<do_domctl>:" in dump
+
+
+def test_the_payload_stage_refuses_what_the_loader_refuses_for_its_size_alone() -> None:
+    """Xen refuses 1024 sections or more ("Too many (N) sections") and uploads over 2 MiB: the build
+    stops with the rule instead of shipping a payload the hypervisor will not load."""
+    import pytest
+
+    from xsplice_build.elf.constants import SHT_PROGBITS
+    from xsplice_build.elf.livepatch import MAX_PAYLOAD_SIZE, MAX_SECTIONS
+    from xsplice_build.elf.writer import OutSection, write_relocatable
+    from xsplice_build.errors import XspliceError
+    from xsplice_build.payload import check_loader_limits
+
+    def sections(count: int, size: int = 0) -> bytes:
+        # The writer adds the null section, .symtab, .strtab and .shstrtab.
+        return write_relocatable([OutSection(f".text.f{n}", SHT_PROGBITS, 0x6, bytes(size), 1)
+                                  for n in range(count - 4)], [])
+
+    check_loader_limits(sections(MAX_SECTIONS - 1))
+    with pytest.raises(XspliceError, match=r"payload: 1024 sections; .*\[rule: section-limit\]"):
+        check_loader_limits(sections(MAX_SECTIONS))
+    with pytest.raises(XspliceError, match=r"\[rule: size-limit\]"):
+        check_loader_limits(sections(5, MAX_PAYLOAD_SIZE))

@@ -91,11 +91,11 @@ def make_payload(extract: bytes, functions: list[PatchedFunction], base: BaseIma
     build_id = hashlib.sha1(unsigned).digest()
     own.data = build_id_note(build_id)
     data = write_relocatable(sections, symbols)
-    _check_loader_limits(data)
+    check_loader_limits(data)
     return Payload(data=data, build_id=build_id.hex(), functions=entries)
 
 
-def _check_loader_limits(data: bytes) -> None:
+def check_loader_limits(data: bytes) -> None:
     """Refuse here what Xen's loader would refuse at upload for its size alone."""
     sections = len(read_elf(data, "payload").sections)
     if sections >= MAX_SECTIONS:
