@@ -232,10 +232,11 @@ def unallocated_bug_frames(data: bytes) -> bytes:
 
 
 def partial_entry(name: str) -> Callable[[bytes], bytes]:
-    """An allocated table of `name` holding half an entry (4 bytes of an 8-byte record)."""
+    """An allocated table of `name` holding half an entry (4 bytes of an 8-byte record), placed first:
+    the loader checks the first section of a name (verify checks every one)."""
     def edit(data: bytes) -> bytes:
         def change(sections: list[OutSection], symbols: list[OutSymbol]) -> None:
-            sections.append(OutSection(name, SHT_PROGBITS, SHF_ALLOC, bytes(4), 4))
+            sections.insert(0, OutSection(name, SHT_PROGBITS, SHF_ALLOC, bytes(4), 4))
         return _rewrite(data, change)
     return edit
 
@@ -305,20 +306,22 @@ def duplicate_symbol(good: Good) -> bytes:
 # ---- .livepatch.funcs entries naming the image's variables --------------------------------------------
 
 def _image_object(image: BaseImage, preferred: str, kind: str) -> Symbol:
-    """`preferred` when the image has it; else the first object of that kind (data, rodata, bss) large
-    enough for the jump, so the table applies to any image."""
+    """`preferred` when the image has it; else the first symbol of that kind large enough for the jump,
+    so the table applies to any image. Kinds name the image's output sections (xen-syms flags its
+    .text and .rodata writable: the protections are set at run time): data, rodata, bss, or init
+    (a function of .init.text, freed after boot)."""
     found = image.by_name.get(preferred, [])
     if len(found) == 1:
         return found[0]
+    home = {"data": ".data", "rodata": ".rodata", "bss": ".bss", "init": ".init.text"}[kind]
     for symbol in image.elf.symbols:
         section = image.elf.symbol_section(symbol)
-        if not symbol.is_object or symbol.size < 16 or section is None or not section.is_alloc \
+        if section is None or section.name != home or symbol.size < 16 or not (symbol.is_object or kind == "init") \
                 or len(image.by_name.get(symbol.xen_name, [])) != 1:
             continue
-        if {"bss": section.is_nobits, "data": section.is_writable and not section.is_nobits,
-                "rodata": not section.is_writable and not section.is_text}[kind]:
+        if kind != "init" or symbol.is_function:
             return symbol
-    raise AssertionError(f"{image.path}: no {kind} object to aim at")
+    raise AssertionError(f"{image.path}: no {kind} symbol to aim at")
 
 
 def funcs_naming(preferred: str, kind: str) -> Callable[[Good], bytes]:
@@ -407,6 +410,10 @@ CASES = [
     Case("funcs-names-bss", funcs_naming("livepatch.c#payloads", "bss"), "(ours) old function is code",
          refused("is not a function in the image's text"), refused("is not a function in the image's text"),
          accepted(), why=_XEN_TRUSTS + ": apply writes the jump into .bss (minixen: the loader's own table)"),
+    Case("funcs-names-init-code", funcs_naming("setup_dom0", "init"), "(ours) old function is live code",
+         refused("is init code"), refused("is init code"),
+         crash("arch_livepatch_verify_func: page fault reading freed .init.text"),
+         why=_XEN_TRUSTS + ": Xen reads the old function's first bytes, freed after boot"),
     Case("writable-names", _bytes(writable_names), "(ours) names are read-only payload data",
          refused("read-only data"), refused("not a string inside the payload"), accepted(),
          why=_XEN_TRUSTS + ": Xen reads the name only to resolve old_addr 0"),

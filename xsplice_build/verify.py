@@ -327,6 +327,9 @@ def _check_function(linked: LinkedPayload, image: BaseImage, layout: FuncLayout,
         # Xen 4.17 would write the jump wherever old_addr points: into data, or its own state.
         raise _reject(elf, where, f"is not a function in the image's text ({holder.name if holder else 'no section'})"
                                   "; only code can be patched")
+    if profile.is_init_section(holder.name) or _in_init_text(image, symbol.value):
+        # Freed after boot: Xen 4.17 faults reading its first bytes (arch_livepatch_verify_func).
+        raise _reject(elf, where, f"is init code ({holder.name}), freed after boot; it cannot be patched")
     patch_offset, needed = profile.jump_room(image.read(old_addr, min(entry.old_size, profile.endbr_size)))
     if entry.old_size < needed:
         raise _reject(elf, where, f"old function is {entry.old_size} bytes; the jump needs {needed}")
@@ -339,6 +342,12 @@ def _check_function(linked: LinkedPayload, image: BaseImage, layout: FuncLayout,
             not -(1 << 31) <= entry.new_addr - (old_addr + patch_offset + profile.jump_size) < 1 << 31:
         raise _reject(elf, where, "new code is out of jmp rel32 reach of the old function")
     return Function(name, old_addr, entry.old_size, entry.new_addr, entry.new_size, patch_offset)
+
+
+def _in_init_text(image: BaseImage, address: int) -> bool:
+    """Inside the image's init text, where a linker script merged it into .text (_sinittext.._einittext)."""
+    start, end = image.by_name.get("_sinittext", []), image.by_name.get("_einittext", [])
+    return len(start) == len(end) == 1 and start[0].value <= address < end[0].value
 
 
 def _string_at(linked: LinkedPayload, address: int, where: str) -> str:

@@ -357,6 +357,9 @@ static int check_old_function(const struct payload *payload, struct livepatch_fu
     if ( !symbols_is_code(f->name) )
         return livepatch_fail(-EINVAL, "%s: %s is not a function in the image's text; only code can be "
                               "patched", payload->name, f->name);
+    if ( symbols_is_init(addr) )
+        return livepatch_fail(-EINVAL, "%s: %s is init code, freed after boot; it cannot be patched",
+                              payload->name, f->name);
     return 0;
 }
 

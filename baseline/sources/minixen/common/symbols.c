@@ -98,6 +98,8 @@ int symbols_lookup_by_name(const char *wanted, unsigned long *addr, unsigned lon
     return rc;
 }
 
+extern const char _sinittext[], _einittext[];
+
 /* Is `wanted` one function of the image's text (not data, not the loader's own state)? */
 bool symbols_is_code(const char *wanted)
 {
@@ -106,6 +108,12 @@ bool symbols_is_code(const char *wanted)
 
     return sym && ELF64_ST_TYPE(sym->st_info) == STT_FUNC && sym->st_shndx < shnum &&
            (shdrs[sym->st_shndx].sh_flags & SHF_EXECINSTR);
+}
+
+/* Is `addr` init code (Xen frees it after boot; minixen keeps it, but patches it no more than Xen could)? */
+bool symbols_is_init(unsigned long addr)
+{
+    return addr >= (unsigned long)_sinittext && addr < (unsigned long)_einittext;
 }
 
 static const Elf64_Sym *lookup(const char *wanted, int *rc_out)

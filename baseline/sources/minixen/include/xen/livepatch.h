@@ -84,6 +84,7 @@ bool livepatch_elf_ignore_section(const Elf64_Shdr *sec);
 /* common/symbols.c */
 int symbols_lookup_by_name(const char *name, unsigned long *addr, unsigned long *size);
 bool symbols_is_code(const char *name);
+bool symbols_is_init(unsigned long addr);
 
 /* arch/x86/livepatch.c */
 int arch_livepatch_verify_elf(const struct livepatch_elf *elf);
