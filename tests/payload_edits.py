@@ -273,19 +273,20 @@ class Alternative:
 
 
 def alternatives(spec: Alternative) -> Callable[[bytes], bytes]:
+    """One alt_instr entry and its replacement sections, ahead of any the payload has."""
     def edit(data: bytes) -> bytes:
         def change(sections: list[OutSection], symbols: list[OutSymbol]) -> None:
             text = _text(sections)
             carried = [OutSection(ALT_REPLACEMENT, SHT_PROGBITS, SHF_ALLOC | SHF_EXECINSTR, r, 1)
                        for r in spec.replacements]
-            sections.extend(carried)
             entry = OutSection(ALT_INSTRUCTIONS, SHT_PROGBITS, SHF_ALLOC,
                                ALT_INSTR.pack(0, 0, 0, spec.orig_len, spec.repl_len, spec.pad_len, 0), 1)
             orig = text if spec.orig_in_text else next(s for s in sections if s.name == STRINGS)
             repl = carried[spec.repl_in] if spec.repl_in >= 0 else text
             entry.relocations = [OutRela(0, R_X86_64_PC32, _anchor(symbols, orig), 0),
                                  OutRela(4, R_X86_64_PC32, _anchor(symbols, repl), 0)]
-            sections.append(entry)
+            # First: the loader takes the first section of each name (a good payload may have its own).
+            sections[0:0] = [entry, *carried]
         return _rewrite(data, change)
     return edit
 
