@@ -16,6 +16,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from xsplice_build import sign
 from xsplice_build.elf.constants import (
@@ -353,6 +354,8 @@ class Case:
     minixen: Verdict
     xen: Verdict  # Xen 4.17's own loader
     why: str = ""  # why the judges differ, when they do
+    # Whether the real hypervisor may also apply it: not when the jump would go into its variables.
+    xen_applies: bool = True
 
 
 def _bytes(edit: Callable[[bytes], bytes]) -> Callable[[Good], bytes]:
@@ -404,13 +407,14 @@ CASES = [
          refused("Wrong size 4 of .ex_table")),
     Case("funcs-names-data", funcs_naming("kernel.c#domctl_names", "data"), "(ours) old function is code",
          refused("is not a function in the image's text"), refused("is not a function in the image's text"),
-         accepted(), why=_XEN_TRUSTS + ": apply writes the jump into the variable"),
+         accepted(), why=_XEN_TRUSTS + ": apply writes the jump into the variable", xen_applies=False),
     Case("funcs-names-rodata", funcs_naming("vsprintf.c#digits.0", "rodata"), "(ours) old function is code",
          refused("is not a function in the image's text"), refused("is not a function in the image's text"),
-         accepted(), why=_XEN_TRUSTS + ": apply writes the jump into read-only data"),
+         accepted(), why=_XEN_TRUSTS + ": apply writes the jump into read-only data", xen_applies=False),
     Case("funcs-names-bss", funcs_naming("livepatch.c#payloads", "bss"), "(ours) old function is code",
          refused("is not a function in the image's text"), refused("is not a function in the image's text"),
-         accepted(), why=_XEN_TRUSTS + ": apply writes the jump into .bss (minixen: the loader's own table)"),
+         accepted(), why=_XEN_TRUSTS + ": apply writes the jump into .bss (minixen: the loader's own table)",
+         xen_applies=False),
     Case("funcs-names-init-code", funcs_naming("setup_dom0", "init"), "(ours) old function is live code",
          refused("is init code"), refused("is init code"),
          crash("arch_livepatch_verify_func: page fault reading freed .init.text"),
@@ -447,6 +451,29 @@ CASES = [
          refused("would BUG()"), refused("would BUG()"), crash("_apply_alternatives: BUG_ON(repl_len > total)"),
          why=_XEN_TRUSTS + ": the hypervisor BUG()s applying it at upload"),
 ]
+
+
+class Machine(Protocol):
+    """What a judge needs of a running hypervisor (xen_vm.XenVM): upload, unload, and the whole round."""
+
+    def upload(self, name: str, payload: bytes) -> Any: ...
+    def unload(self, name: str) -> Any: ...
+    def try_payload(self, name: str, payload: bytes) -> Any: ...
+
+
+def judge_on(machine: Machine, case: Case, good: Good) -> tuple[str, str]:
+    """The real hypervisor's verdict on a case, as ("accepted" | "refused", its reason). The loader's
+    checks run at upload; an accepted payload is also applied, reverted and unloaded unless the jump
+    would go into the hypervisor's variables (then it is unloaded at once). A case whose Xen verdict is
+    "crash" brings the hypervisor down: run it last, or alone."""
+    payload = case.make(good)
+    if case.xen_applies:
+        verdict = machine.try_payload("parity", payload)
+    else:
+        verdict = machine.upload("parity", payload)
+        if verdict.ok:
+            machine.unload("parity")
+    return ("accepted" if verdict.ok else "refused"), verdict.reason
 
 
 def resign(unsigned: bytes, keys_dir: Path) -> bytes:
