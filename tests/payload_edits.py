@@ -288,6 +288,10 @@ def alternatives(spec: Alternative) -> Callable[[bytes], bytes]:
                                  OutRela(4, R_X86_64_PC32, _anchor(symbols, repl), 0)]
             # First: the loader takes the first section of each name (a good payload may have its own).
             sections[0:0] = [entry, *carried]
+            if not spec.replacements:  # none at all: rename the payload's own out of the loader's sight
+                for section in sections:
+                    if section.name == ALT_REPLACEMENT:
+                        section.name = ALT_REPLACEMENT + ".hidden"
         return _rewrite(data, change)
     return edit
 
