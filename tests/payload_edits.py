@@ -76,6 +76,7 @@ def refused(says: str = "") -> Verdict:
 
 
 def crash(where: str) -> Verdict:
+    """Accepted, then the hypervisor faults (seen on Debian's Xen 4.17: FATAL PAGE FAULT or BUG in `where`)."""
     return Verdict("crash", where)
 
 
@@ -389,11 +390,11 @@ CASES = [
     Case("not-relocatable", _bytes(not_relocatable), "livepatch_elf.c livepatch_header_check (ET_REL)",
          refused("is not ET_REL"), refused("invalid ELF payload"), refused("Invalid ELF payload")),
     Case("unallocated-depends", _bytes(unallocated_depends), "prepare_payload reads the note at its load address",
-         refused("must be allocated"), refused("must be allocated"), crash("prepare_payload: note at NULL"),
+         refused("must be allocated"), refused("must be allocated"), crash("xen_build_id_check"),
          why=_XEN_TRUSTS + ": an unloaded section has load address NULL"),
     Case("relocations-for-section-0", _bytes(relocations_for_section_zero),
          "livepatch_elf_perform_relocs (sh_info)", refused("sh_info 0 names no section"),
-         refused("sh_info 0 names no section"), crash("livepatch_elf_perform_relocs: sec[0] is NULL"),
+         refused("sh_info 0 names no section"), crash("livepatch_elf_perform_relocs"),
          why=_XEN_TRUSTS + ": section 0 has no header in Xen's table"),
     Case("special-section-twice", _bytes(special_section_twice), "livepatch.c check_special_sections",
          refused(".livepatch.depends: was seen 2 times"), refused("was seen more than once"),
@@ -421,7 +422,7 @@ CASES = [
          xen_applies=False),
     Case("funcs-names-init-code", funcs_naming("setup_dom0", "init"), "(ours) old function is live code",
          refused("is init code"), refused("is init code"),
-         crash("arch_livepatch_verify_func: page fault reading freed .init.text"),
+         crash("arch_livepatch_verify_func"),
          why=_XEN_TRUSTS + ": Xen reads the old function's first bytes, freed after boot"),
     Case("writable-names", _bytes(writable_names), "(ours) names are read-only payload data",
          refused("read-only data"), refused("not a string inside the payload"), accepted(),
@@ -452,7 +453,7 @@ CASES = [
          refused("outside the payload text"), refused("outside payload text"), refused("outside payload text")),
     Case("alt-replacement-too-long", _bytes(alternatives(Alternative(
         orig_len=0, repl_len=4, replacements=(b"\x90" * 4,)))), "alternative.c _apply_alternatives BUG_ON",
-         refused("would BUG()"), refused("would BUG()"), crash("_apply_alternatives: BUG_ON(repl_len > total)"),
+         refused("would BUG()"), refused("would BUG()"), crash("_apply_alternatives"),
          why=_XEN_TRUSTS + ": the hypervisor BUG()s applying it at upload"),
 ]
 
