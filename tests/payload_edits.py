@@ -12,7 +12,6 @@ minixen, and a VM-tier judge runs the same table through the real hypervisor (`x
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Protocol
 
 from xsplice_build import sign
 from xsplice_build.elf.constants import (
+    ET_EXEC,
     R_X86_64_32,
     R_X86_64_PC32,
     SHF_ALLOC,
@@ -27,6 +27,7 @@ from xsplice_build.elf.constants import (
     SHF_WRITE,
     SHT_NOBITS,
     SHT_PROGBITS,
+    SHT_RELA,
     STB_LOCAL,
     STT_OBJECT,
 )
@@ -48,7 +49,7 @@ from xsplice_build.elf.livepatch import (
 from xsplice_build.elf.model import Symbol
 from xsplice_build.elf.reader import read_elf
 from xsplice_build.elf.relink import to_output
-from xsplice_build.elf.structs import RELA, SHDR
+from xsplice_build.elf.structs import EHDR, NHDR, RELA, SHDR, SYM, read_field, write_field
 from xsplice_build.elf.writer import OutRela, OutSection, OutSymbol, section_symbol, write_relocatable
 from xsplice_build.image import BaseImage
 
@@ -82,18 +83,23 @@ def crash(where: str) -> Verdict:
 
 # ---- edits at the byte level ---------------------------------------------------------------------
 
+# Every record is edited through its one declaration (elf.structs, elf.livepatch): nothing here retypes a layout.
+
 def _section_header_offset(data: bytes, index: int) -> int:
-    (shoff,) = struct.unpack_from("<Q", data, 0x28)
-    return shoff + index * SHDR.size
+    return read_field(EHDR, data, 0, "e_shoff") + index * SHDR.size
+
+
+def _edit_section_header(data: bytes, index: int, field: str, change: Callable[[int], int]) -> bytes:
+    out = bytearray(data)
+    at = _section_header_offset(data, index)
+    write_field(SHDR, out, at, field, change(read_field(SHDR, data, at, field)))
+    return bytes(out)
 
 
 def _set_flags(data: bytes, name: str, set_bits: int = 0, clear_bits: int = 0) -> bytes:
-    out = bytearray(data)
     section = read_elf(data, "payload").section_named(name)
     assert section is not None, name
-    struct.pack_into("<Q", out, _section_header_offset(data, section.index) + 8,
-                     (section.flags | set_bits) & ~clear_bits)
-    return bytes(out)
+    return _edit_section_header(data, section.index, "sh_flags", lambda flags: (flags | set_bits) & ~clear_bits)
 
 
 def other_build_id(data: bytes) -> bytes:
@@ -102,7 +108,9 @@ def other_build_id(data: bytes) -> bytes:
     elf = read_elf(data, "payload")
     for name in (DEPENDS, XEN_DEPENDS):
         section = elf.section_named(name)
-        for offset in range(section.offset + 16, section.offset + section.size):
+        # The note's descriptor follows its header and its 4-byte aligned name ("GNU\0").
+        descriptor = section.offset + NHDR.size + (read_field(NHDR, data, section.offset, "n_namesz") + 3) // 4 * 4
+        for offset in range(descriptor, section.offset + section.size):
             out[offset] ^= 0xFF
     return bytes(out)
 
@@ -119,7 +127,7 @@ def unknown_symbol(data: bytes) -> bytes:
     symbol = next(s for s in elf.symbols[1:] if s.is_undefined)
     symtab = elf.sections[elf.symtab_index]
     strtab = elf.sections[symtab.link]
-    (st_name,) = struct.unpack_from("<I", data, symtab.offset + symbol.index * symtab.entsize)
+    st_name = read_field(SYM, data, symtab.offset + symbol.index * symtab.entsize, "st_name")
     out[strtab.offset + st_name] = ord("Q")
     return bytes(out)
 
@@ -129,21 +137,20 @@ def _first_text_relocation(data: bytes) -> tuple[int, int]:
     elf = read_elf(data, "payload")
     target = next(s for s in elf.sections if s.is_text and s.relocations)
     rela = elf.sections[target.rela_section]
-    _, info, _ = RELA.unpack_from(data, rela.offset)
-    return rela.offset, info
+    return rela.offset, read_field(RELA, data, rela.offset, "r_info")
 
 
 def unsupported_relocation(data: bytes) -> bytes:
     out = bytearray(data)
     offset, info = _first_text_relocation(data)
-    struct.pack_into("<Q", out, offset + 8, (info & ~0xFFFFFFFF) | R_X86_64_32)
+    write_field(RELA, out, offset, "r_info", (info >> 32 << 32) | R_X86_64_32)  # ELF64_R_INFO(sym, type)
     return bytes(out)
 
 
 def overflowing_relocation(data: bytes) -> bytes:
     out = bytearray(data)
     offset, _ = _first_text_relocation(data)
-    struct.pack_into("<q", out, offset + 16, 1 << 40)
+    write_field(RELA, out, offset, "r_addend", 1 << 40)
     return bytes(out)
 
 
@@ -167,24 +174,22 @@ def unallocated_depends(data: bytes) -> bytes:
 
 
 def relocations_for_section_zero(data: bytes) -> bytes:
-    out = bytearray(data)
-    rela = next(s for s in read_elf(data, "payload").sections if s.type == 4)
-    struct.pack_into("<I", out, _section_header_offset(data, rela.index) + 44, 0)
-    return bytes(out)
+    rela = next(s for s in read_elf(data, "payload").sections if s.type == SHT_RELA)
+    return _edit_section_header(data, rela.index, "sh_info", lambda _info: 0)
 
 
 def not_relocatable(data: bytes) -> bytes:
-    return data[:16] + struct.pack("<H", 2) + data[18:]
+    out = bytearray(data)
+    write_field(EHDR, out, 0, "e_type", ET_EXEC)
+    return bytes(out)
 
 
 def special_section_twice(data: bytes) -> bytes:
     """Name .livepatch.xen_depends .livepatch.depends: the loader looks special sections up by name."""
     elf = read_elf(data, "payload")
-    (shstrndx,) = struct.unpack_from("<H", data, 0x3E)
-    out = bytearray(data)
-    struct.pack_into("<I", out, _section_header_offset(data, elf.section_named(XEN_DEPENDS).index),
-                     elf.sections[shstrndx].data.index(DEPENDS.encode() + b"\0"))
-    return bytes(out)
+    shstrndx = read_field(EHDR, data, 0, "e_shstrndx")
+    name = elf.sections[shstrndx].data.index(DEPENDS.encode() + b"\0")
+    return _edit_section_header(data, elf.section_named(XEN_DEPENDS).index, "sh_name", lambda _: name)
 
 
 def read_only_funcs(data: bytes) -> bytes:
