@@ -99,9 +99,10 @@ def test_a_relocation_the_loader_does_not_apply_is_refused(tmp_path: Path) -> No
 def test_every_cited_rule_is_in_the_catalogue() -> None:
     import re
 
+    from xsplice_build import payload
     from xsplice_build.diff import compare, rules
 
-    text = "".join(Path(module.__file__).read_text() for module in (compare, rules))
+    text = "".join(Path(module.__file__).read_text() for module in (compare, rules, payload))
     assert set(re.findall(r"\[rule: ([a-z-]+)\]", text)) <= set(rules.RULES)
     for rule in rules.RULES:  # each is cited somewhere besides the catalogue
         assert text.count(f'"{rule}"') + text.count(f"[rule: {rule}]") >= 2, rule
@@ -127,3 +128,50 @@ def test_static_locals_of_one_name_are_told_apart_by_their_functions(tmp_path: P
     own = {elf.sections[elf.symbols[r.symbol].shndx].name.removeprefix(".bss.") for r in text.relocations}
     assert [name for name in result.objects[0].base_references if "#calls." in name] == \
         [f"t.c#{name}" for name in own if name.startswith("calls.")]
+
+
+# Xen's ALTERNATIVE layout (asm/alternative.h): a struct alt_instr in .altinstructions, the
+# replacement bytes in .altinstr_replacement (none at all for a zero-length replacement).
+_ALTERNATIVE = r'''
+#define ALT(orig, repl) asm volatile("661:\n\t" orig "\n662:\n\t"                               \
+    ".pushsection .altinstructions, \"a\", @progbits\n\t"                                     \
+    ".long 661b - .\n\t.long 663f - .\n\t.word 5\n\t"                                        \
+    ".byte 662b - 661b\n\t.byte 664f - 663f\n\t.byte 0\n\t.byte 0\n\t.popsection\n\t"       \
+    ".pushsection .altinstr_replacement, \"ax\", @progbits\n663:\n\t" repl "\n664:\n\t.popsection")
+'''
+
+
+def test_alternatives_of_several_objects_travel_in_one_replacement_section(tmp_path: Path) -> None:
+    """Xen checks each replacement against the first .altinstr_replacement only: one is carried,
+    each object's part at its own offset, the entries' references moved with it."""
+    from xsplice_build.elf.livepatch import ALT_INSTR, ALT_INSTRUCTIONS, ALT_REPLACEMENT
+    from xsplice_build.elf.reader import read_elf
+
+    sources = {
+        # An unchanged function's replacement comes first in the section: a part no kept entry uses.
+        "a": _ALTERNATIVE + 'int a_same(int x) {{ ALT("nop; nop; nop; nop", "ud2; ud2"); return x * 3; }}\n'
+                            'int a_fix(int x) {{ ALT("nop; nop; nop", "lfence"); return x + {}; }}\n',
+        "b": _ALTERNATIVE + 'int b_fix(int x) {{ ALT("nop; nop", ""); return x - {}; }}\n',  # zero-length
+    }
+    pairs = []
+    for name, source in sources.items():
+        (tmp_path / "orig").mkdir(exist_ok=True)
+        (tmp_path / "patched").mkdir(exist_ok=True)
+        pairs.append((f"{name}.o", _compile(tmp_path / "orig", name, source.format(1)),
+                      _compile(tmp_path / "patched", name, source.format(2))))
+    result = diff_patch(pairs, XEN_X86_64)
+    assert sorted(f.name for f in result.functions) == ["a_fix", "b_fix"]
+    extract = read_elf(result.extract, "extract")
+    [replacement] = extract.sections_named(ALT_REPLACEMENT)
+    [table] = extract.sections_named(ALT_INSTRUCTIONS)
+    assert replacement.data == bytes.fromhex("0f0b0f0b") + bytes.fromhex("0faee8")  # a's part whole; b's is empty
+    assert table.size == 2 * ALT_INSTR.size  # a_same's entry stays behind
+    targets = {}
+    for rela in table.relocations:
+        if rela.offset % ALT_INSTR.size == 4:  # repl_offset: section symbol + where the bytes start
+            assert extract.symbols[rela.symbol].shndx == replacement.index
+            targets[rela.offset // ALT_INSTR.size] = rela.addend  # S + A - P, read at P
+    lengths = [ALT_INSTR.unpack_from(table.data, n * ALT_INSTR.size)[4] for n in range(2)]
+    spans = sorted((targets[n], lengths[n]) for n in range(2))
+    assert spans == [(4, 3), (7, 0)]  # a_fix's lfence after a_same's bytes; b_fix's empty one at the end
+    assert all(start + length <= replacement.size for start, length in spans)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Checkout
-from payload_edits import EDITS, Edit, resign, unsigned_payload
+from payload_edits import CASES, Case, Good, resign, unsigned_payload
 
 from xsplice_build import sign
 from xsplice_build.image import BaseImage
@@ -42,14 +42,19 @@ def test_payloads_the_pipeline_makes_verify(built_once: Checkout, patch: str) ->
     assert report["functions"][0]["name"] in lines[0]
 
 
-@pytest.mark.parametrize("edit", EDITS, ids=[edit.name for edit in EDITS])
-def test_each_broken_loader_rule_is_named_in_one_line(built_once: Checkout, tmp_path: Path, edit: Edit) -> None:
-    unsigned = unsigned_payload(built_once.out("XSA-131") / "XSA-131.livepatch")
-    payload = tmp_path / f"{edit.name}.livepatch"
-    payload.write_bytes(resign(edit.apply(unsigned), built_once.root / "keys" / "development"))
-    line = _refused(_verify(built_once, payload))
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_verify_judges_each_parity_case_as_the_table_says(built_once: Checkout, tmp_path: Path, case: Case) -> None:
+    """A refusal is one line naming the payload and the rule; an acceptance is the one-line summary."""
+    good = Good(unsigned_payload(built_once.out("XSA-131") / "XSA-131.livepatch"), BaseImage.load(_image(built_once)))
+    payload = tmp_path / f"{case.name}.livepatch"
+    payload.write_bytes(resign(case.make(good), built_once.root / "keys" / "development"))
+    result = _verify(built_once, payload)
+    if case.verify.outcome == "accepted":
+        assert result.returncode == 0 and "verified against" in result.stdout, result.stderr
+        return
+    line = _refused(result)
     assert line.startswith(f"xsplice-build: {payload}: ")
-    assert edit.verifier_says in line
+    assert case.verify.says in line
 
 
 def test_a_flipped_byte_fails_the_signature(built_once: Checkout, tmp_path: Path) -> None:

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, Checkout, copy_checkout
-from payload_edits import EDITS, Edit, other_build_id, resign, unsigned_payload
+from payload_edits import CASES, Case, Good, other_build_id, resign, unsigned_payload
 
 from xsplice_build import hypervisor
+from xsplice_build.elf.reader import read_elf
 from xsplice_build.hypervisor import RunDir
 from xsplice_build.image import BaseImage
 from xsplice_build.patches import patch_names
@@ -168,17 +169,37 @@ def test_apply_of_an_unknown_name_is_refused(running: Checkout) -> None:
     _untouched(running, pid)
 
 
-@pytest.mark.parametrize("edit", EDITS, ids=[edit.name for edit in EDITS])
-def test_the_loader_in_minixen_refuses_what_xen_refuses(running: Checkout, edit: Edit) -> None:
-    """Sent past the tool's own checks, straight to the loader: refused, and nothing changes."""
+def _good(checkout: Checkout) -> Good:
+    return Good(unsigned_payload(checkout.out("XSA-131") / "XSA-131.livepatch"),
+                BaseImage.load(checkout.work("minixen", "base", "tree", "xen-syms")))
+
+
+def _minixen_verdict(connection: hypervisor.Connection, payload: bytes) -> tuple[str, str]:
+    """Straight to the loader, past the tool's checks. Accepted means it also applies, serves a
+    request through the patched dispatcher (XSA-131's fix refuses 64 vCPUs), reverts and unloads."""
+    answer = connection.request(f"livepatch upload parity {len(payload)}", payload)
+    if answer.rc:
+        return "refused", answer.error
+    steps = []
+    for action, max_vcpus_rc in (("apply", -22), ("revert", 0)):
+        steps.append(connection.request(f"livepatch {action} parity").rc)
+        steps.append(int(connection.request("livepatch get parity").value("rc", "0")))
+        steps.append(connection.request("domctl max_vcpus 0 64").rc - max_vcpus_rc)
+    steps.append(connection.request("livepatch unload parity").rc)
+    assert steps == [0] * len(steps), steps
+    return "accepted", ""
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_minixen_judges_each_parity_case_as_the_table_says(running: Checkout, case: Case) -> None:
+    """Every case of the parity table against the running loader; it never crashes nor changes."""
     pid = _pid(running)
-    payload = edit.apply(unsigned_payload(running.out("XSA-131") / "XSA-131.livepatch"))
+    payload = case.make(_good(running))
     with RunDir.of(Project(running.root)).connect() as connection:
-        before = connection.request("domctl max_vcpus 0 64")
-        answer = connection.request(f"livepatch upload XSA-131 {len(payload)}", payload)
-        assert answer.rc < 0 and edit.loader_says in answer.error
+        outcome, error = _minixen_verdict(connection, payload)
         assert connection.request("livepatch list").values("payload") == []
-        assert connection.request("domctl max_vcpus 0 64").rc == before.rc == 0
+    assert outcome == case.minixen.outcome, error
+    assert case.minixen.says in error
     _untouched(running, pid)
 
 
@@ -258,19 +279,19 @@ def _memory_view(pid: int, address: int, size: int) -> tuple[str, bytes]:
         return maps, memory.read(size)
 
 
-@pytest.mark.parametrize("edit", [edit for edit in EDITS if edit.name in ("unsupported-relocation", "wrong-old-size",
+@pytest.mark.parametrize("case", [case for case in CASES if case.name in ("unsupported-relocation", "wrong-old-size",
                                                                            "other-build-id", "writable-text")],
-                         ids=lambda edit: edit.name)
-def test_a_payload_the_loader_refuses_never_touches_the_images_memory(running: Checkout, edit: Edit) -> None:
+                         ids=lambda case: case.name)
+def test_a_payload_the_loader_refuses_never_touches_the_images_memory(running: Checkout, case: Case) -> None:
     """Straight to the loader, past the tool's checks: refused, and the image's mappings and the text of
     the function the payload would replace are byte for byte as before."""
     pid = _pid(running)
     old = BaseImage.load(running.work("minixen", "base", "tree", "xen-syms")).lookup("do_domctl", "test")
     before = _memory_view(pid, old.value, old.size)
-    payload = edit.apply(unsigned_payload(running.out("XSA-131") / "XSA-131.livepatch"))
+    payload = case.make(_good(running))
     with RunDir.of(Project(running.root)).connect() as connection:
         answer = connection.request(f"livepatch upload XSA-131 {len(payload)}", payload)
-    assert answer.rc < 0 and edit.loader_says in answer.error
+    assert answer.rc < 0 and case.minixen.says in answer.error
     maps, text = _memory_view(pid, old.value, old.size)
     assert text == before[1]
     assert _image_maps(maps) == _image_maps(before[0])
@@ -281,3 +302,38 @@ def _image_maps(maps: str) -> list[str]:
     """The mappings of the low 2 GiB: the image, its data, and the area payloads are placed in (the
     receive buffer of a request is mapped anywhere the kernel likes, far above)."""
     return [line for line in maps.splitlines() if int(line.split("-", 1)[0], 16) < 0x80000000]
+
+
+LFENCE, MFENCE = bytes.fromhex("0faee8"), bytes.fromhex("0faef0")
+
+
+def test_alternatives_of_two_objects_load_and_are_applied_by_the_loader(running: Checkout) -> None:
+    """patches/alternatives: two objects' alternatives, one carried .altinstr_replacement. The loader
+    checks every replacement against it, then applies them before securing the text: the lfence of
+    serialise_barrier() becomes its mfence, block_speculation()'s lfence becomes NOPs."""
+    running.doit("build-patch", "alternatives")
+    path = running.out("alternatives") / "alternatives.livepatch"
+    elf = read_elf(unsigned_payload(path), "alternatives")
+    [replacement] = elf.sections_named(".altinstr_replacement")
+    assert replacement.data == MFENCE  # domain.o's part; event.o's zero-length part ends it
+    pid = _pid(running)
+    ok(xen(running, "upload", "alternatives", str(path)))
+    try:
+        with RunDir.of(Project(running.root)).connect() as connection:
+            functions = {line.split()[0]: line for line in connection.request("livepatch get alternatives")
+                         .values("func")}
+        code = {}
+        for name, line in functions.items():
+            fields = dict(word.split("=", 1) for word in line.split()[1:])
+            code[name] = _memory_view(pid, int(fields["new"], 16), int(fields["new_size"]))[1]
+        assert set(code) == {"get_domain_by_id", "evtchn_send"}
+        assert MFENCE in code["get_domain_by_id"] and LFENCE not in code["get_domain_by_id"]
+        assert LFENCE not in code["evtchn_send"]
+        ok(xen(running, "apply", "alternatives"))
+        with RunDir.of(Project(running.root)).connect() as connection:
+            assert connection.request("domctl getinfo 0").rc == 0  # through the patched get_domain_by_id
+            assert connection.request("evtchn 0 4095").rc < 0  # the patched evtchn_send refuses a bad port
+        ok(xen(running, "revert", "alternatives"))
+    finally:
+        xen(running, "unload", "alternatives")
+    _untouched(running, pid)

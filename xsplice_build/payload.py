@@ -23,7 +23,17 @@ from .elf.constants import (
     SHT_NOTE,
     SHT_PROGBITS,
 )
-from .elf.livepatch import XEN_4_17_FUNC, FuncLayout
+from .elf.livepatch import (
+    BUILD_ID,
+    DEPENDS,
+    FUNCS,
+    MAX_PAYLOAD_SIZE,
+    MAX_SECTIONS,
+    STRINGS,
+    XEN_4_17_FUNC,
+    XEN_DEPENDS,
+    FuncLayout,
+)
 from .elf.model import ElfFile
 from .elf.notes import build_id_note
 from .elf.reader import read_elf
@@ -31,12 +41,6 @@ from .elf.relink import to_output
 from .elf.writer import OutRela, OutSection, OutSymbol, section_symbol, write_relocatable
 from .errors import XspliceError
 from .image import BaseImage
-
-FUNCS = ".livepatch.funcs"
-STRINGS = ".livepatch.strings"
-DEPENDS = ".livepatch.depends"
-XEN_DEPENDS = ".livepatch.xen_depends"
-BUILD_ID = ".note.gnu.build-id"
 
 
 @dataclass(frozen=True)
@@ -86,7 +90,21 @@ def make_payload(extract: bytes, functions: list[PatchedFunction], base: BaseIma
     # Like ld --build-id=sha1: the id is the hash of the output with the id itself zeroed.
     build_id = hashlib.sha1(unsigned).digest()
     own.data = build_id_note(build_id)
-    return Payload(data=write_relocatable(sections, symbols), build_id=build_id.hex(), functions=entries)
+    data = write_relocatable(sections, symbols)
+    check_loader_limits(data)
+    return Payload(data=data, build_id=build_id.hex(), functions=entries)
+
+
+def check_loader_limits(data: bytes) -> None:
+    """Refuse here what Xen's loader would refuse at upload for its size alone."""
+    sections = len(read_elf(data, "payload").sections)
+    if sections >= MAX_SECTIONS:
+        raise XspliceError(f"payload: {sections} sections; Xen's loader refuses {MAX_SECTIONS} or more "
+                           "(livepatch_header_check: \"Too many sections\") [rule: section-limit]; "
+                           "split the patch into payloads of fewer changed functions")
+    if len(data) > MAX_PAYLOAD_SIZE:
+        raise XspliceError(f"payload: {len(data)} bytes; Xen's loader takes at most {MAX_PAYLOAD_SIZE} "
+                           "(LIVEPATCH_MAX_SIZE) [rule: size-limit]; split the patch into smaller payloads")
 
 
 def _old_function(function: PatchedFunction, base: BaseImage, profile: TargetProfile) -> FunctionEntry:
@@ -98,9 +116,7 @@ def _old_function(function: PatchedFunction, base: BaseImage, profile: TargetPro
             f"{function.object}: {function.name}: {symbol.size} bytes in the base image but {function.old_size} "
             "in the original object: the base image was not built from the same source and compiler; rebuild "
             "the baseline (doit forget build-base)")
-    needed = profile.jump_size
-    if base.read(symbol.value, min(symbol.size, profile.endbr_size)) == profile.endbr_bytes:
-        needed += profile.endbr_size
+    _, needed = profile.jump_room(base.read(symbol.value, min(symbol.size, profile.endbr_size)))
     if symbol.size < needed:
         raise XspliceError(f"{function.object}: {function.name}: {symbol.size} bytes in the base image, too "
                            f"small for the {needed}-byte patch [rule: jump-room]")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import hypervisor, sign
 from .console import run_command
+from .elf.livepatch import DEPENDS, XEN_DEPENDS
 from .elf.notes import parse_build_id_note
 from .elf.reader import read_elf
 from .errors import PayloadRejected
@@ -91,9 +92,9 @@ def upload(connection: Connection, name: str, path: Path, certificate: Path) -> 
 def _check_build_id(connection: Connection, payload: bytes, name: str) -> None:
     """The payload must depend on the running image: refuse before sending it."""
     elf = read_elf(payload, name)
-    section = elf.section_named(".livepatch.xen_depends") or elf.section_named(".livepatch.depends")
+    section = elf.section_named(XEN_DEPENDS) or elf.section_named(DEPENDS)
     if section is None:
-        raise PayloadRejected(f"{name}: no .livepatch.xen_depends: not a livepatch payload")
+        raise PayloadRejected(f"{name}: no {XEN_DEPENDS}: not a livepatch payload")
     wanted = parse_build_id_note(section.data, f"{name}: {section.name}").hex()
     running = _checked(connection.request("info"), "info").value("build_id")
     if wanted != running:

@@ -3,7 +3,10 @@
 References into the payload's own sections go through section symbols; references to
 the base image become undefined symbols named as the base image's symbol table names
 them ("file#name" for statics), which the loader resolves. Special sections are
-merged across objects into one of each, as the loader looks them up by name.
+merged across objects into one of each, as the loader looks them up by name; so are
+the sections the profile names in `merged_sections` (.altinstr_replacement: Xen checks
+every alternative's replacement against the first section of that name), each object's
+part placed at its own offset, every reference into it moved by that offset.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ class PatchedFunction:
     new_size: int
 
 
+# An included section's place in the output: the output section, and the offset its bytes start at.
+Placed = tuple[OutSection, int]
+
+
 class Extract:
     def __init__(self) -> None:
         self.sections: list[OutSection] = []
@@ -38,23 +45,22 @@ class Extract:
         self._externals: dict[str, OutSymbol] = {}
         self._globals: dict[str, OutSymbol] = {}
         self._specials: dict[str, OutSection] = {}
+        self._merged: dict[str, OutSection] = {}
         self._section_symbols: dict[int, OutSymbol] = {}
 
     def add(self, diff: ObjectDiff) -> None:
         included = sorted((s for s in diff.states.values() if s.included), key=lambda s: s.section.index)
-        out_of: dict[int, OutSection] = {}
+        out_of: dict[int, Placed] = {}
         named: dict[int, OutSymbol] = {}
         for state in included:
-            section = state.section
-            out = OutSection(section.name, section.type, section.flags, section.data, section.align,
-                             section.entsize, size=section.size)
-            out_of[section.index] = out
-            self._add_section(out)
+            placed = self._place(state, diff.profile.merged_sections)
+            out_of[state.section.index] = placed
             if state.symbol is not None:
-                named[state.symbol.index] = self._define(state, out)
+                named[state.symbol.index] = self._define(state, placed)
         for state in included:
-            out_of[state.section.index].relocations = [
-                self._relocation(diff, state, rela, rela.offset, out_of) for rela in state.section.relocations]
+            out, base = out_of[state.section.index]
+            out.relocations.extend(self._relocation(diff, state, rela, base + rela.offset, out_of)
+                                   for rela in state.section.relocations)
         for special in [s for s in diff.states.values() if s.kind is Kind.SPECIAL]:
             self._add_special_entries(diff, special, out_of)
         for state in diff.changed_functions():
@@ -76,12 +82,35 @@ class Extract:
                      for label, name, symbol, old_size in self._functions]
         return write_relocatable(self.sections, symbols), functions
 
-    def _define(self, state: SectionState, out: OutSection) -> OutSymbol:
+    def _place(self, state: SectionState, merged_names: tuple[str, ...]) -> Placed:
+        """A section of its own, or this object's part of the one section of a merged name."""
+        section = state.section
+        if section.name not in merged_names:
+            out = OutSection(section.name, section.type, section.flags, section.data, section.align,
+                             section.entsize, size=section.size)
+            self._add_section(out)
+            return out, 0
+        merged = self._merged.get(section.name)
+        if merged is None:
+            merged = OutSection(section.name, section.type, section.flags, b"", section.align, section.entsize)
+            self._merged[section.name] = merged
+            self._add_section(merged)
+        if section.flags != merged.flags or section.type != merged.type:
+            raise XspliceError(f"{state.label}: flags or type differ from another object's {section.name}; "
+                               "the loader takes one section of that name")
+        align = max(section.align, 1)
+        base = -(-len(merged.data) // align) * align
+        merged.data = bytes(merged.data) + bytes(base - len(merged.data)) + bytes(section.data)
+        merged.align = max(merged.align, align)
+        return merged, base
+
+    def _define(self, state: SectionState, placed: Placed) -> OutSymbol:
         symbol = state.symbol
         assert symbol is not None
+        out, base = placed
         kind = STT_FUNC if symbol.is_function else STT_OBJECT
         bind = STB_LOCAL if symbol.is_local else STB_GLOBAL
-        defined = OutSymbol(symbol.name, kind, bind, out, symbol.value, symbol.size, symbol.other)
+        defined = OutSymbol(symbol.name, kind, bind, out, base + symbol.value, symbol.size, symbol.other)
         self.symbols.append(defined)
         if bind != STB_LOCAL:
             self._globals[symbol.name] = defined
@@ -93,16 +122,17 @@ class Extract:
         return self._externals[name]
 
     def _relocation(self, diff: ObjectDiff, state: SectionState, rela: Rela, offset: int,
-                    out_of: dict[int, OutSection]) -> OutRela:
+                    out_of: dict[int, Placed]) -> OutRela:
         symbol = diff.patched.symbols[rela.symbol]
         if symbol.is_undefined:
             return OutRela(offset, rela.type, self._external(symbol.name), rela.addend)
         if symbol.is_special_index:
             raise XspliceError(f"{diff.label}: {state.label}+{rela.offset:#x}: refers to special symbol "
                                f"{symbol.name!r}, which a payload cannot carry")
-        out = out_of.get(symbol.shndx)
-        if out is not None:
-            return OutRela(offset, rela.type, self._section_symbol(out), symbol.value + rela.addend)
+        placed = out_of.get(symbol.shndx)
+        if placed is not None:
+            out, base = placed
+            return OutRela(offset, rela.type, self._section_symbol(out), base + symbol.value + rela.addend)
         target = diff.state_of(symbol.shndx)
         name = base_reference(diff, target) if target is not None else None
         if target is None or name is None or target.anchor is None:
@@ -122,7 +152,7 @@ class Extract:
         return self._section_symbols[id(out)]
 
     def _add_special_entries(self, diff: ObjectDiff, special: SectionState,
-                             out_of: dict[int, OutSection]) -> None:
+                             out_of: dict[int, Placed]) -> None:
         layout = diff.profile.special(special.name)
         assert layout is not None
         entries = kept_special_entries(diff, special)

@@ -53,6 +53,20 @@ class TargetProfile:
     line_consumers: frozenset[str] = frozenset()
     line_immediate_opcodes: frozenset[int] = frozenset()
     livepatch_payload_version: int = 2
+    # An ENDBR64 Xen turned into a NOP at boot (is_endbr64_poison): the jump still goes after it.
+    endbr_poison: bytes = b""
+    # Sections the loader looks up by name and takes the first of: the payload carries one of each.
+    merged_sections: tuple[str, ...] = ()
+
+    def jump_room(self, first_bytes: bytes) -> tuple[int, int]:
+        """(patch offset, bytes the old function needs) for a function starting with `first_bytes`.
+
+        The one statement of Xen's rule (arch_livepatch_verify_func, arch_livepatch_apply): the
+        jump replaces the first bytes, after an ENDBR64 (or its poison), which must stay first.
+        """
+        starts = first_bytes[:self.endbr_size]
+        offset = self.endbr_size if starts in (self.endbr_bytes, self.endbr_poison) and starts else 0
+        return offset, offset + self.jump_size
 
     def special(self, section_name: str) -> SpecialSection | None:
         for special in self.special_sections:
@@ -86,6 +100,8 @@ XEN_X86_64 = TargetProfile(
     jump_size=5,  # jmp rel32 (arch_livepatch_apply: ARCH_PATCH_INSN_SIZE)
     endbr_size=4,  # with CET-IBT the jump goes after the ENDBR64 (arch_livepatch_verify_func)
     endbr_bytes=bytes.fromhex("f30f1efa"),
+    endbr_poison=bytes.fromhex("660f1f01"),  # nopl (%rcx): asm/endbr.h gen_endbr64_poison
+    merged_sections=(".altinstr_replacement",),
     special_sections=(
         *(_bug_frame(number) for number in range(4)),
         # struct exception_table_entry { s32 addr, cont; } (asm/uaccess.h)

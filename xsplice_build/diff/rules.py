@@ -21,6 +21,8 @@ RULES = {
     "new-data": "refused: a changed function needs a variable the base image does not have",
     "relocation-type": "refused: included code needs a relocation the target's loader does not apply",
     "unsupported-table": "refused: a patched function has entries in a table the target's loader ignores",
+    "section-limit": "refused: the payload has as many sections as Xen's loader refuses (1024)",
+    "size-limit": "refused: the payload is larger than Xen's loader takes (LIVEPATCH_MAX_SIZE, 2 MiB)",
     "init-only": "ignored with a warning: only init code changed, which ran at boot and is freed",
     "line-only": "not patched: the only difference is a __LINE__ value (a bug frame, a printk argument)",
 }
@@ -44,22 +46,13 @@ def verify(diff: ObjectDiff) -> None:
             diff.ignored.append(f"{diff.label}: {state.name}: string literals differ but no changed function uses them")
 
 
-def jump_room(diff: ObjectDiff, code: bytes) -> int:
-    """Bytes a function needs for the patching jump: after its ENDBR64, when it starts with one."""
-    profile = diff.profile
-    needed = profile.jump_size
-    if code.startswith(profile.endbr_bytes):
-        needed += profile.endbr_size
-    return needed
-
-
 def _room_for_the_jump(diff: ObjectDiff, state: SectionState) -> None:
     # Xen overwrites the first bytes of the old function with `jmp new` (arch_livepatch_apply);
     # a shorter function would have its neighbour overwritten.
     old = state.twin_symbol
     if old is None or state.twin is None:
         return
-    needed = jump_room(diff, state.twin.data[old.value:old.value + old.size])
+    _, needed = diff.profile.jump_room(state.twin.data[old.value:old.value + old.size])
     if old.size < needed:
         endbr = " after its ENDBR64" if needed > diff.profile.jump_size else ""
         diff.refusals.append(

@@ -14,6 +14,7 @@
 #include <xen/version.h>
 #include <xen/livepatch.h>
 #include <asm/syscall_ext.h>
+#include <asm/alternative.h>
 
 _Static_assert(sizeof(struct livepatch_func) == 104, "struct livepatch_func is 104 bytes (version 2)");
 
@@ -181,6 +182,38 @@ static int secure_payload(struct payload *payload)
     return rc;
 }
 
+/* Does the loader find this section by name and read it once loaded? */
+static bool loader_reads(const char *name)
+{
+    static const char *const tables[] = {
+        ".livepatch.depends", ".livepatch.xen_depends", ".note.gnu.build-id", ".livepatch.funcs",
+        ".bug_frames.0", ".bug_frames.1", ".bug_frames.2", ".bug_frames.3", ".altinstructions",
+        ".altinstr_replacement", ".ex_table", ".modinfo",
+    };
+    unsigned int i;
+
+    for ( i = 0; i < ARRAY_SIZE(tables); i++ )
+        if ( !strcmp(name, tables[i]) )
+            return true;
+    return !memcmp(name, ".livepatch.hooks.", 17);
+}
+
+/*
+ * Xen 4.17 takes each table at its load address, which an unallocated section does not
+ * have (NULL): its first lookup would crash. Refused here, as xsplice-build verify does.
+ */
+static int check_tables_allocated(const struct livepatch_elf *elf)
+{
+    unsigned int i;
+
+    for ( i = 1; i < elf->hdr->e_shnum; i++ )
+        if ( loader_reads(elf->sec[i].name) &&
+             (livepatch_elf_ignore_section(elf->sec[i].sec) || elf->sec[i].sec->sh_type == SHT_NOBITS) )
+            return livepatch_fail(-EINVAL, "%s: section [%u] %s: the loader reads this table: it must be "
+                                  "allocated, with contents", elf->name, i, elf->sec[i].name);
+    return 0;
+}
+
 static int check_special_sections(const struct livepatch_elf *elf)
 {
     static const char *const names[] = {
@@ -196,13 +229,11 @@ static int check_special_sections(const struct livepatch_elf *elf)
             return livepatch_fail(-EINVAL, "%s: %s is missing", elf->name, names[i]);
         if ( !sec->sec->sh_size )
             return livepatch_fail(-EINVAL, "%s: %s is empty", elf->name, names[i]);
-        if ( livepatch_elf_ignore_section(sec->sec) || sec->sec->sh_type == SHT_NOBITS )
-            return livepatch_fail(-EINVAL, "%s: %s must be allocated, with contents", elf->name, names[i]);
         for ( j = sec - elf->sec + 1; j < elf->hdr->e_shnum; j++ )
             if ( !strcmp(elf->sec[j].name, names[i]) )
                 return livepatch_fail(-EINVAL, "%s: %s was seen more than once", elf->name, names[i]);
     }
-    return 0;
+    return check_tables_allocated(elf);
 }
 
 /* The descriptor of the GNU build-id note in `sec` (after relocation, in payload memory). */
@@ -322,6 +353,13 @@ static int check_old_function(const struct payload *payload, struct livepatch_fu
     if ( (unsigned long)f->old_addr != addr || f->old_size != size )
         return livepatch_fail(-EINVAL, "%s: %s: old_addr %p / old_size %u do not match the running image "
                               "(%#lx, %lu bytes)", payload->name, f->name, f->old_addr, f->old_size, addr, size);
+    /* Xen 4.17 writes the jump wherever old_addr points: into data, or the loader's own state. */
+    if ( !symbols_is_code(f->name) )
+        return livepatch_fail(-EINVAL, "%s: %s is not a function in the image's text; only code can be "
+                              "patched", payload->name, f->name);
+    if ( symbols_is_init(addr) )
+        return livepatch_fail(-EINVAL, "%s: %s is init code, freed after boot; it cannot be patched",
+                              payload->name, f->name);
     return 0;
 }
 
@@ -387,6 +425,94 @@ static void prepare_bug_frames(struct payload *payload, const struct livepatch_e
     }
 }
 
+static int payload_poke(void *addr, const uint8_t *bytes, size_t len)
+{
+    memcpy(addr, bytes, len);
+    return 0;
+}
+
+/* prepare_payload: every alternative's original in the payload's text, its replacement in the
+ * first .altinstr_replacement (the one found by name), zero-length ones included; then applied. */
+static int check_alternatives(const struct payload *payload, const struct livepatch_elf *elf)
+{
+    const struct livepatch_elf_sec *sec = livepatch_elf_sec_by_name(elf, ".altinstructions"), *repl_sec;
+    const struct alt_instr *a, *end;
+
+    if ( !sec )
+        return 0;
+    if ( sec->sec->sh_size % sizeof(*a) )
+        return livepatch_fail(-EINVAL, "%s: wrong size %lu of .altinstructions (must be multiple of %u)",
+                              elf->name, (unsigned long)sec->sec->sh_size, (unsigned int)sizeof(*a));
+    if ( !sec->sec->sh_size )
+        return 0;
+    if ( !payload->text_size )
+        return livepatch_fail(-EINVAL, "%s: alternatives provided, but no .text", elf->name);
+    repl_sec = livepatch_elf_sec_by_name(elf, ".altinstr_replacement");
+    if ( !repl_sec )
+        return livepatch_fail(-EINVAL, "%s: .altinstructions provided, but no .altinstr_replacement", elf->name);
+    end = (const void *)((const uint8_t *)sec->load_addr + sec->sec->sh_size);
+    for ( a = sec->load_addr; a < end; a++ )
+    {
+        const uint8_t *orig = (const uint8_t *)&a->orig_offset + a->orig_offset;
+        const uint8_t *repl = (const uint8_t *)&a->repl_offset + a->repl_offset;
+
+        /* Xen 4.17's _apply_alternatives BUG()s on these (a crash): refused. */
+        if ( a->repl_len > a->orig_len + a->pad_len || a->orig_len + a->pad_len > ALT_MAX_PATCH_LEN ||
+             (a->cpuid & ~ALT_FLAG_NOT) >= ALT_FEATURES )
+            return livepatch_fail(-EINVAL, "%s: alternative repl_len %u, site %u+%u, feature %u: Xen's "
+                                  "_apply_alternatives would BUG() on it", elf->name, a->repl_len, a->orig_len,
+                                  a->pad_len, a->cpuid & ~ALT_FLAG_NOT);
+        if ( !in_region(orig, a->orig_len, payload->text_addr, payload->text_size) )
+            return livepatch_fail(-EINVAL, "%s: alternative orig %p+%#x outside payload text %p+%#lx", elf->name,
+                                  orig, a->orig_len, payload->text_addr, (unsigned long)payload->text_size);
+        if ( !in_region(repl, a->repl_len, repl_sec->load_addr, repl_sec->sec->sh_size) )
+            return livepatch_fail(-EINVAL, "%s: alternative repl %p+%#x outside .altinstr_replacement %p+%#lx",
+                                  elf->name, repl, a->repl_len, repl_sec->load_addr,
+                                  (unsigned long)repl_sec->sec->sh_size);
+    }
+    /* Before secure_payload(): the payload's text is still writable. */
+    apply_alternatives(sec->load_addr, (struct alt_instr *)end, payload_poke);
+    return 0;
+}
+
+static int check_tables(const struct livepatch_elf *elf)
+{
+    const struct livepatch_elf_sec *sec = livepatch_elf_sec_by_name(elf, ".modinfo");
+    const struct livepatch_elf_sec *ex = livepatch_elf_sec_by_name(elf, ".ex_table");
+
+    /* struct exception_table_entry { s32 addr, cont; }: minixen has no faults to fix up, but checks it. */
+    if ( ex && ex->sec->sh_size % 8 )
+        return livepatch_fail(-EINVAL, "%s: wrong size %lu of .ex_table (must be multiple of 8)", elf->name,
+                              (unsigned long)ex->sec->sh_size);
+    if ( sec && sec->sec->sh_size && ((const char *)sec->load_addr)[sec->sec->sh_size - 1] )
+        return livepatch_fail(-EINVAL, "%s: incorrect metadata format detected (.modinfo)", elf->name);
+    return 0;
+}
+
+/* build_symbol_table: a named symbol that does not replace a function must be new to the image. */
+static int check_new_symbols(const struct payload *payload, const struct livepatch_elf *elf)
+{
+    unsigned int i, j;
+
+    for ( i = 1; i < elf->nsym; i++ )
+    {
+        const Elf64_Sym *s = elf->sym[i].sym;
+        const char *name = elf->sym[i].name;
+        unsigned long addr, size;
+        bool replaces = false;
+
+        if ( s->st_shndx == SHN_UNDEF || s->st_shndx >= elf->hdr->e_shnum ||
+             livepatch_elf_ignore_section(elf->sec[s->st_shndx].sec) || !*name ||
+             ((elf->sec[s->st_shndx].sec->sh_flags & SHF_MERGE) && !memcmp(name, ".L", 2)) )
+            continue;
+        for ( j = 0; j < payload->nfuncs && !replaces; j++ )
+            replaces = elf->sym[i].value == (unsigned long)payload->funcs[j].new_addr;
+        if ( !replaces && symbols_lookup_by_name(name, &addr, &size) != -ENOENT )
+            return livepatch_fail(-EEXIST, "%s: duplicate new symbol: %s", elf->name, name);
+    }
+    return 0;
+}
+
 static void record_sections(struct payload *payload, const struct livepatch_elf *elf)
 {
     size_t used = 0;
@@ -417,6 +543,12 @@ static int load_payload_data(struct payload *payload, const void *raw, size_t le
         rc = prepare_funcs(payload, &elf);
     if ( !rc )
         prepare_bug_frames(payload, &elf, &rc);
+    if ( !rc )
+        rc = check_alternatives(payload, &elf);
+    if ( !rc )
+        rc = check_tables(&elf);
+    if ( !rc )
+        rc = check_new_symbols(payload, &elf);
     if ( !rc )
         record_sections(payload, &elf);
     if ( !rc )
@@ -503,7 +635,6 @@ static int apply_payload(struct payload *data)
             revert_funcs(data, i);
             return rc;
         }
-        data->funcs[i].applied = 1;
     }
     data->state = LIVEPATCH_STATE_APPLIED;
     data->applied_order = ++applied_count;
@@ -513,11 +644,7 @@ static int apply_payload(struct payload *data)
 
 static int revert_payload(struct payload *data)
 {
-    unsigned int i;
-
     revert_funcs(data, data->nfuncs);
-    for ( i = 0; i < data->nfuncs; i++ )
-        data->funcs[i].applied = 0;
     data->state = LIVEPATCH_STATE_CHECKED;
     data->applied_order = 0;
     applied_count--;

@@ -11,7 +11,8 @@
 
 static const Elf64_Sym *symtab;
 static const char *strtab;
-static unsigned long nsyms, strtab_size;
+static const Elf64_Shdr *shdrs;
+static unsigned long nsyms, strtab_size, shnum;
 
 static bool within(unsigned long offset, unsigned long size, unsigned long len)
 {
@@ -53,6 +54,8 @@ static int symbols_init(void)
              !within(str->sh_offset, str->sh_size, len) || !str->sh_size ||
              image[str->sh_offset + str->sh_size - 1] )
             return -EINVAL;
+        shdrs = shdr;
+        shnum = ehdr->e_shnum;
         strtab = (const char *)image + str->sh_offset;
         strtab_size = str->sh_size;
         nsyms = shdr[i].sh_size / sizeof(Elf64_Sym);
@@ -76,18 +79,53 @@ static bool xen_name_matches(const char *file, const char *name, const char *wan
     return !strcmp(name, wanted);
 }
 
+static const Elf64_Sym *lookup(const char *wanted, int *rc);
+
 /*
  * The one symbol named `wanted`: 0 and its address and size, -ENOENT when there is
  * none, -EEXIST when several answer to the name (a payload must not guess).
  */
 int symbols_lookup_by_name(const char *wanted, unsigned long *addr, unsigned long *size)
 {
+    int rc;
+    const Elf64_Sym *sym = lookup(wanted, &rc);
+
+    if ( sym )
+    {
+        *addr = sym->st_value;
+        *size = sym->st_size;
+    }
+    return rc;
+}
+
+extern const char _sinittext[], _einittext[];
+
+/* Is `wanted` one function of the image's text (not data, not the loader's own state)? */
+bool symbols_is_code(const char *wanted)
+{
+    int rc;
+    const Elf64_Sym *sym = lookup(wanted, &rc);
+
+    return sym && ELF64_ST_TYPE(sym->st_info) == STT_FUNC && sym->st_shndx < shnum &&
+           (shdrs[sym->st_shndx].sh_flags & SHF_EXECINSTR);
+}
+
+/* Is `addr` init code (Xen frees it after boot; minixen keeps it, but patches it no more than Xen could)? */
+bool symbols_is_init(unsigned long addr)
+{
+    return addr >= (unsigned long)_sinittext && addr < (unsigned long)_einittext;
+}
+
+static const Elf64_Sym *lookup(const char *wanted, int *rc_out)
+{
+    const Elf64_Sym *one = NULL;
     const char *file = NULL;
     unsigned long i, found = 0;
     int rc = symbols_init();
 
+    *rc_out = rc;
     if ( rc )
-        return rc;
+        return NULL;
     for ( i = 1; i < nsyms; i++ )
     {
         const Elf64_Sym *sym = &symtab[i];
@@ -101,9 +139,12 @@ int symbols_lookup_by_name(const char *wanted, unsigned long *addr, unsigned lon
         if ( !xen_name_matches(ELF64_ST_BIND(sym->st_info) == STB_LOCAL ? file : NULL, name, wanted) )
             continue;
         if ( found++ )
-            return -EEXIST;
-        *addr = sym->st_value;
-        *size = sym->st_size;
+        {
+            *rc_out = -EEXIST;
+            return NULL;
+        }
+        one = sym;
     }
-    return found ? 0 : -ENOENT;
+    *rc_out = found ? 0 : -ENOENT;
+    return one;
 }

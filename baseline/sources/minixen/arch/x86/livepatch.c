@@ -104,7 +104,7 @@ unsigned int arch_livepatch_patch_offset(const struct livepatch_func *func)
     return is_endbr64(func->old_addr) ? ENDBR64_LEN : 0;
 }
 
-static int text_write(void *addr, const uint8_t *bytes, size_t len)
+int arch_livepatch_text_write(void *addr, const uint8_t *bytes, size_t len)
 {
     static long mem_fd = -1;
 
@@ -127,12 +127,12 @@ int arch_livepatch_apply(const struct livepatch_func *func, uint8_t *saved, unsi
     memcpy(saved, old, ARCH_PATCH_INSN_SIZE);
     insn[0] = 0xe9; /* jmp rel32 */
     memcpy(&insn[1], &rel, sizeof(rel));
-    return text_write(old, insn, sizeof(insn));
+    return arch_livepatch_text_write(old, insn, sizeof(insn));
 }
 
 int arch_livepatch_revert(const struct livepatch_func *func, const uint8_t *saved, unsigned int offset)
 {
-    return text_write((uint8_t *)func->old_addr + offset, saved, ARCH_PATCH_INSN_SIZE);
+    return arch_livepatch_text_write((uint8_t *)func->old_addr + offset, saved, ARCH_PATCH_INSN_SIZE);
 }
 
 int arch_livepatch_secure(void *addr, size_t size, int prot)

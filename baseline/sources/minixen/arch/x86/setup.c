@@ -7,6 +7,7 @@
 #include <xen/version.h>
 #include <xen/livepatch.h>
 #include <asm/syscall_ext.h>
+#include <asm/alternative.h>
 
 void trap_init(void);
 void setup_dom0(void);
@@ -154,6 +155,7 @@ static void serve_socket(const char *path)
 
 noreturn void start_xen(unsigned long *stack)
 {
+    apply_alternatives(__alt_instructions, __alt_instructions_end, arch_livepatch_text_write);
     trap_init();
     banner();
     setup_dom0();

@@ -27,12 +27,14 @@
 #define SHF_WRITE       0x1
 #define SHF_ALLOC       0x2
 #define SHF_EXECINSTR   0x4
+#define SHF_MERGE       0x10
 
 #define SHN_UNDEF       0
 #define SHN_LORESERVE   0xff00
 #define SHN_ABS         0xfff1
 #define SHN_COMMON      0xfff2
 
+#define STT_FUNC        2
 #define STT_SECTION     3
 #define STT_FILE        4
 #define STB_LOCAL       0

@@ -8,6 +8,7 @@
 #include <xen/types.h>
 #include <xen/elfstructs.h>
 #include <asm/bug.h>
+#include <asm/alternative.h>
 
 #define LIVEPATCH_STATE_CHECKED   1
 #define LIVEPATCH_STATE_APPLIED   2
@@ -19,7 +20,6 @@
 #define LIVEPATCH_MAX_SIZE        (2UL << 20)
 #define LIVEPATCH_MAX_PAYLOADS    16
 #define LIVEPATCH_MAX_FUNCS       64
-#define LIVEPATCH_OPAQUE_SIZE     31
 #define ARCH_PATCH_INSN_SIZE      5
 #define ENDBR64_LEN               4
 
@@ -31,11 +31,10 @@ struct livepatch_func {
     uint32_t new_size;
     uint32_t old_size;
     uint8_t version;
-    uint8_t opaque[LIVEPATCH_OPAQUE_SIZE];
-    uint8_t applied;
-    uint8_t _pad[7];
-    uint8_t expect[32];
+    uint8_t _pad[39];       /* Xen 4.17 keeps per-function state apart (struct livepatch_fstate): */
+    uint8_t expect[32];     /* the loader never writes an entry once the payload is secured. */
 };
+
 
 struct livepatch_elf_sec {
     const Elf64_Shdr *sec;
@@ -84,6 +83,8 @@ bool livepatch_elf_ignore_section(const Elf64_Shdr *sec);
 
 /* common/symbols.c */
 int symbols_lookup_by_name(const char *name, unsigned long *addr, unsigned long *size);
+bool symbols_is_code(const char *name);
+bool symbols_is_init(unsigned long addr);
 
 /* arch/x86/livepatch.c */
 int arch_livepatch_verify_elf(const struct livepatch_elf *elf);
@@ -94,5 +95,6 @@ unsigned int arch_livepatch_patch_offset(const struct livepatch_func *func);
 int arch_livepatch_apply(const struct livepatch_func *func, uint8_t *saved, unsigned int *offset);
 int arch_livepatch_revert(const struct livepatch_func *func, const uint8_t *saved, unsigned int offset);
 int arch_livepatch_secure(void *addr, size_t size, int prot);
+int arch_livepatch_text_write(void *addr, const uint8_t *bytes, size_t len);
 
 #endif /* __XEN_LIVEPATCH_H__ */
