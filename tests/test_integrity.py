@@ -88,7 +88,8 @@ def test_a_run_killed_mid_stage_gives_the_same_bytes_when_run_again(built_once: 
                                                                      pause: str, record: str, stage: str) -> None:
     checkout = copy_checkout(tmp_path / "checkout")
     shutil.copytree(built_once.root / "keys", checkout.root / "keys")  # same key: signed bytes comparable too
-    _killed_mid_stage(checkout, pause, tmp_path / "paused")
+    # Where the stage can write: build-patched runs in the build sandbox, which sees nothing of tmp_path.
+    _killed_mid_stage(checkout, pause, checkout.work("minixen", "patches", "XSA-131", "paused"))
     assert not checkout.work("minixen", "patches", "XSA-131", record).exists()
     assert not checkout.out("XSA-131").exists()
     result = checkout.doit("build-patch", "XSA-131")

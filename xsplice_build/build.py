@@ -54,7 +54,7 @@ def prepare_tree(project: Project, baseline: Baseline, source_tree: Path, tree: 
 
 
 def compiler_link(bin_dir: Path, baseline: Baseline, tools: dict[str, Tool]) -> Path:
-    """The wrapper, under the name the recipe invokes the compiler by.
+    """The wrapper, under the name the recipe invokes the compiler by (made before the sandbox, found inside).
 
     `gcc --version` reaches Xen's compile.h and so the image: the wrapper must carry the
     compiler's name, and the one place it lives (per baseline) keeps make's recorded
@@ -99,11 +99,11 @@ def run_build(baseline: Baseline, tree: Path, tools: dict[str, Tool], extra_cfla
                        build_id=image_build_id(read_elf_file(image)).hex())
 
 
-def check_expected_build_id(baseline: Baseline, output: BuildOutput) -> None:
+def check_expected_build_id(baseline: Baseline, build_id: str) -> None:
     """Is the old code the same as what the hot-patch is based on? The rebuild must be the shipped image."""
     expected = baseline.build.expected_build_id
-    if expected and output.build_id != expected:
-        raise BuildError(f"{baseline.definition}: the rebuilt image has build-id {output.build_id}, but the shipped "
+    if expected and build_id != expected:
+        raise BuildError(f"{baseline.definition}: the rebuilt image has build-id {build_id}, but the shipped "
                          f"one is {expected}: same source, config and toolchain must give the same image; check the "
                          "toolchain lock and [build] env before trusting this baseline")
 

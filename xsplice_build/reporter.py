@@ -14,6 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.status import Status
 
+from . import sandbox
+
 
 class XspliceReporter:
     desc = "xsplice-build progress"
@@ -26,7 +28,8 @@ class XspliceReporter:
 
     # doit's reporter protocol
     def initialize(self, tasks: dict[str, Any], selected_tasks: list[str]) -> None:
-        pass
+        if sandbox.disabled():
+            self._line(sandbox.UNSANDBOXED_WARNING)
 
     def get_status(self, task: Any) -> None:
         pass

@@ -15,7 +15,6 @@ import stat
 import struct
 import subprocess
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -26,6 +25,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import ConfigError, SignatureError
 from .files import write_atomic
+from .keys import SigningKeys as SigningKeys  # re-exported: where the keys are is keys.py's
+from .keys import configured_keys as configured_keys
 
 MARKER = b"~Module signature appended~\n"
 # struct module_signature: algo, hash, id_type, signer_len, key_id_len, __pad[3], be32 sig_len
@@ -33,25 +34,6 @@ MODULE_SIGNATURE = struct.Struct(">BBBBB3xI")
 PKEY_ID_PKCS7 = 2
 REQUIRE_CODE_SIGNING_ENV = "XSPLICE_REQUIRE_CODE_SIGNING"
 DEVELOPMENT_SUBJECT = "xsplice-build DEVELOPMENT signing key - not for production"
-
-
-@dataclass(frozen=True)
-class SigningKeys:
-    key: Path
-    certificate: Path
-    development: bool
-
-
-def configured_keys(root: Path) -> SigningKeys:
-    """XSPLICE_SIGNING_KEY/XSPLICE_SIGNING_CERT when set, else the development pair under keys/."""
-    key, certificate = os.environ.get("XSPLICE_SIGNING_KEY"), os.environ.get("XSPLICE_SIGNING_CERT")
-    if bool(key) != bool(certificate):
-        raise ConfigError("set both XSPLICE_SIGNING_KEY and XSPLICE_SIGNING_CERT, or neither (to use the "
-                          "development key pair)")
-    if key and certificate:
-        return SigningKeys(Path(key), Path(certificate), development=False)
-    directory = root / "keys" / "development"
-    return SigningKeys(directory / "signing_key.pem", directory / "signing_cert.pem", development=True)
 
 
 def make_development_keys(keys: SigningKeys) -> None:

@@ -9,26 +9,22 @@ about doit.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-from . import __version__, files, toolchain
+from . import __version__, files, sandboxed_base, sandboxed_build, sandboxed_diff, toolchain
 from .baseline import Baseline, load_baseline, supplied_image
-from .build import SPLIT_SECTIONS_FLAGS, apply_patch, check_expected_build_id, prepare_tree, run_build
+from .build import check_expected_build_id, compiler_link
 from .checkout import checkout
-from .diff.engine import conclude, diff_pairs
-from .diff.explain import explain_record, render
 from .diff.extract import PatchedFunction
 from .diff.profile import profile_named
 from .elf.notes import image_build_id
 from .elf.reader import read_elf_file
-from .errors import BuildError, NothingToPatch, Unpatchable
-from .files import copy_tree, read_json, relative, remove_tree, sha256_bytes, sha256_file, write_atomic, write_json
+from .errors import BuildError
+from .files import relative, sha256_bytes, sha256_file, write_atomic, write_json
 from .image import BaseImage
-from .layout import apply_layout, baseline_layout, func_layout, probe_structs, wanted_structs
-from .patches import patch_file
+from .keyscan import SigningKeyBytes, refuse_key_material
+from .layout import func_layout
 from .payload import make_payload
 from .project import Project
 from .records import (
@@ -40,8 +36,9 @@ from .records import (
     PayloadRecord,
     Records,
     Report,
-    kept_object,
 )
+from .sandbox import owned_file, run_stage
+from .sandboxed_build import recorded_tools
 from .sign import configured_keys, load_keys, make_development_keys, sign
 
 
@@ -68,22 +65,21 @@ def stage_checkout(project: Project, baseline: str) -> None:
 def stage_build_base(project: Project, baseline: str) -> None:
     definition = load_baseline(project, baseline)
     records = Records(project, baseline)
-    source = project.root / CheckoutRecord.read(records.checkout).tree
+    compiler_link(records.bin, definition, recorded_tools(project))  # made here: bin/ is read-only in the sandbox
+    built = run_stage(project, sandboxed_base.build_base, {"baseline": baseline}, [records.base / "base"])
     tree = records.base / "base" / "tree"
-    prepare_tree(project, definition, source, tree)
-    # With split_sections = "base" the shipped build already has one section per function.
-    output = run_build(definition, tree, _tools(project), "", records.base / "base" / "build.log", prepare=True,
-                       bin_dir=records.bin)
-    check_expected_build_id(definition, output)
-    image = _trusted_image(definition, output.image, output.build_id)
+    rebuilt = owned_file(tree / definition.build.image, tree, "image")
+    build_id = image_build_id(read_elf_file(rebuilt)).hex()
+    check_expected_build_id(definition, build_id)
+    image = _trusted_image(definition, rebuilt, build_id)
     BaseRecord(
         tree=relative(tree, project.root),
         image=relative(image, project.root) if image.resolve().is_relative_to(project.root.resolve())
         else str(image.resolve()),
         image_sha256=sha256_file(image),
-        build_id=output.build_id,
-        objects=output.objects,
-        layout=_layout(definition, tree, output.image),
+        build_id=build_id,
+        objects=built["objects"],
+        layout=built["layout"],
     ).write(records.build_base)
 
 
@@ -100,15 +96,6 @@ def _trusted_image(definition: Baseline, rebuilt: Path, build_id: str) -> Path:
     return supplied
 
 
-def _layout(definition: Baseline, tree: Path, image: Path) -> dict[str, Any]:
-    profile = profile_named(definition.profile)
-    if definition.layout_probe is None:
-        return baseline_layout(image, profile)
-    compiler = shutil.which(definition.build.compiler) or definition.build.compiler
-    probed = probe_structs(tree, definition.layout_probe, compiler, wanted_structs(profile))
-    return baseline_layout(image, profile, probed)
-
-
 def stage_build_orig(project: Project, baseline: str) -> None:
     definition = load_baseline(project, baseline)
     records = Records(project, baseline)
@@ -116,77 +103,27 @@ def stage_build_orig(project: Project, baseline: str) -> None:
         base = BaseRecord.read(records.build_base)
         OrigRecord(tree=base.tree, objects=base.objects, built_by="build-base").write(records.build_orig)
         return
-    source = project.root / CheckoutRecord.read(records.checkout).tree
-    tree = records.base / "orig" / "tree"
-    prepare_tree(project, definition, source, tree)
-    output = run_build(definition, tree, _tools(project), SPLIT_SECTIONS_FLAGS, records.base / "orig" / "build.log",
-                       prepare=True, bin_dir=records.bin)
-    OrigRecord(tree=relative(tree, project.root), objects=output.objects, built_by="build-orig").write(
-        records.build_orig)
+    compiler_link(records.bin, definition, recorded_tools(project))  # bin/: see stage_build_base
+    objects = run_stage(project, sandboxed_build.build_orig, {"baseline": baseline}, [records.base / "orig"])
+    OrigRecord(tree=relative(records.base / "orig" / "tree", project.root), objects=objects,
+               built_by="build-orig").write(records.build_orig)
 
 
 def stage_build_patched(project: Project, baseline: str, patch: str) -> None:
-    definition = load_baseline(project, baseline)
     records = Records(project, baseline, patch)
     files.remove_temporaries(records.patch_dir)  # the stages of one pair run one after another
-    source = patch_file(project, patch, baseline)
-    orig = OrigRecord.read(records.build_orig)
-    tree = records.patch_dir / "tree"
-    copy_tree(project.root / orig.tree, tree)
-    touched = apply_patch(source, tree)
-    flags = SPLIT_SECTIONS_FLAGS if definition.build.split_sections == "wrapper" else ""
-    output = run_build(definition, tree, _tools(project), flags, records.patch_dir / "build.log", prepare=False,
-                       bin_dir=records.bin)
-    objects_dir = records.patch_dir / "objects"
-    remove_tree(objects_dir)
-    changed = []
-    for name, digest in sorted(output.objects.items()):
-        if orig.objects.get(name) == digest:
-            continue
-        kept = kept_object(records.patch_dir, name)
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(tree / name, kept)
-        changed.append({"object": name, "original": name if name in orig.objects else None,
-                        "original_sha256": orig.objects.get(name), "patched_sha256": digest})
-    # The objects are all the later stages need; a patched tree of a real hypervisor is large.
-    remove_tree(tree)
-    PatchedRecord(patch=patch, patch_sha256=sha256_file(source), touched=touched, recompiled=sorted(output.objects),
-                  changed=changed).write(records.patched)
+    compiler_link(records.bin, load_baseline(project, baseline), recorded_tools(project))  # see stage_build_base
+    built = run_stage(project, sandboxed_build.build_patched, {"baseline": baseline, "patch": patch},
+                      [records.patch_dir])
+    PatchedRecord.from_json(built, "the sandboxed build-patched").write(records.patched)
 
 
 def stage_diff(project: Project, baseline: str, patch: str) -> None:
-    definition = load_baseline(project, baseline)
     records = Records(project, baseline, patch)
     files.remove_temporaries(records.patch_dir)  # the stages of one pair run one after another
-    patched = PatchedRecord.read(records.patched)
-    orig_tree = project.root / OrigRecord.read(records.build_orig).tree
-    layout = BaseRecord.read(records.build_base).layout
-    pairs: list[tuple[str, Path | None, Path]] = []
-    for change in patched.changed:
-        original = orig_tree / change["original"] if change["original"] else None
-        pairs.append((change["object"], original, kept_object(records.patch_dir, change["object"])))
-    diffs = diff_pairs(pairs, apply_layout(profile_named(definition.profile), layout))
-    try:
-        result = conclude(diffs)  # extraction resolves the base-image references the explanation lists
-    except (NothingToPatch, Unpatchable) as refusal:
-        _write_explanation(project, records, patch, [explain_record(diff) for diff in diffs])
-        where = records.explain_text.relative_to(project.root)
-        raise refusal.with_note(f"every decision is in {where}") from None
-    explained = [explain_record(diff) for diff in diffs]
-    _write_explanation(project, records, patch, explained)
-    write_atomic(records.extract, result.extract)
-    DiffRecord(functions=[asdict(function) for function in result.functions], objects=explained,
-               extract_sha256=sha256_bytes(result.extract)).write(records.diff)
-
-
-def _write_explanation(project: Project, records: Records, patch: str, explained: list[dict[str, Any]]) -> None:
-    lines = [f"diff of patch {patch}: {len(explained)} changed object(s)"]
-    if not explained:
-        lines.append("  no compiled object differs: the patch changes comments, whitespace, or files not built")
-    for record in explained:
-        lines.extend(render(record))
-    write_json(records.explain_json, {"patch": patch, "objects": explained})
-    write_atomic(records.explain_text, ("\n".join(lines) + "\n").encode())
+    found = run_stage(project, sandboxed_diff.diff_objects, {"baseline": baseline, "patch": patch}, [records.patch_dir])
+    owned_file(records.extract, records.patch_dir, "extracted code")  # the payload stage reads it unsandboxed
+    DiffRecord.from_json(found, "the sandboxed diff").write(records.diff)
 
 
 def stage_payload(project: Project, baseline: str, patch: str) -> None:
@@ -212,7 +149,10 @@ def stage_sign(project: Project, baseline: str, patch: str) -> list[str]:
     files.remove_temporaries(records.out_dir)
     keys = configured_keys(project.root)
     key, certificate, warnings = load_keys(keys)
-    unsigned = records.unsigned.read_bytes()
+    unsigned = owned_file(records.unsigned, records.patch_dir, "unsigned payload").read_bytes()
+    # Behind the sandbox: no key material is signed, whatever put it there.
+    refuse_key_material(unsigned, relative(records.unsigned, project.root),
+                        SigningKeyBytes.of(key, keys.key.read_bytes()))
     signed = sign(unsigned, key, certificate)
     report = _report(project, definition, records, patch, unsigned, signed, keys.certificate)
     write_atomic(records.signed, signed)
@@ -257,8 +197,3 @@ def _path_for_report(path: Path, report_dir: Path) -> str:
     """Relative to report.json when both live in this checkout (so the tree can move), else absolute."""
     resolved, root = path.resolve(), report_dir.resolve().parents[2]
     return os.path.relpath(resolved, report_dir.resolve()) if resolved.is_relative_to(root) else str(resolved)
-
-
-def _tools(project: Project) -> dict[str, toolchain.Tool]:
-    recorded = read_json(project.toolchain_state, "toolchain check record")
-    return {name: toolchain.Tool(**tool) for name, tool in recorded["tools"].items()}

@@ -17,7 +17,7 @@ from typing import Any
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from . import integrity, stages
+from . import integrity, sandbox, stages
 from .baseline import Baseline, load_all, supplied_image
 from .code_identity import identity
 from .errors import XspliceError
@@ -48,6 +48,10 @@ def run_stage(stage: str, root: str, targets: list[str], certificate: str = "",
     if warnings:
         values["warnings"] = [str(warning) for warning in warnings]
     return values
+
+
+# The stages whose work runs in the build sandbox (sandboxed.STAGES).
+SANDBOXED_STAGES = frozenset({"build_base", "build_orig", "build_patched", "diff"})
 
 
 class Pipeline:
@@ -166,6 +170,8 @@ class Pipeline:
         outputs intact. One config_changed per task: doit keeps a single saved value for all of them.
         """
         stage = basename.replace("-", "_")
+        if stage in SANDBOXED_STAGES:  # built with or without the sandbox: a change of mode rebuilds
+            config = {**(config or {}), "sandbox": sandbox.mode()}
         paths = [self._path(p) for p in targets]
         return {"basename": basename, "name": name, "actions": self._action(stage, paths, **arguments),
                 "file_dep": [self._path(p) for p in inputs], "targets": paths,

@@ -1,0 +1,56 @@
+"""The diff's part that runs inside the build sandbox (sandbox.py): it reads objects a patch's build shaped.
+
+stages.py runs it through `sandbox.run_stage` and writes the diff record from what it returns.
+It writes the explanation (also when it refuses) and the extracted code in the pair's directory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .baseline import load_baseline
+from .diff.engine import conclude, diff_pairs
+from .diff.explain import explain_record, render
+from .diff.profile import profile_named
+from .errors import NothingToPatch, Unpatchable
+from .files import sha256_bytes, write_atomic, write_json
+from .layout import apply_layout
+from .project import Project
+from .records import BaseRecord, DiffRecord, OrigRecord, PatchedRecord, Records, kept_object
+
+
+def diff_objects(project: Project, baseline: str, patch: str) -> dict[str, Any]:
+    """The diff: it reads objects a patch's build shaped. Writes the explanation and the extract."""
+    definition = load_baseline(project, baseline)
+    records = Records(project, baseline, patch)
+    patched = PatchedRecord.read(records.patched)
+    orig_tree = project.root / OrigRecord.read(records.build_orig).tree
+    layout = BaseRecord.read(records.build_base).layout
+    pairs: list[tuple[str, Path | None, Path]] = []
+    for change in patched.changed:
+        original = orig_tree / change["original"] if change["original"] else None
+        pairs.append((change["object"], original, kept_object(records.patch_dir, change["object"])))
+    diffs = diff_pairs(pairs, apply_layout(profile_named(definition.profile), layout))
+    try:
+        result = conclude(diffs)  # extraction resolves the base-image references the explanation lists
+    except (NothingToPatch, Unpatchable) as refusal:
+        _write_explanation(project, records, patch, [explain_record(diff) for diff in diffs])
+        where = records.explain_text.relative_to(project.root)
+        raise refusal.with_note(f"every decision is in {where}") from None
+    explained = [explain_record(diff) for diff in diffs]
+    _write_explanation(project, records, patch, explained)
+    write_atomic(records.extract, result.extract)
+    return DiffRecord(functions=[asdict(function) for function in result.functions], objects=explained,
+                      extract_sha256=sha256_bytes(result.extract)).to_json()
+
+
+def _write_explanation(project: Project, records: Records, patch: str, explained: list[dict[str, Any]]) -> None:
+    lines = [f"diff of patch {patch}: {len(explained)} changed object(s)"]
+    if not explained:
+        lines.append("  no compiled object differs: the patch changes comments, whitespace, or files not built")
+    for record in explained:
+        lines.extend(render(record))
+    write_json(records.explain_json, {"patch": patch, "objects": explained})
+    write_atomic(records.explain_text, ("\n".join(lines) + "\n").encode())
