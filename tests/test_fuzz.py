@@ -12,7 +12,7 @@ from conftest import REPO, Checkout
 
 from xsplice_build.errors import XspliceError
 
-TARGETS = ("elf", "verify", "split", "sign", "diff", "toml")
+TARGETS = ("elf", "verify", "split", "sign", "diff", "toml", "protocol", "loader")
 
 
 RUNS = 300  # a fixed amount of work, not of time: the figures do not depend on the machine's load

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,9 +187,36 @@ def _source(path: Path, table: object, project: Project) -> Source:
     )
 
 
+# What build.run_build fills into the words of [build] command and prepare.
+COMMAND_PLACEHOLDERS = ("jobs", "cc", "ld")
+
+
+def _argv(path: Path, key: str, value: object) -> tuple[str, ...]:
+    """A command's words, each with only the known {placeholders} and every other brace doubled."""
+    words = tuple(check_string_list(path, "build", key, value))
+    for number, word in enumerate(words):
+        try:
+            # A format spec may hold fields of its own ({jobs:{nosuch}}): those count as fields too.
+            fields = [name for _text, field, spec, _conversion in string.Formatter().parse(word)
+                      if field is not None for name in (field, *(spec and _inner_fields(spec)))]
+        except ValueError as error:
+            raise ConfigError(f"{path}: [build] {key} word {number} {word!r}: {error} (write a literal brace as "
+                              "{{ or }})") from None
+        for field_name in fields:
+            if field_name not in COMMAND_PLACEHOLDERS:
+                known = ", ".join("{" + name + "}" for name in COMMAND_PLACEHOLDERS)
+                raise ConfigError(f"{path}: [build] {key} word {number} {word!r}: unknown placeholder "
+                                  f"{{{field_name}}}; known: {known} (write a literal brace as {{{{ or }}}})")
+    return words
+
+
+def _inner_fields(spec: str) -> list[str]:
+    return [field for _text, field, _spec, _conversion in string.Formatter().parse(spec) if field is not None]
+
+
 def _build(path: Path, table: object, project: Project) -> BuildRecipe:
     data = check_table(path, "build", table, _BUILD)
-    command = tuple(check_string_list(path, "build", "command", data["command"]))
+    command = _argv(path, "command", data["command"])
     if not command:
         raise ConfigError(f"{path}: [build] key 'command' must not be empty")
     split = data.get("split_sections", "wrapper")
@@ -204,7 +232,7 @@ def _build(path: Path, table: object, project: Project) -> BuildRecipe:
         env=check_string_map(path, "build", "env", data.get("env", {})),
         config=config,
         config_dest=data.get("config_dest"),
-        prepare=tuple(check_string_list(path, "build", "prepare", data.get("prepare", []))),
+        prepare=_argv(path, "prepare", data.get("prepare", [])),
         objects_under=data.get("objects_under", ""),
         ignore_objects=tuple(check_string_list(path, "build", "ignore_objects", data.get("ignore_objects", []))),
         compiler=data.get("compiler", "gcc"),

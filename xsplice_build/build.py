@@ -87,8 +87,12 @@ def run_build(baseline: Baseline, tree: Path, tools: dict[str, Tool], extra_cfla
             argv = [_fill(word, tools, compiler) for word in template]
             output.write("$ " + " ".join(argv) + "\n")
             output.flush()
-            result = subprocess.run(argv, cwd=tree, env=env, stdout=output, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, check=False)
+            try:
+                result = subprocess.run(argv, cwd=tree, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, check=False)
+            except OSError as error:
+                raise BuildError(f"{baseline.definition}: [build] command {argv[0]!r} cannot run: "
+                                 f"{error.strerror or error}; install it or correct the definition") from None
             if result.returncode != 0:
                 raise BuildError(f"building {baseline.name} failed ({' '.join(argv)} exited "
                                  f"{result.returncode}): {_first_error(log)}; full log: {log}")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .console import run_command
-from .errors import NothingToPatch, Unpatchable
+from .errors import NothingToPatch, Unpatchable, printable
 
 if TYPE_CHECKING:
     from .diff.state import ObjectDiff
@@ -67,15 +67,17 @@ def _verify(arguments: argparse.Namespace) -> int:
 
     certificate = arguments.cert or trusted_certificate()
     linked, image = verify_file(arguments.payload, arguments.image, certificate, arguments.require_code_signing)
-    print(summary(linked, image, certificate))
+    print(printable(summary(linked, image, certificate)))  # function names come from the payload
     return 0
 
 
 def _diff(arguments: argparse.Namespace) -> int:
     from .diff.engine import conclude, diff_objects
     from .diff.profile import profile_named
-    from .files import write_atomic
+    from .files import check_replaceable, write_atomic
 
+    if arguments.output:
+        check_replaceable(arguments.output)  # before any work: a device or directory is never ours to replace
     result = diff_objects(arguments.original, arguments.patched, arguments.name or str(arguments.patched),
                           profile_named(arguments.profile))
     try:
@@ -84,18 +86,19 @@ def _diff(arguments: argparse.Namespace) -> int:
     except (NothingToPatch, Unpatchable) as refusal:
         _show(arguments, result)
         for line in result.refusals[1:]:
-            print(f"xsplice-build: {line}", file=sys.stderr)
+            print(f"xsplice-build: {printable(line)}", file=sys.stderr)
         if isinstance(refusal, NothingToPatch) and not (arguments.explain or arguments.json):
             raise refusal.with_note("run with --explain to see every decision") from None
         raise
     record = _show(arguments, result)
     if not arguments.json:
+        # Names come from the objects: a name holding ESC or a newline is printed escaped.
         for function in concluded.functions:
-            print(f"changed {function.name} ({function.old_size} -> {function.new_size} bytes)")
+            print(printable(f"changed {function.name} ({function.old_size} -> {function.new_size} bytes)"))
         for name in record["new_functions"]:
-            print(f"new     {name}")
+            print(printable(f"new     {name}"))
         for text in record["warnings"] + record["ignored"]:
-            print(f"note    {text}")
+            print(printable(f"note    {text}"))
     if arguments.output:
         write_atomic(arguments.output, concluded.extract)
     return 0
@@ -107,9 +110,9 @@ def _show(arguments: argparse.Namespace, result: ObjectDiff) -> dict[str, Any]:
 
     record = explain_record(result)
     if arguments.json:
-        print(json.dumps(record, indent=2, sort_keys=True))
+        print(json.dumps(record, indent=2, sort_keys=True))  # escapes every control character itself
     elif arguments.explain:
-        print("\n".join(render(record)))
+        print("\n".join(printable(line) for line in render(record)))
     return record
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import getopt
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -22,20 +23,66 @@ from .baseline import DEFAULT_BASELINE
 from .errors import XspliceError
 
 DOIT_REFUSED = 2  # a doit command refused before running a stage (doit itself: 1 a task failed, 3 bad usage)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped
 
 
 def run_command(program: str, command: Callable[[], int | None], exit_code: int | None = None,
                 label: str = "") -> int:
-    """Run `command`; a refusal is `program: label message` on stderr and its exit code (or `exit_code`)."""
+    """Run `command`; a refusal is `program: label message` on stderr and its exit code (or `exit_code`).
+
+    Besides refusals: a closed stdout or stderr stops the run before it starts, and an interrupt
+    (Ctrl-C, exit 130) or a reader that went away (`| head -1`) ends it in one line too; outputs are
+    written atomically, so none of them leaves a half-written file.
+    """
+    closed = check_standard_streams()
+    if closed:
+        return _say(program, label + closed, exit_code if exit_code is not None else 1)
     for stream in (sys.stdout, sys.stderr):
         # Names from hostile files may hold undecodable bytes: escape them rather than crash printing.
         stream.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     try:
-        return int(command() or 0)
+        code = int(command() or 0)
+        sys.stdout.flush()
+        return code
     except XspliceError as error:
         sys.stdout.flush()
-        print(f"{program}: {label}{error.message}", file=sys.stderr)
-        return exit_code if exit_code is not None else error.exit_code
+        return _say(program, label + error.message, exit_code if exit_code is not None else error.exit_code)
+    except BrokenPipeError:
+        # Whatever is still buffered can go nowhere: point stdout at /dev/null so the exit flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _say(program, "standard output was closed by its reader (broken pipe); the output is incomplete", 1)
+    except KeyboardInterrupt:
+        return _say(program, "interrupted; nothing was half-written (outputs are replaced whole or not at all, "
+                             "a stage left no record and reruns)", EXIT_INTERRUPTED)
+
+
+def check_standard_streams() -> str | None:
+    """A refusal when stdout or stderr is closed (`>&-`), with the closed descriptors held on /dev/null.
+
+    A closed descriptor 1 or 2 would be handed to the next file opened, and a print or a compiler's
+    messages would land in an output file: nothing runs until both are open.
+    """
+    closed = [name for number, name in ((1, "standard output"), (2, "standard error")) if not _is_open(number)]
+    for number in (1, 2):
+        if not _is_open(number):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), number)
+    if not closed:
+        return None
+    return f"{' and '.join(closed)} closed; redirect to a file or /dev/null instead of closing"
+
+
+def _is_open(descriptor: int) -> bool:
+    try:
+        os.fstat(descriptor)
+    except OSError:
+        return False
+    return True
+
+
+def _say(program: str, message: str, code: int) -> int:
+    if sys.stderr is not None:
+        print(f"{program}: {message}", file=sys.stderr, flush=True)
+    return code
 
 
 def doit_command(execute: Callable[..., int]) -> Callable[..., int]:
@@ -43,9 +90,34 @@ def doit_command(execute: Callable[..., int]) -> Callable[..., int]:
 
     @functools.wraps(execute)
     def bounded(self: Any, params: Any, args: list[str]) -> int:
-        return run_command("xsplice", lambda: execute(self, params, args), DOIT_REFUSED, "error: ")
+        return run_command("xsplice", lambda: _doit_database(lambda: execute(self, params, args)), DOIT_REFUSED,
+                           "error: ")
 
     return bounded
+
+
+def _doit_database(execute: Callable[[], int]) -> int:
+    """doit's dependency database failing (damaged, disk full, read-only) as a refusal that says what to do."""
+    import sqlite3
+
+    from doit.dependency import DatabaseException
+
+    try:
+        return execute()
+    except DatabaseException:
+        raise XspliceError(f"{_database()}: doit's dependency database is damaged; delete it (rm {_database()}) and "
+                           "run again: every stage is checked against its record, so its outputs are kept or "
+                           "remade") from None
+    except sqlite3.Error as error:
+        raise XspliceError(f"{_database()}: doit's dependency database cannot be written ({error}); make room on "
+                           "its file system or make it writable (or delete it if it is damaged), and run "
+                           "again") from None
+
+
+def _database() -> str:
+    from .project import Project
+
+    return str(Project.find().work_dir / ".doit.db")
 
 
 opt_baseline = {

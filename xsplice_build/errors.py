@@ -33,6 +33,14 @@ class ToolchainMismatch(XspliceError):
     """The compiler or binutils on this machine differ from toolchain.lock."""
 
 
+class InputError(XspliceError):
+    """An input is missing, is not a regular file (a device, a FIFO, a directory), or is too large."""
+
+
+class OutputError(XspliceError):
+    """An output cannot be written, or its path holds something that is not ours to replace."""
+
+
 class BuildError(XspliceError):
     """A build command failed or did not produce what the baseline says it does."""
 

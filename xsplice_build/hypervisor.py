@@ -3,11 +3,17 @@
 minixen answers requests, one line each, with "key : value" lines and a final "= rc";
 `livepatch upload NAME SIZE` is followed by SIZE bytes of payload. In the background it
 listens on a Unix socket (mode 0600) under work/run/, with its pid and console log there.
+
+The framing cannot be confused by what a request carries: a request line holds printable
+ASCII only (no newline to end it early, no NUL) and fits the image's line buffer; an upload's
+size is its line's last word, and payload names follow Xen's rules (check_payload_name) before
+anything is sent. The image enforces the same framing and ends a connection that breaks it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -27,10 +33,25 @@ STATE_APPLIED = 2
 STATE_NAMES = {"CHECKED": STATE_CHECKED, "APPLIED": STATE_APPLIED}
 SOCKET_PATH_MAX = 107
 BOOT_TIMEOUT = 10.0
+# minixen's request buffer (arch/x86/setup.c) holds 4096 bytes, the newline included.
+REQUEST_MAX = 4095
+# Xen: XEN_LIVEPATCH_NAME_SIZE is 128, the NUL included (get_name() in common/livepatch.c); the
+# characters are those livepatch-build gives payload names.
+PAYLOAD_NAME_SIZE = 128
+_PAYLOAD_NAME_RE = re.compile(rf"[A-Za-z0-9_-]{{1,{PAYLOAD_NAME_SIZE - 1}}}")
+_REQUEST_RE = re.compile(rf"[\x20-\x7e]{{1,{REQUEST_MAX}}}")
 
 
 class HypervisorError(XspliceError):
     """The running image is missing, refused a request, or cannot be started."""
+
+
+def check_payload_name(name: str) -> str:
+    """`name` if Xen would take it as a payload name, else a one-line refusal (nothing is sent)."""
+    if not _PAYLOAD_NAME_RE.fullmatch(name):
+        raise ConfigError(f"payload name {name!r} is not allowed: Xen takes 1 to {PAYLOAD_NAME_SIZE - 1} characters "
+                          "of A-Z a-z 0-9 _ - (XEN_LIVEPATCH_NAME_SIZE, as livepatch-build names payloads)")
+    return name
 
 
 @dataclass
@@ -67,6 +88,9 @@ class Connection:
         self.stream = sock.makefile("rb")
 
     def request(self, line: str, body: bytes = b"") -> Answer:
+        if not _REQUEST_RE.fullmatch(line):
+            raise HypervisorError(f"request {line[:80]!r} not sent: a request is 1 to {REQUEST_MAX} printable ASCII "
+                                  "characters (no newline, NUL or other control character)")
         try:
             self.sock.sendall(line.encode() + b"\n" + body)
             lines = []

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path, PurePosixPath
 
 from .errors import PatchError
+from .files import TEXT_LIMIT, read_input
 
 # git apply --summary lines that change what files exist or what they are: (prefix, words before
 # the path, what the refusal says).
@@ -27,7 +28,7 @@ _ALLOWED_NEW_MODES = ("100644", "100755")
 
 def check_patch_text(patch: Path) -> None:
     """Refuse an empty patch or one whose lines were turned into CRLF, before any git runs."""
-    data = patch.read_bytes()
+    data = read_input(patch, "patch", TEXT_LIMIT)
     lines = data.split(b"\n")
     headers = [line for line in lines if line.startswith((b"diff --git ", b"--- ", b"+++ ", b"@@ "))]
     if not headers:

@@ -9,11 +9,11 @@ which are test material, not advisories to release.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 from .errors import ConfigError
 from .project import Project, check_name
+from .schema import load_toml
 
 
 def patch_names(project: Project) -> list[str]:
@@ -62,7 +62,4 @@ def is_corpus_case(project: Project, name: str) -> bool:
     path = project.patches_dir / name / "expect.toml"
     if not path.is_file():
         return False
-    try:
-        return tomllib.loads(path.read_text()).get("corpus") is True
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise ConfigError(f"patches/{name}/expect.toml: not valid TOML: {error}") from None
+    return load_toml(path).get("corpus") is True

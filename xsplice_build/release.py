@@ -16,7 +16,7 @@ from typing import Any
 
 from . import __version__, toolchain
 from .baseline import load_baseline
-from .errors import XspliceError
+from .errors import OutputError, XspliceError
 from .files import dump_json, read_json, remove_tree, sha256_file, write_atomic
 from .patches import patch_file
 from .project import Project
@@ -108,8 +108,14 @@ def _known(value: Any) -> Any:
 def write_release(project: Project, entries: list[dict[str, Any]]) -> Path:
     """Stage out/release/ beside the old one and swap it in: readers see the old release or the new one."""
     release = project.out_dir / "release"
-    project.out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".release-", dir=project.out_dir))
+    if release.is_symlink() or (release.exists() and not release.is_dir()):
+        raise OutputError(f"{release}: is not a directory this tool made (a file or a symbolic link); refusing to "
+                          "replace it: move it away and run again")
+    try:
+        project.out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".release-", dir=project.out_dir))
+    except OSError as error:
+        raise OutputError(f"{project.out_dir}: cannot write the release: {error.strerror or error}") from None
     try:
         ordered = sorted(entries, key=lambda e: (e["baseline"], e["patch"]))
         for item in ordered:
@@ -124,6 +130,8 @@ def write_release(project: Project, entries: list[dict[str, Any]]) -> Path:
             manifest["signer_certificate"] = SIGNER
         write_atomic(staging / MANIFEST, dump_json(manifest))
         _swap(staging, release)
+    except OSError as error:
+        raise OutputError(f"{release}: cannot write the release: {error.strerror or error}") from None
     finally:
         remove_tree(staging)
     return release

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .files import TEXT_LIMIT, read_input
 
 
 @dataclass(frozen=True)
@@ -22,15 +23,15 @@ class Field:
 
 def load_toml(path: Path) -> dict[str, Any]:
     """Parse `path`, turning a syntax error into a one-line refusal that names the file."""
+    data = read_input(path, "TOML file", TEXT_LIMIT, "no such file")
     try:
-        with path.open("rb") as stream:
-            return tomllib.load(stream)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
+        return tomllib.loads(data.decode())
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
-    except (OSError, UnicodeDecodeError) as error:
+    except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: cannot read: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid TOML: arrays or tables nested too deeply") from None
 
 
 def check_table(path: Path, where: str, table: Any, fields: Mapping[str, Field]) -> dict[str, Any]:

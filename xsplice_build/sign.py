@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from .errors import ConfigError, SignatureError
-from .files import write_atomic
+from .files import ELF_LIMIT, KEY_LIMIT, read_input, write_atomic
 from .keys import SigningKeys as SigningKeys  # re-exported: where the keys are is keys.py's
 from .keys import configured_keys as configured_keys
 
@@ -64,14 +64,15 @@ def make_development_keys(keys: SigningKeys) -> None:
 
 def load_keys(keys: SigningKeys) -> tuple[rsa.RSAPrivateKey, x509.Certificate, list[str]]:
     """The private key and certificate; warnings for a key others can read."""
+    missing = ("signing key or certificate missing; run `doit dev-keys` for a development pair or set "
+               "XSPLICE_SIGNING_KEY/XSPLICE_SIGNING_CERT")
+    key_bytes = read_input(keys.key, "signing key", KEY_LIMIT, missing)
+    certificate_bytes = read_input(keys.certificate, "signing certificate", KEY_LIMIT, missing)
     try:
         mode = keys.key.stat().st_mode
-        key = serialization.load_pem_private_key(keys.key.read_bytes(), password=None)
-        certificate = x509.load_pem_x509_certificate(keys.certificate.read_bytes())
-    except FileNotFoundError as error:
-        raise ConfigError(f"{error.filename}: signing key or certificate missing; run `doit dev-keys` for a "
-                          "development pair or set XSPLICE_SIGNING_KEY/XSPLICE_SIGNING_CERT") from None
-    except (ValueError, TypeError) as error:
+        key = serialization.load_pem_private_key(key_bytes, password=None)
+        certificate = x509.load_pem_x509_certificate(certificate_bytes)
+    except (ValueError, TypeError, OSError) as error:
         # Never echo the key file's content: only say which file could not be read.
         raise ConfigError(f"{keys.key} or {keys.certificate}: not a PEM private key and certificate "
                           f"({type(error).__name__})") from None
@@ -131,12 +132,9 @@ def split(signed: bytes, name: str) -> tuple[bytes, bytes]:
 
 def verify_file(path: Path, certificate: Path, require_code_signing: bool | None = None) -> bytes:
     """Read a signed payload and check its signature; returns the payload it covers."""
-    try:
-        signed = path.read_bytes()
-    except OSError as error:
-        raise SignatureError(f"{path}: cannot read: {error.strerror or error}") from None
-    if not certificate.is_file():
-        raise SignatureError(f"{certificate}: trusted certificate not found; pass --cert or run `doit dev-keys`")
+    signed = read_input(path, "signed payload", ELF_LIMIT)
+    read_input(certificate, "trusted certificate", KEY_LIMIT,
+               "trusted certificate not found; pass --cert or run `doit dev-keys`")
     return verify(signed, certificate, str(path), require_code_signing)
 
 
@@ -167,9 +165,10 @@ def verify(signed: bytes, certificate_path: Path, name: str, require_code_signin
 
 def check_code_signing(certificate_path: Path) -> None:
     """Refuse a certificate that was not issued for code signing (no codeSigning extended key usage)."""
+    data = read_input(certificate_path, "certificate", KEY_LIMIT)
     try:
-        certificate = x509.load_pem_x509_certificate(certificate_path.read_bytes())
-    except (OSError, ValueError) as error:
+        certificate = x509.load_pem_x509_certificate(data)
+    except ValueError as error:
         raise SignatureError(f"{certificate_path}: not a readable PEM certificate ({type(error).__name__})") from None
     try:
         usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value

@@ -70,7 +70,7 @@ def write_lock(path: Path, tools: dict[str, Tool]) -> None:
 
 def check(lock_path: Path) -> dict[str, Tool]:
     """Return the locked tools when this machine has exactly them; else refuse naming the first difference."""
-    if not lock_path.is_file():
+    if not lock_path.exists():  # anything else there (a device, a FIFO) is read_lock's refusal
         raise ConfigError(f"{lock_path}: missing; create it deliberately with `doit lock-toolchain`")
     locked = read_lock(lock_path)
     # The builds run the locked gcc by its path, so that is the binary to fingerprint.

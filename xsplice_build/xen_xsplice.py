@@ -22,7 +22,15 @@ from .elf.livepatch import DEPENDS, XEN_DEPENDS
 from .elf.notes import parse_build_id_note
 from .elf.reader import read_elf
 from .errors import PayloadRejected
-from .hypervisor import STATE_APPLIED, STATE_CHECKED, STATE_NAMES, Connection, HypervisorError, RunDir
+from .hypervisor import (
+    STATE_APPLIED,
+    STATE_CHECKED,
+    STATE_NAMES,
+    Connection,
+    HypervisorError,
+    RunDir,
+    check_payload_name,
+)
 from .probes import check_phase, load_probes, probe_file
 from .project import Project, check_name
 
@@ -76,6 +84,7 @@ def _info(project: Project, arguments: argparse.Namespace) -> None:
 
 
 def _upload(project: Project, arguments: argparse.Namespace) -> None:
+    check_payload_name(arguments.name)
     certificate = arguments.cert or hypervisor.trusted_certificate(project)
     with RunDir.of(project).connect() as connection:
         upload(connection, arguments.name, arguments.path, certificate)
@@ -83,6 +92,7 @@ def _upload(project: Project, arguments: argparse.Namespace) -> None:
 
 def upload(connection: Connection, name: str, path: Path, certificate: Path) -> None:
     """Verify the signature and the build-id dependency here, then hand the unsigned payload over."""
+    check_payload_name(name)
     payload = sign.verify_file(path, certificate)
     _check_build_id(connection, payload, str(path))
     print(f"Uploading {path} ({path.stat().st_size} bytes)")
@@ -113,12 +123,14 @@ def _list(project: Project, arguments: argparse.Namespace) -> None:
 
 
 def _state(connection: Connection, name: str) -> tuple[int, int, str]:
+    check_payload_name(name)
     answer = _checked(connection.request(f"livepatch get {name}"), f"get {name}")
     rc = int(answer.value("rc", "0"))
     return STATE_NAMES[answer.value("state")], rc, answer.value("error")
 
 
 def _check(project: Project, arguments: argparse.Namespace) -> None:
+    check_payload_name(arguments.name)
     with RunDir.of(project).connect() as connection:
         state, rc, error = _state(connection, arguments.name)
     outcome = "completed!" if rc == 0 else f"failed: {error or f'rc {rc}'}"
@@ -128,6 +140,7 @@ def _check(project: Project, arguments: argparse.Namespace) -> None:
 
 
 def _action(project: Project, arguments: argparse.Namespace) -> None:
+    check_payload_name(arguments.name)
     with RunDir.of(project).connect() as connection:
         perform(connection, arguments.name, arguments.action)
 
@@ -153,7 +166,7 @@ def _prove(project: Project, arguments: argparse.Namespace) -> None:
     baseline = json.loads(run.record.read_text())["baseline"] if pid and run.record.is_file() else None
     if baseline is None:
         raise HypervisorError("no image is running; start one with `xen-xsplice boot minixen`")
-    patch = check_name("patch", arguments.patch)
+    patch = check_payload_name(check_name("patch", arguments.patch))
     path = arguments.path or project.patch_out(baseline, patch) / f"{patch}.livepatch"
     probes = load_probes(probe_file(project, patch, baseline))
     with run.connect() as connection:

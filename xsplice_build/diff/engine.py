@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..elf.model import ElfFile
-from ..elf.reader import read_elf, read_elf_file
+from ..elf.reader import check_relocatable, read_elf, read_elf_file
 from ..elf.writer import write_relocatable
 from ..errors import NothingToPatch, Unpatchable
 from .compare import compare
@@ -43,13 +43,17 @@ class PatchDiff:
 def diff_objects(original: Path | None, patched: Path, label: str, profile: TargetProfile) -> ObjectDiff:
     """Run passes 1-4 on one object pair; refusals are recorded, not raised."""
     with _collector_paused():
+        # Each file under its own name, so that a refusal names the file at fault (the original too).
+        original_elf = read_elf_file(original) if original else _empty_like(label)
         patched_elf = read_elf_file(patched, label)
-        original_elf = read_elf_file(original, label) if original else _empty_like(label)
         return diff_elves(original_elf, patched_elf, label, profile)
+
 
 
 def diff_elves(original_elf: ElfFile, patched_elf: ElfFile, label: str, profile: TargetProfile) -> ObjectDiff:
     """Passes 1-4 on two objects already read (the fuzzer feeds them from memory)."""
+    check_relocatable(original_elf)
+    check_relocatable(patched_elf)
     diff = ObjectDiff(label=label, original=original_elf, patched=patched_elf, profile=profile)
     correlate(diff)
     compare(diff)

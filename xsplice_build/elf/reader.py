@@ -12,24 +12,38 @@ import itertools
 from pathlib import Path
 
 from ..errors import ElfError
+from ..files import ELF_LIMIT, read_input
 from .constants import (
     ELFCLASS64,
     ELFDATA2LSB,
     ELFMAG,
     EM_X86_64,
+    ET_NAMES,
+    ET_REL,
     EV_CURRENT,
     RELOCATION_WIDTH,
+    SHF_ALLOC,
+    SHF_COMPRESSED,
+    SHF_EXECINSTR,
     SHN_LORESERVE,
     SHN_UNDEF,
     SHN_XINDEX,
+    SHT_FINI_ARRAY,
+    SHT_INIT_ARRAY,
     SHT_NOBITS,
+    SHT_NOTE,
     SHT_NULL,
+    SHT_PREINIT_ARRAY,
+    SHT_PROGBITS,
     SHT_REL,
     SHT_RELA,
     SHT_STRTAB,
     SHT_SYMTAB,
+    SHT_X86_64_UNWIND,
     STB_LOCAL,
     STT_FILE,
+    STT_FUNC,
+    STT_OBJECT,
 )
 from .model import ElfFile, Rela, Section, Symbol
 from .structs import EHDR, PHDR, RELA, SHDR, SYM
@@ -38,14 +52,39 @@ MAX_SECTIONS = 1 << 16
 # Padding to an alignment is memory the writer and the loader spend: a forged sh_addralign must
 # not ask for more than this.
 MAX_ALIGNMENT = 1 << 21
+# The section types whose bytes are code or data a relocation may patch (gABI, x86-64 psABI). A
+# relocation section naming any other (itself, the symbol table, a string table) would be read as
+# applying nowhere, and its relocations silently lost.
+RELOCATABLE_TYPES = {SHT_PROGBITS: "SHT_PROGBITS", SHT_NOTE: "SHT_NOTE", SHT_INIT_ARRAY: "SHT_INIT_ARRAY",
+                     SHT_FINI_ARRAY: "SHT_FINI_ARRAY", SHT_PREINIT_ARRAY: "SHT_PREINIT_ARRAY",
+                     SHT_X86_64_UNWIND: "SHT_X86_64_UNWIND"}
+# What an allocated section of an object may be: the above, or zero-initialised (.bss).
+ALLOCATED_TYPES = {**RELOCATABLE_TYPES, SHT_NOBITS: "SHT_NOBITS"}
 
 
 def read_elf_file(path: Path | str, label: str | None = None) -> ElfFile:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as error:
-        raise ElfError(f"{label or path}: cannot read: {error.strerror or error}") from None
+    data = read_input(Path(path), "ELF file", ELF_LIMIT)
     return read_elf(data, label or str(path))
+
+
+def check_relocatable(elf: ElfFile) -> None:
+    """What the diff assumes of an object (.o), beyond what any ELF file must be: a relocatable file whose
+    allocated sections are of types it knows, and whose functions and variables lie inside their sections."""
+    if elf.kind != ET_REL:
+        raise ElfError(f"{elf.name}: e_type {elf.kind} ({ET_NAMES.get(elf.kind, 'unknown')}) is not ET_REL: the "
+                       "diff takes relocatable objects (.o), not linked images")
+    for section in elf.sections[1:]:
+        if (section.flags & (SHF_ALLOC | SHF_EXECINSTR)) and section.type not in ALLOCATED_TYPES:
+            raise ElfError(f"{elf.name}: section [{section.index}] {section.name}: type {section.type:#x} is not "
+                           f"one an allocated section may have ({', '.join(ALLOCATED_TYPES.values())}); it "
+                           "would be taken for code or data")
+    for symbol in elf.symbols:
+        if symbol.type not in (STT_FUNC, STT_OBJECT) or not 0 < symbol.shndx < len(elf.sections):
+            continue
+        section = elf.sections[symbol.shndx]
+        if symbol.value > section.size or symbol.size > section.size - symbol.value:
+            raise ElfError(f"{elf.name}: symbol {symbol.index} {symbol.name!r}: {symbol.value:#x}+{symbol.size:#x} "
+                           f"lies outside section [{section.index}] {section.name} ({section.size:#x} bytes)")
 
 
 def read_elf(data: bytes, name: str) -> ElfFile:
@@ -56,7 +95,9 @@ def read_elf(data: bytes, name: str) -> ElfFile:
     names = _section_names(data, name, raw_sections, shstrndx)
     sections = [_section(data, name, index, raw, names[index]) for index, raw in enumerate(raw_sections)]
     _check_links(name, sections)
-    _check_overlaps(name, sections, shoff, shnum * SHDR.size)
+    _check_overlaps(name, sections, [(0, EHDR.size, "the ELF header"),
+                                     (shoff, shoff + shnum * SHDR.size, "the section header table"),
+                                     (phoff, phoff + phnum * PHDR.size, "the program header table")])
     symtab_index = _find_symtab(name, sections)
     symbols = _symbols(name, sections, symtab_index) if symtab_index is not None else []
     _attach_relocations(name, sections, symbols, symtab_index)
@@ -117,6 +158,9 @@ def _section(data: bytes, name: str, index: int, raw: tuple[int, ...], section_n
     contents = b"" if empty else _slice(data, name, label, offset, size)
     if align & (align - 1):
         raise ElfError(f"{name}: {label}: alignment {align:#x} is not a power of two")
+    if flags & SHF_COMPRESSED and flags & SHF_ALLOC:
+        raise ElfError(f"{name}: {label}: SHF_COMPRESSED on an allocated section (the gABI forbids it: its "
+                       "bytes would be taken for code or data while compressed)")
     if align > MAX_ALIGNMENT:
         raise ElfError(f"{name}: {label}: alignment {align:#x} is larger than {MAX_ALIGNMENT:#x} (2 MiB, a "
                        "superpage), the most any section of Xen or a payload asks for")
@@ -131,11 +175,12 @@ def _check_links(name: str, sections: list[Section]) -> None:
                            f"the {len(sections)} sections")
 
 
-def _check_overlaps(name: str, sections: list[Section], shoff: int, shsize: int) -> None:
-    """Two sections sharing file bytes is how a forged file makes one thing mean two."""
+def _check_overlaps(name: str, sections: list[Section], headers: list[tuple[int, int, str]]) -> None:
+    """Two sections, or a section and a header, sharing file bytes is how a forged file makes one thing
+    mean two (a section over the ELF header would be code made of e_type and e_shoff)."""
     spans = [(s.offset, s.offset + s.size, f"section [{s.index}] {s.name}") for s in sections[1:]
              if not s.is_nobits and s.size and s.type != SHT_NULL]
-    spans.append((shoff, shoff + shsize, "the section header table"))
+    spans.extend(span for span in headers if span[1] > span[0])
     # Sorted by position only: two spans at the same place are compared by nothing else.
     spans.sort(key=lambda span: (span[0], span[1]))
     for (start_a, end_a, what_a), (start_b, _end_b, what_b) in itertools.pairwise(spans):
@@ -197,6 +242,10 @@ def _attach_relocations(name: str, sections: list[Section], symbols: list[Symbol
         if len(target.data) != target.size:
             raise ElfError(f"{name}: {label}: relocates section [{target.index}] {target.name}, which holds no "
                            f"bytes in the file (type {target.type}: SHT_NOBITS or SHT_NULL)")
+        if target is rela or target.type not in RELOCATABLE_TYPES:
+            what = "itself" if target is rela else f"section [{target.index}] {target.name} of type {target.type}"
+            raise ElfError(f"{name}: {label}: sh_info {rela.info} names {what}, which relocations cannot apply "
+                           f"to (only {', '.join(RELOCATABLE_TYPES.values())})")
         if target.rela_section is not None:
             raise ElfError(f"{name}: {label}: section [{target.index}] {target.name} already has "
                            f"relocations in section [{target.rela_section}]")

@@ -564,6 +564,12 @@ static void free_payload(struct payload *payload)
     memset(payload, 0, sizeof(*payload));
 }
 
+/*
+ * Xen's rules for a payload name: 1 to XEN_LIVEPATCH_NAME_SIZE - 1 bytes before the NUL
+ * (get_name()), of the characters livepatch-build gives names (A-Z a-z 0-9 _ -). Every
+ * request that names a payload is checked, so a name never reaches a lookup or an answer
+ * line unchecked.
+ */
 static bool valid_name(const char *name)
 {
     size_t len = strlen(name), i;
@@ -572,7 +578,7 @@ static bool valid_name(const char *name)
         return false;
     for ( i = 0; i < len; i++ )
         if ( !((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= 'A' && name[i] <= 'Z') ||
-               (name[i] >= '0' && name[i] <= '9') || name[i] == '-' || name[i] == '_' || name[i] == '.') )
+               (name[i] >= '0' && name[i] <= '9') || name[i] == '-' || name[i] == '_') )
             return false;
     return true;
 }
@@ -585,8 +591,6 @@ static int livepatch_upload(const char *name, const char *size_text)
     unsigned int i;
     int rc;
 
-    if ( !valid_name(name) )
-        return livepatch_fail(-EINVAL, "bad payload name '%s' (1-63 of A-Z a-z 0-9 - _ .)", name);
     if ( body.size > LIVEPATCH_MAX_SIZE )
         return livepatch_fail(-E2BIG, "%s: payload is %lu bytes, at most %lu", name, (unsigned long)body.size,
                               LIVEPATCH_MAX_SIZE);
@@ -748,19 +752,39 @@ static size_t livepatch_list(char *buf, size_t size, size_t len)
     return len;
 }
 
-/* "upload NAME SIZE" carries SIZE bytes after its line: how many, so serve() can read them. */
+static char *last_space(const char *s)
+{
+    const char *last = NULL;
+
+    for ( ; *s; s++ )
+        if ( *s == ' ' )
+            last = s;
+    return (char *)last;
+}
+
+/*
+ * "livepatch upload NAME SIZE" carries SIZE bytes after its line. SIZE is the line's last
+ * word, whatever the words before it hold, so no name can move it. Returns the size, 0 for
+ * a request without a body, and -1 for an upload line whose last word is not a size: what
+ * follows such a line cannot be told from requests, so serve() ends the connection.
+ */
 long livepatch_body_size(const char *line)
 {
-    const char *p = line, *end;
-    long size;
+    const char *p;
+    long size = 0;
 
-    if ( memcmp(p, "livepatch upload ", 17) )
+    if ( memcmp(line, "livepatch upload ", 17) )
         return 0;
-    p = strchr(p + 17, ' ');
-    if ( !p )
-        return 0;
-    size = simple_strtol(p + 1, &end, 10);
-    return *end || size < 0 ? 0 : size;
+    p = last_space(line) + 1;
+    if ( !*p )
+        return -1;
+    for ( ; *p; p++ )
+    {
+        if ( *p < '0' || *p > '9' || size > (1L << 40) )
+            return -1;
+        size = size * 10 + (*p - '0');
+    }
+    return size;
 }
 
 void livepatch_take_body(void *data, size_t size)
@@ -793,19 +817,30 @@ static const struct {
 
 static long livepatch_dispatch(char *args, char *buf, size_t size, size_t *len)
 {
-    char *op = next_word(&args), *name = next_word(&args);
+    char *op = next_word(&args), *name, *size_text = NULL;
     const struct payload *data;
     unsigned int i;
 
-    if ( !strcmp(op, "list") && !*name )
+    if ( !strcmp(op, "list") && !*args )
     {
         *len = livepatch_list(buf, size, *len);
         return 0;
     }
+    if ( !strcmp(op, "upload") && (size_text = last_space(args)) != NULL )
+    {
+        /* NAME is all before the size, spaces included: a name with a space is refused whole. */
+        *size_text++ = '\0';
+        name = args;
+    }
+    else
+        name = next_word(&args);
     if ( !*name )
         return livepatch_fail(-EINVAL, "livepatch %s: which payload?", op);
+    if ( !valid_name(name) )
+        return livepatch_fail(-EINVAL, "bad payload name '%s' (1-%u of A-Z a-z 0-9 - _)", name,
+                              LIVEPATCH_NAME_SIZE - 1);
     if ( !strcmp(op, "upload") )
-        return livepatch_upload(name, next_word(&args));
+        return livepatch_upload(name, size_text ? size_text : "");
     if ( *args )
         return livepatch_fail(-EINVAL, "livepatch %s: unexpected '%s'", op, args);
     if ( !strcmp(op, "get") )

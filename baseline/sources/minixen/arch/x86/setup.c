@@ -4,6 +4,7 @@
  * where Xen would patch on the way back from a VMEXIT.
  */
 #include <xen/lib.h>
+#include <xen/errno.h>
 #include <xen/version.h>
 #include <xen/livepatch.h>
 #include <asm/syscall_ext.h>
@@ -12,6 +13,8 @@
 void trap_init(void);
 void setup_dom0(void);
 int handle_request(char *line, char *buf, size_t size, size_t *len);
+
+#define FRAMING_DRAIN_MAX (1UL << 20)
 
 static char request[4096];
 static char line[4096];
@@ -61,7 +64,42 @@ static bool read_body(int in, size_t *used, void *data, size_t size)
     return true;
 }
 
-/* Read requests from fd, one per line, until "quit" (returns 1) or end of input (0). */
+static bool holds_nul(const char *buf, size_t len)
+{
+    size_t i;
+
+    for ( i = 0; i < len; i++ )
+        if ( !buf[i] )
+            return true;
+    return false;
+}
+
+/*
+ * The framing: a request is one line of at most sizeof(request) - 1 bytes without a NUL, and
+ * an upload line is followed by exactly the size its last word gives. A request that breaks
+ * the framing cannot be told apart from what follows it: it is answered with the reason and
+ * the connection ends, so nothing after it (a payload's bytes) is ever read as a request.
+ */
+static int framing_error(int in, int out, const char *reason)
+{
+    size_t len = snprintf(answer, sizeof(answer), "error : %s; closing the connection\n= %d\n", reason,
+                          -EINVAL), drained = 0;
+    ssize_t got;
+
+    console_write(out, answer, len < sizeof(answer) ? len : sizeof(answer) - 1);
+    /*
+     * What the client sent after it is discarded (a bounded amount, until it stops sending), so
+     * that closing does not reset the connection before the client has read why.
+     */
+    while ( drained < FRAMING_DRAIN_MAX && (got = sys_read(in, request, sizeof(request))) > 0 )
+        drained += got;
+    return -1;
+}
+
+/*
+ * Read requests from fd, one per line, until "quit" (returns 1), end of input (0) or a
+ * request that breaks the framing (-1).
+ */
 static int serve(int in, int out)
 {
     size_t used = 0;
@@ -73,15 +111,20 @@ static int serve(int in, int out)
 
         if ( newline )
         {
-            size_t line_len = newline - request, len, body_size;
+            size_t line_len = newline - request, len;
+            long body_size;
             void *body = NULL;
             int stop;
 
+            if ( holds_nul(request, line_len) )
+                return framing_error(in, out, "a request holds a NUL byte");
             *newline = '\0';
             memcpy(line, request, line_len + 1);
             used -= line_len + 1;
             memmove(request, newline + 1, used);
             body_size = livepatch_body_size(line);
+            if ( body_size < 0 )
+                return framing_error(in, out, "livepatch upload: the last word must be the payload's size in bytes");
             if ( body_size )
             {
                 body = body_size <= LIVEPATCH_MAX_SIZE ? livepatch_alloc(body_size) : NULL;
@@ -104,7 +147,7 @@ static int serve(int in, int out)
             continue;
         }
         if ( used == sizeof(request) )
-            used = 0; /* An overlong request is dropped, not executed in part. */
+            return framing_error(in, out, "a request is longer than 4095 bytes");
         got = sys_read(in, request + used, sizeof(request) - used);
         if ( got <= 0 )
             return 0;
@@ -147,7 +190,7 @@ static void serve_socket(const char *path)
             continue;
         stop = serve(conn, conn);
         sys_close(conn);
-        if ( stop )
+        if ( stop == 1 )
             break;
     }
     syscall3(__NR_unlink, path, 0, 0);
@@ -161,7 +204,7 @@ noreturn void start_xen(unsigned long *stack)
     setup_dom0();
     if ( stack[0] == 3 && !strcmp((char *)stack[2], "--socket") )
         serve_socket((char *)stack[3]);
-    else
-        serve(0, 1);
+    else if ( serve(0, 1) < 0 )
+        sys_exit(2);
     sys_exit(0);
 }
