@@ -50,7 +50,7 @@ def run_stage(stage: str, root: str, targets: list[str], certificate: str = "",
     return values
 
 
-# The stages whose work runs in the build sandbox (sandboxed.STAGES).
+# The stages whose work runs in the build sandbox (stages.py hands it to sandbox.run_stage).
 SANDBOXED_STAGES = frozenset({"build_base", "build_orig", "build_patched", "diff"})
 
 
