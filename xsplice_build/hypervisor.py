@@ -1,5 +1,7 @@
 """A running base image (minixen) in the background: booting it, and its request interface.
 
+(A real-Xen baseline runs in a VM instead: xen_vm.py, which shares work/run/ as laid out here.)
+
 minixen answers requests, one line each, with "key : value" lines and a final "= rc";
 `livepatch upload NAME SIZE` is followed by SIZE bytes of payload. In the background it
 listens on a Unix socket (mode 0600) under work/run/, with its pid and console log there.
@@ -73,6 +75,10 @@ class Answer:
     def error(self) -> str:
         return self.value("error", f"refused with rc {self.rc}")
 
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
 
 def parse_answer(lines: list[str]) -> Answer:
     *body, last = lines
@@ -141,6 +147,16 @@ class RunDir:
     @property
     def record(self) -> Path:
         return self.path / "hypervisor.json"
+
+    @property
+    def qemu_log(self) -> Path:
+        """QEMU's own messages, when the image is a real hypervisor in a VM (xen_vm.py)."""
+        return self.path / "qemu.log"
+
+    @property
+    def agent_lock(self) -> Path:
+        """Held by whoever talks to the VM's dom0, one request at a time."""
+        return self.path / "agent.lock"
 
     def pid(self) -> int | None:
         """The pid of the running image, or None when none runs (a stale pid file is ignored)."""
