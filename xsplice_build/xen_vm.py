@@ -2,8 +2,8 @@
 
 The VM runs what baseline/runtime/NAME.toml pins (vm_runtime.py): the hypervisor, a Debian
 dom0 kernel and our initramfs, whose init (data/vm-init) answers requests on a virtio-serial
-port (an emulated UART under TCG moved about 2 KB/s). QEMU joins that port to a Unix socket in work/run/ (hypervisor.sock, as minixen's);
-Xen's console (com1) goes to work/run/hypervisor.log. Requests are framed
+port (an emulated UART under TCG moved about 2 KB/s). QEMU joins that port to a Unix socket in
+work/run/ (hypervisor.sock, as minixen's); Xen's console (com1) goes to work/run/hypervisor.log. Requests are framed
 (`REQ id verb ...` / `RSP id rc`, output in base64, `END id`), one at a time under a lock, so a
 command interrupted half-way only leaves answers with ids nobody waits for.
 
@@ -91,6 +91,14 @@ class Loaded:
     name: str
     state: str
     error: str = ""
+
+
+class HypervisorCrashed(HypervisorError):
+    """Xen panicked (its console says so) while serving a request: the VM is gone."""
+
+    def __init__(self, message: str, console: list[str]) -> None:
+        super().__init__(message)
+        self.console = console
 
 
 @dataclass
@@ -298,7 +306,25 @@ class XenVM:
     def run(self, command: str, timeout: float = REQUEST_TIMEOUT) -> Answer:
         """Run `command` with dom0's sh; its output lines and exit code."""
         encoded = base64.b64encode(command.encode()).decode()
-        return self.agent.exchange("sh", encoded, timeout=timeout)
+        try:
+            return self.agent.exchange("sh", encoded, timeout=timeout)
+        except HypervisorError:
+            self._raise_if_crashed()
+            raise
+
+    def _raise_if_crashed(self) -> None:
+        """Turn a lost channel into the hypervisor's own panic message, when its console has one."""
+        lines = _tail(self.run_dir.log, 65536).splitlines()
+        panics = [number for number, line in enumerate(lines) if "Panic on CPU" in line]
+        if not panics:
+            return
+        start = max((n for n, line in enumerate(lines[:panics[-1]]) if "----[ Xen-" in line), default=panics[-1])
+        report = lines[start:]
+        what = " ".join(line.removeprefix("(XEN) ").strip() for line in lines[panics[-1] + 1:panics[-1] + 3])
+        where = next((line.split("] R ", 1)[1].strip() for line in report if "] R " in line), "")
+        self._kill()
+        raise HypervisorCrashed(f"the hypervisor panicked: {what.strip('* ')} in {where or 'an unknown place'}; "
+                                f"see {self.run_dir.log}", report)
 
     def request(self, line: str) -> Answer:
         """A probe's request (probes.py): a dom0 command line."""
