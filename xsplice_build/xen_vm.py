@@ -12,6 +12,7 @@ Python API (what tests and other code use):
     vm = XenVM.boot(project, "xen-4.17")       # or XenVM.attach(project): the one running
     verdict = vm.upload("NAME", payload_bytes) # then vm.apply / vm.revert / vm.unload ("NAME")
     verdict = vm.try_payload("NAME", payload_bytes)  # all four, cleaning up after a refusal
+    verdict = vm.prove("NAME", payload_bytes, load_probes(path))  # the same, probes between
     verdict.ok, verdict.reason, verdict.console      # the hypervisor's own lines about it
     vm.run("cat /sys/hypervisor/version/extra")      # any dom0 command: Answer(lines, rc)
     vm.shutdown()
@@ -33,13 +34,16 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .baseline import load_baseline
+from .errors import PayloadRejected
 from .files import sha256_bytes, write_json
 from .hypervisor import SOCKET_PATH_MAX, Answer, HypervisorError, RunDir, _alive
+from .probes import Probe, check_phase
 from .project import Project, check_name
 from .vm_runtime import BootFiles, boot_files, load_runtime
 
@@ -382,16 +386,33 @@ class XenVM:
 
     def try_payload(self, name: str, payload: bytes) -> Verdict:
         """Upload, apply, revert, unload; the first refusal is the verdict, and nothing stays loaded."""
-        steps = [lambda: self.upload(name, payload), lambda: self.apply(name), lambda: self.revert(name),
-                 lambda: self.unload(name)]
+        return self.prove(name, payload, [])
+
+    def prove(self, name: str, payload: bytes, probes: list[Probe]) -> Verdict:
+        """Probes before; upload, apply; probes applied; revert; probes reverted; unload.
+
+        The first refusal (the hypervisor's, or a probe's unexpected answer) is the verdict, and
+        the payload is reverted and unloaded after it: the hypervisor is left as it was found.
+        """
         console: list[str] = []
-        for step in steps:
-            verdict = step()
+        steps: list[tuple[str, Callable[[], Verdict | None]]] = [
+            ("probe before", lambda: check_phase(self, probes, "before", name)),
+            ("upload", lambda: self.upload(name, payload)), ("apply", lambda: self.apply(name)),
+            ("probe applied", lambda: check_phase(self, probes, "applied", name)),
+            ("revert", lambda: self.revert(name)),
+            ("probe reverted", lambda: check_phase(self, probes, "reverted", name)),
+            ("unload", lambda: self.unload(name))]
+        for action, step in steps:
+            try:
+                verdict = step()
+            except PayloadRejected as error:
+                verdict = Verdict(name, action, False, error.message)
+            if verdict is None:
+                continue
             console.extend(verdict.console)
             if not verdict.ok:
                 self.clean(name)
-                return Verdict(name, verdict.action, False, verdict.reason, tuple(console), verdict.tool,
-                               verdict.exit_code)
+                return Verdict(name, action, False, verdict.reason, tuple(console), verdict.tool, verdict.exit_code)
         return Verdict(name, "unload", True, console=tuple(console))
 
     def clean(self, name: str) -> None:
@@ -462,3 +483,40 @@ def _tail(path: Path, size: int = 8192) -> str:
             return stream.read().decode("utf-8", "replace")
     except OSError:
         return ""
+
+
+@contextmanager
+def for_stage(project: Project, baseline: str, log: Log = lambda text: None) -> Iterator[XenVM]:
+    """The VM running `baseline` for the prove stage, booted on first use and shared by every prove.
+
+    Proofs run one at a time (work/run/prove.lock): Xen stacks payloads, so two at once would
+    refuse each other. A VM the stage booted is marked as such; `stop_stage_vm` ends it.
+    """
+    run = RunDir.of(project)
+    run.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with (run.path / "prove.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        record = running_record(project)
+        if record is None:
+            vm = XenVM.boot(project, baseline, log)
+            vm.record["owner"] = "prove-stage"
+            write_json(run.record, vm.record)
+        elif record.get("kind") == KIND and record.get("baseline") == baseline:
+            vm = XenVM.attach(project)
+        else:
+            raise HypervisorError(f"{record.get('baseline')} is running (pid {record.get('pid')}), not {baseline}; "
+                                  "`xen-xsplice shutdown` it first")
+        held = [row.name for row in vm.loaded()]
+        if held:
+            raise HypervisorError(f"the running hypervisor holds {', '.join(held)}; a proof needs it bare "
+                                  "(revert and unload them first)")
+        yield vm
+
+
+def stop_stage_vm(root: str) -> None:
+    """doit teardown of the prove tasks: shut down the VM the stage booted (never one a user booted)."""
+    project = Project(Path(root))
+    record = running_record(project)
+    if record is not None and record.get("kind") == KIND and record.get("owner") == "prove-stage":
+        with contextlib.suppress(HypervisorError):
+            XenVM.attach(project).shutdown()

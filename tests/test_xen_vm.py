@@ -1,0 +1,165 @@
+"""The VM tier: Debian's real Xen 4.17 in QEMU judges the xen-4.17 payloads (pytest -m vm).
+
+One boot per session (`xen-xsplice boot xen-4.17`, as a user would), then every xen-4.17 patch
+of patches/ is built: those with a probe file must give a payload that loads, applies (its
+probes see the change), reverts (they see the old answers) and unloads on the real hypervisor;
+the others must be refused at build time. The payloads come from a copy of this checkout; its
+work/ is seeded from this checkout's when that holds a xen-4.17 build (else built cold).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import BIN, REPO, Checkout, copy_checkout
+from payload_edits import other_build_id, resign, unknown_symbol, unsigned_payload
+
+from xsplice_build.baseline import load_baseline
+from xsplice_build.patches import patch_names
+from xsplice_build.probes import load_probes, probe_file
+from xsplice_build.project import Project
+from xsplice_build.xen_vm import XenVM
+
+pytestmark = pytest.mark.vm
+
+BASELINE = "xen-4.17"
+
+
+@dataclass
+class Built:
+    checkout: Checkout
+    results: dict[str, subprocess.CompletedProcess[str]]
+
+    def payload(self, patch: str) -> Path:
+        return self.checkout.out(patch, BASELINE) / f"{patch}.livepatch"
+
+
+def _xen_patches(project: Project) -> list[str]:
+    return [patch for patch in patch_names(project) if (project.patches_dir / patch / f"{BASELINE}.patch").is_file()]
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    checkout = copy_checkout(tmp_path_factory.mktemp("vm") / "c")
+    if (REPO / "work" / BASELINE / "base.json").is_file():
+        shutil.copytree(REPO / "work", checkout.root / "work", symlinks=True,
+                        ignore=lambda directory, names: {"run", "runtime", ".lock"} & set(names))
+    results = {patch: checkout.doit("build-patch", "--baseline", BASELINE, patch, check=False, timeout=3600)
+               for patch in _xen_patches(Project(checkout.root))}
+    return Built(checkout, results)
+
+
+def xen(checkout: Checkout, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "xen-xsplice"), *args], cwd=checkout.root, capture_output=True, text=True,
+                          env={**os.environ, "XSPLICE_ROOT": str(checkout.root)}, check=False, timeout=timeout)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def vm(built: Built) -> Iterator[XenVM]:
+    """Debian's hypervisor booted once by `xen-xsplice boot xen-4.17`, attached through the Python API."""
+    boot = xen(built.checkout, "boot", BASELINE, timeout=1800)
+    assert boot.returncode == 0, boot.stdout + boot.stderr + _console(built.checkout)
+    machine = XenVM.attach(Project(built.checkout.root))
+    yield machine
+    machine.shutdown()
+
+
+def _console(checkout: Checkout) -> str:
+    log = checkout.work("run", "hypervisor.log")
+    return "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.is_file() else ""
+
+
+def _clean(vm: XenVM) -> None:
+    assert vm.loaded() == [], "a payload stayed loaded"
+
+
+def test_the_hypervisor_that_runs_is_the_baselines(built: Built, vm: XenVM) -> None:
+    expected = load_baseline(Project(built.checkout.root), BASELINE).build.expected_build_id
+    assert vm.build_id == expected
+    info = ok(xen(built.checkout, "info")).splitlines()
+    assert any(line.split(":", 1) == ["build_id               ", f" {expected}"] for line in info), info
+    assert vm.run("cat /sys/hypervisor/version/major /sys/hypervisor/version/minor").lines == ["4", "17"]
+
+
+@pytest.mark.parametrize("patch", _xen_patches(Project(REPO)))
+def test_each_xen_patch_is_proven_on_the_real_hypervisor_or_refused_at_build(built: Built, vm: XenVM,
+                                                                             patch: str) -> None:
+    probes = probe_file(Project(built.checkout.root), patch, BASELINE)
+    result = built.results[patch]
+    if not probes.is_file():
+        # No probe: the patch is one the build must refuse (e.g. changed data), never shipped.
+        assert result.returncode != 0 and "FAILED" in result.stdout, result.stdout
+        assert not built.payload(patch).exists()
+        return
+    assert result.returncode == 0, result.stdout + result.stderr
+    proof = ok(xen(built.checkout, "prove", patch))
+    assert f"{patch}: proven on {BASELINE} (pid {vm.pid})" in proof
+    assert f"{patch}: State is 0x2, ok are 0x2. Commencing revert:completed!" in proof
+    _clean(vm)
+
+
+def test_the_probes_see_each_fix_while_it_is_applied() -> None:
+    """What the proofs above checked is a change: applied answers differ, reverted ones are the old."""
+    project = Project(REPO)
+    changed = set()
+    for patch in _xen_patches(project):
+        path = probe_file(project, patch, BASELINE)
+        if path.is_file():
+            probes = load_probes(path)
+            assert all(p.expected["before"] == p.expected["reverted"] for p in probes)
+            if any(p.expected["applied"] != p.expected["before"] for p in probes):
+                changed.add(patch)
+    # iocap-deny-inverted-range's fix cannot be reached by any hypercall (its probe file says why).
+    assert changed >= {"regression-test", "domctl-iomem-empty-range"}
+
+
+def test_the_console_session_on_real_xen(built: Built, vm: XenVM) -> None:
+    payload = str(built.payload("regression-test"))
+    assert ok(xen(built.checkout, "upload", "regression-test", payload)).startswith(f"Uploading {payload} (")
+    try:
+        assert ok(xen(built.checkout, "list")).splitlines()[2].split() == ["regression-test", "|", "CHECKED"]
+        assert "State is 0x1" in ok(xen(built.checkout, "check", "regression-test"))
+        assert ok(xen(built.checkout, "apply", "regression-test")).endswith("Commencing apply:completed!\n")
+        assert vm.run("cat /sys/hypervisor/version/extra").lines == ["-Hello_World"]
+        refused = xen(built.checkout, "unload", "regression-test")
+        assert refused.returncode == 1 and "cannot unload a payload that is APPLIED" in refused.stderr
+        ok(xen(built.checkout, "revert", "regression-test"))
+        assert vm.run("cat /sys/hypervisor/version/extra").lines == [".5"]
+    finally:
+        vm.clean("regression-test")
+    _clean(vm)
+
+
+def test_a_payload_xen_refuses_shows_the_hypervisors_line(built: Built, vm: XenVM, tmp_path: Path) -> None:
+    """Signed and for this build-id, so only Xen's loader can refuse it: its own line is the reason."""
+    bad = tmp_path / "bad.livepatch"
+    keys = built.checkout.root / "keys" / "development"
+    bad.write_bytes(resign(unknown_symbol(unsigned_payload(built.payload("regression-test"))), keys))
+    result = xen(built.checkout, "upload", "bad", str(bad))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("xen-xsplice: upload bad: refused by Xen")
+    assert "livepatch: bad: Unknown symbol:" in result.stderr
+    assert any(line.startswith("(XEN) livepatch: bad: Unknown symbol:") for line in result.stdout.splitlines())
+    _clean(vm)
+
+
+def test_the_api_gives_a_verdict_and_leaves_nothing_loaded(built: Built, vm: XenVM) -> None:
+    good = unsigned_payload(built.payload("regression-test"))
+    verdict = vm.try_payload("regression-test", good)
+    assert verdict.ok and verdict.action == "unload", verdict.reason
+    assert any("finished APPLY with rc=0" in line for line in verdict.livepatch_lines)
+    refused = vm.try_payload("regression-test", other_build_id(good))
+    assert not refused.ok and refused.action == "upload"
+    assert "Error 22" in refused.reason and "check against hypervisor build-id failed" in refused.reason
+    _clean(vm)
