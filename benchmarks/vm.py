@@ -6,6 +6,7 @@ Needs the xen-4.17 payloads built in this checkout (`doit build-patch --baseline
 for each patch with a xen-4.17.probe.toml) and QEMU (`./setup --xen`). Boots Debian's
 hypervisor (baseline/runtime/xen-4.17.toml) in a copy of this checkout's sources, so the
 checkout's own work/run/ is untouched, then prints:
+  prepare     unpacking the fetched packages and building the initramfs (once per set of pins)
   boot        `XenVM.boot` until dom0 answers and the build-id is checked (accelerator named)
   prove P     probes before, upload, apply, probes, revert, probes, unload of each payload
   ratio       each proof against the boot: what one boot per nightly saves per pair
@@ -25,6 +26,7 @@ from pathlib import Path
 from xsplice_build.probes import load_probes, probe_file
 from xsplice_build.project import Project, copy_sources
 from xsplice_build.sign import split
+from xsplice_build.vm_runtime import boot_files, load_runtime
 from xsplice_build.xen_vm import XenVM
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +57,9 @@ def main() -> int:
         if (REPO / "work" / "runtime" / "debs").is_dir():  # the fetched packages (checked by sha256 again)
             shutil.copytree(REPO / "work" / "runtime" / "debs", root / "work" / "runtime" / "debs")
         project = Project(root)
+        start = time.perf_counter()
+        boot_files(project, load_runtime(project, BASELINE))
+        print(f"prepare     {time.perf_counter() - start:7.1f} s  (unpack the pinned packages, build the initramfs)")
         start = time.perf_counter()
         vm = XenVM.boot(project, BASELINE)
         boot = time.perf_counter() - start
