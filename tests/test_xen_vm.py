@@ -24,6 +24,7 @@ from xsplice_build.baseline import load_baseline
 from xsplice_build.patches import patch_names
 from xsplice_build.probes import load_probes, probe_file
 from xsplice_build.project import Project
+from xsplice_build.vm_runtime import boot_files, initramfs, load_runtime, unpacked_root
 from xsplice_build.xen_vm import XenVM
 
 pytestmark = pytest.mark.vm
@@ -165,3 +166,13 @@ def test_the_api_gives_a_verdict_and_leaves_nothing_loaded(built: Built, vm: Xen
     assert not refused.ok and refused.action == "upload"
     assert "Error 22" in refused.reason and "check against hypervisor build-id failed" in refused.reason
     _clean(vm)
+
+
+def test_the_initramfs_is_the_same_bytes_from_any_directory(built: Built, tmp_path: Path) -> None:
+    project = Project(built.checkout.root)
+    runtime = load_runtime(project, BASELINE)
+    booted = boot_files(project, runtime).initrd.read_bytes()
+    root = unpacked_root(project, runtime)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        assert initramfs(runtime, root, tmp_path / name) == booted
