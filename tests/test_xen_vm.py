@@ -9,6 +9,7 @@ copy of this checkout; its work/ is seeded from this checkout's when that holds 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -176,3 +177,15 @@ def test_the_initramfs_is_the_same_bytes_from_any_directory(built: Built, tmp_pa
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
         assert initramfs(runtime, root, tmp_path / name) == booted
+
+
+def test_the_prove_stage_records_the_hypervisors_lines_on_the_running_vm(built: Built, vm: XenVM) -> None:
+    """`doit prove:B/P` uses the VM a user booted (and leaves it running), and records what Xen said."""
+    result = built.checkout.doit(f"prove:{BASELINE}/regression-test")
+    assert f"done prove:{BASELINE}/regression-test" in result.stdout, result.stdout
+    record = json.loads(built.checkout.work(BASELINE, "patches", "regression-test", "proof.json").read_text())
+    assert record["hypervisor_build_id"] == vm.build_id and record["probes"] == 1
+    assert "(XEN) livepatch: regression-test finished APPLY with rc=0" in record["console"]
+    assert "(XEN) livepatch: regression-test finished REVERT with rc=0" in record["console"]
+    assert XenVM.attach(Project(built.checkout.root)).pid == vm.pid
+    _clean(vm)
