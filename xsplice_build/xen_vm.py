@@ -241,8 +241,12 @@ class XenVM:
         run.socket.unlink(missing_ok=True)
         argv = qemu_command(files, run, accel)
         with run.qemu_log.open("wb") as qemu_log:
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=qemu_log,
-                                       start_new_session=True, cwd=project.root)
+            try:
+                process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qemu_log, stderr=qemu_log,
+                                           start_new_session=True, cwd=project.root)
+            except OSError as error:
+                raise HypervisorError(f"cannot run {QEMU}: {error.strerror or error} (./setup --xen installs "
+                                      "qemu-system-x86)") from None
         run.pid_file.write_text(f"{process.pid}\n")
         record = {"kind": KIND, "baseline": baseline, "pid": process.pid, "accel": accel, "build_id": ""}
         write_json(run.record, record)
