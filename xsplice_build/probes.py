@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .channel import Answer
 from .errors import ConfigError, PayloadRejected
-from .hypervisor import Answer
 from .project import Project, check_name
 from .schema import Field, check_string_list, check_table, load_toml
 

@@ -40,11 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .baseline import load_baseline
+from .channel import SOCKET_PATH_MAX, Answer, HypervisorError, RunDir, _alive, check_payload_name
 from .errors import PayloadRejected
 from .files import sha256_bytes, write_json
-from .hypervisor import SOCKET_PATH_MAX, Answer, HypervisorError, RunDir, _alive
 from .probes import Probe, check_phase
-from .project import Project, check_name
+from .project import Project
 from .vm_runtime import BootFiles, boot_files, load_runtime
 
 KIND = "xen-vm"
@@ -340,7 +340,7 @@ class XenVM:
 
     def put(self, name: str, payload: bytes) -> None:
         """Copy `payload` to dom0's /payloads/NAME, checked there by its sha256."""
-        check_name("payload", name)
+        check_payload_name(name)
         encoded = base64.b64encode(payload)
         answer = self.agent.exchange("put", name, str(len(encoded)), sha256_bytes(payload), body=encoded)
         if answer.rc:
@@ -348,7 +348,7 @@ class XenVM:
 
     def livepatch(self, action: str, name: str) -> Verdict:
         """`xen-livepatch ACTION NAME` in dom0 (one retry when it says "retry"), with Xen's console lines."""
-        check_name("payload", name)
+        check_payload_name(name)
         argument = f" /payloads/{name}" if action == "upload" else ""
         command = (f"xen-livepatch {action} {name}{argument}; rc=$?; echo '{CONSOLE_MARK}'; xl dmesg -c; "
                    "exit $rc")
