@@ -50,3 +50,7 @@ def task_payload():
 
 def task_sign():
     yield from PIPELINE.sign()
+
+
+def task_prove():
+    yield from PIPELINE.prove()

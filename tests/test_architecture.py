@@ -12,14 +12,14 @@ LAYERS: dict[str, set[str]] = {
     "foundation": {"", "errors", "files", "project", "schema", "baseline", "patches", "lock", "code_identity",
                    "console", "records", "keys"},
     "elf": {"elf", "elf.constants", "elf.structs", "elf.model", "elf.reader", "elf.writer", "elf.notes",
-            "elf.relink", "elf.compare", "elf.livepatch"},
+            "elf.relink", "elf.compare", "elf.livepatch", "elf.dynamic"},
     "diff/target": {"diff", "diff.state", "diff.profile", "diff.correlate", "diff.compare", "diff.lines",
                     "diff.include", "diff.rules", "diff.extract", "diff.explain", "diff.engine", "layout", "image"},
     "stages": {"stages", "checkout", "toolchain", "build", "patch_rules", "payload", "sign", "keyscan", "sandbox",
-               "sandboxed_base", "sandboxed_build", "sandboxed_diff"},
+               "sandboxed_base", "sandboxed_build", "sandboxed_diff", "channel", "probes", "vm_runtime", "xen_vm",
+               "cpio"},
     "pipeline": {"tasks", "runner", "reporter", "integrity", "loader"},
-    "release/runtime": {"release", "audit", "payload_store", "cluster", "cluster_worker", "verify", "hypervisor",
-                        "probes"},
+    "release/runtime": {"release", "audit", "payload_store", "cluster", "cluster_worker", "verify", "hypervisor"},
     "commands": {"cli", "xen_xsplice", "doit_commands", "release_commands"},
 }
 ORDER = list(LAYERS)

@@ -1,19 +1,29 @@
 """Probes (patches/NAME/BASELINE.probe.toml): what a running image answers before a payload is
-applied, while it is applied and after it is reverted; each expected line must be in the answer."""
+applied, while it is applied and after it is reverted; each expected line must be in the answer.
+
+For minixen a request is one of its request lines; for a real-Xen baseline it is a command line
+run in the VM's dom0 (its output lines, then "= rc" as with minixen)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+from .channel import Answer
 from .errors import ConfigError, PayloadRejected
-from .hypervisor import Connection
 from .project import Project, check_name
 from .schema import Field, check_string_list, check_table, load_toml
 
 PHASES = ("before", "applied", "reverted")
 _PROBE = {"request": Field(str, True, "the request line sent to the running image"),
           **{phase: Field(list, True, f"answer lines expected {phase}") for phase in PHASES}}
+
+
+class Requests(Protocol):
+    """Whatever answers a probe's request: minixen's socket, or a dom0 shell in the real-Xen VM."""
+
+    def request(self, line: str) -> Answer: ...
 
 
 @dataclass(frozen=True)
@@ -42,7 +52,7 @@ def load_probes(path: Path) -> list[Probe]:
     return probes
 
 
-def check_phase(connection: Connection, probes: list[Probe], phase: str, patch: str) -> None:
+def check_phase(connection: Requests, probes: list[Probe], phase: str, patch: str) -> None:
     """Send every probe's request; refuse on the first answer that lacks an expected line."""
     for probe in probes:
         answer = connection.request(probe.request)

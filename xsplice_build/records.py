@@ -199,6 +199,8 @@ class Records:
             self.out_dir = project.patch_out(baseline, patch)
             self.signed = self.out_dir / f"{patch}.livepatch"
             self.report = self.out_dir / Report.FILE
+            # Real-Xen baselines: what the real hypervisor said to the signed payload (stages.stage_prove).
+            self.proof = self.patch_dir / "proof.json"
 
     def signing_inputs(self) -> list[Path]:
         """The records the sign stage reads besides the unsigned payload (what a cluster worker returns)."""

@@ -25,6 +25,8 @@ from .lock import hold
 from .patches import release_pairs
 from .project import Project
 from .runner import run_targets
+from .vm_runtime import has_runtime
+from .xen_vm import stop_stage_vm
 
 opt_scheduler = {
     "name": "scheduler",
@@ -80,8 +82,14 @@ class Nightly(ProjectCommand, Command):
         hold(project)
         if params.get("scheduler"):
             return _distributed(pairs, params["scheduler"], params.get("store") or None)
-        tasks = ["toolchain", *(f"sign:{pair.name}" for pair in pairs)]
-        result = run_targets(project, tasks, params["num_process"])
+        # A real-Xen pair ships only once the real hypervisor loaded, applied and reverted it.
+        tasks = ["toolchain", *(f"{'prove' if has_runtime(project, pair.baseline) else 'sign'}:{pair.name}"
+                                for pair in pairs)]
+        try:
+            result = run_targets(project, tasks, params["num_process"])
+        finally:
+            # With -n N, doit registers the prove tasks' teardown in its workers and never runs it: stop the VM here.
+            stop_stage_vm(str(project.root))
         if not result.ran:
             return result.code
         entries = [release.entry(project, pair, release.failure_reason(pair, result.failed)) for pair in pairs]

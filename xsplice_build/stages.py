@@ -20,7 +20,7 @@ from .diff.extract import PatchedFunction
 from .diff.profile import profile_named
 from .elf.notes import image_build_id
 from .elf.reader import read_elf_file
-from .errors import BuildError
+from .errors import BuildError, PayloadRejected
 from .files import relative, sha256_bytes, sha256_file, write_atomic, write_json
 from .image import BaseImage
 from .keyscan import SigningKeyBytes, refuse_key_material
@@ -197,3 +197,27 @@ def _path_for_report(path: Path, report_dir: Path) -> str:
     """Relative to report.json when both live in this checkout (so the tree can move), else absolute."""
     resolved, root = path.resolve(), report_dir.resolve().parents[2]
     return os.path.relpath(resolved, report_dir.resolve()) if resolved.is_relative_to(root) else str(resolved)
+
+
+def stage_prove(project: Project, baseline: str, patch: str) -> None:
+    """Load, apply and revert the signed payload on the baseline's real hypervisor in a VM, probing each phase.
+
+    The file that ships is what Xen gets (its loader ignores the signature after the ELF). A
+    refusal is the pair's failure, its reason the hypervisor's own line; the record keeps the
+    console lines of a payload that went through.
+    """
+    from . import xen_vm
+    from .probes import load_probes, probe_file
+
+    records = Records(project, baseline, patch)
+    signed = records.signed.read_bytes()
+    probes_path = probe_file(project, patch, baseline)
+    probes = load_probes(probes_path) if probes_path.is_file() else []
+    with xen_vm.for_stage(project, baseline) as vm:
+        verdict = vm.prove(patch, signed, probes)
+        build_id = vm.build_id
+    if not verdict.ok:
+        raise PayloadRejected(verdict.reason)
+    write_json(records.proof, {"baseline": baseline, "patch": patch, "hypervisor_build_id": build_id,
+                               "payload_sha256": sha256_bytes(signed), "probes": len(probes),
+                               "verdict": "loaded, applied, reverted and unloaded", "console": list(verdict.console)})

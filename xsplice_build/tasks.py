@@ -23,9 +23,12 @@ from .code_identity import identity
 from .errors import XspliceError
 from .files import read_json
 from .patches import pairs
+from .probes import probe_file
 from .project import Project
 from .records import Records
 from .sign import SigningKeys, configured_keys
+from .vm_runtime import has_runtime, runtime_path
+from .xen_vm import stop_stage_vm
 
 
 def run_stage(stage: str, root: str, targets: list[str], certificate: str = "",
@@ -160,6 +163,19 @@ class Pipeline:
                                  record=records.report, config=config, checks=[_keys_unchanged(keys)],
                                  certificate=str(keys.certificate), baseline=baseline, patch=patch)
             yield {**task, "task_dep": ["dev-keys"]}
+
+    def prove(self) -> Iterator[dict[str, Any]]:
+        yield self._doc("prove", "load, apply and revert each real-Xen payload on the real hypervisor, in a VM")
+        for baseline, patch in self._pairs():
+            if not has_runtime(self.project, baseline):
+                continue
+            records = Records(self.project, baseline, patch)
+            probes = probe_file(self.project, patch, baseline)
+            inputs = [records.signed, runtime_path(self.project, baseline), *([probes] if probes.is_file() else [])]
+            task = self._subtask("prove", f"{baseline}/{patch}", inputs, [records.proof], baseline=baseline,
+                                 patch=patch)
+            # One VM serves every proof of a run (booted by the first); doit tears it down after the last.
+            yield {**task, "teardown": [(stop_stage_vm, [self.root])]}
 
     def _subtask(self, basename: str, name: str, inputs: list[Path], targets: list[Path],
                  record: Path | None = None, config: dict[str, str] | None = None,

@@ -1,20 +1,24 @@
 """`xen-xsplice`: the tools side of the xSplice design (upload, list, check, apply, revert, unload).
 
-    xen-xsplice boot BASELINE          start the baseline's base image in the background
+    xen-xsplice boot BASELINE          start the baseline's image in the background: minixen as a
+                                       process, a real-Xen baseline (baseline/runtime/NAME.toml) in a VM
     xen-xsplice info                   the running image's version lines (xen_extra : ...)
     xen-xsplice upload NAME PATH [--cert CERT]
     xen-xsplice list | check NAME | apply NAME | revert NAME | unload NAME | shutdown
     xen-xsplice prove PATCH [PATH]     upload, probe, apply, probe, revert, probe, unload
 
-Every refusal is one line on stderr and a non-zero exit; the running image is untouched.
+Every refusal is one line on stderr and a non-zero exit; the running image is untouched. With
+real Xen, the hypervisor's own console lines about the payload are printed first (stdout).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 from . import hypervisor, sign
 from .console import run_command
@@ -26,6 +30,7 @@ from .hypervisor import (
     STATE_APPLIED,
     STATE_CHECKED,
     STATE_NAMES,
+    Answer,
     Connection,
     HypervisorError,
     RunDir,
@@ -33,10 +38,115 @@ from .hypervisor import (
 )
 from .probes import check_phase, load_probes, probe_file
 from .project import Project, check_name
+from .vm_runtime import has_runtime
+from .xen_vm import KIND, Verdict, XenVM, running_record
 
 # The states an action may start from (Xen's livepatch state machine), shown as "ok are".
 ALLOWED = {"check": STATE_CHECKED | STATE_APPLIED, "apply": STATE_CHECKED, "revert": STATE_APPLIED,
            "unload": STATE_CHECKED}
+
+
+class Target(Protocol):
+    """What the commands drive: minixen's socket, or real Xen's xen-livepatch in a VM's dom0."""
+
+    def build_id(self) -> str: ...
+    def info(self) -> list[str]: ...
+    def upload(self, name: str, payload: bytes) -> None: ...
+    def payloads(self) -> list[tuple[str, str]]: ...
+    def state(self, name: str) -> tuple[int, int, str]: ...
+    def act(self, name: str, action: str) -> None: ...
+    def request(self, line: str) -> Answer: ...
+
+
+class MinixenTarget:
+    """minixen's loader through its request socket."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def build_id(self) -> str:
+        return _checked(self.connection.request("info"), "info").value("build_id")
+
+    def info(self) -> list[str]:
+        return _checked(self.connection.request("info"), "info").lines
+
+    def upload(self, name: str, payload: bytes) -> None:
+        _checked(self.connection.request(f"livepatch upload {name} {len(payload)}", payload), f"upload {name}")
+
+    def payloads(self) -> list[tuple[str, str]]:
+        answer = _checked(self.connection.request("livepatch list"), "list")
+        return [tuple(value.split()[:2]) for value in answer.values("payload")]  # type: ignore[misc]
+
+    def state(self, name: str) -> tuple[int, int, str]:
+        check_payload_name(name)
+        answer = _checked(self.connection.request(f"livepatch get {name}"), f"get {name}")
+        return STATE_NAMES[answer.value("state")], int(answer.value("rc", "0")), answer.value("error")
+
+    def act(self, name: str, action: str) -> None:
+        _checked(self.connection.request(f"livepatch {action} {name}"), f"{action} {name}")
+        if action != "unload":
+            # Xen's actions complete asynchronously: the image patches at its quiescent point.
+            _after, rc, error = self.state(name)
+            if rc:
+                raise PayloadRejected(f"{name}: {action} failed (rc {rc}): {error}")
+
+    def request(self, line: str) -> Answer:
+        return self.connection.request(line)
+
+
+class XenTarget:
+    """Real Xen's own loader, through Xen's own xen-livepatch in the VM's dom0 (xen_vm.py)."""
+
+    def __init__(self, vm: XenVM) -> None:
+        self.vm = vm
+
+    def build_id(self) -> str:
+        return self.vm.build_id
+
+    def info(self) -> list[str]:
+        answer = self.vm.run("xl info")
+        if answer.rc:
+            raise HypervisorError(f"xl info failed in dom0: {answer.text.strip()}")
+        return answer.lines
+
+    def upload(self, name: str, payload: bytes) -> None:
+        _accepted(self.vm.upload(name, payload))
+
+    def payloads(self) -> list[tuple[str, str]]:
+        return [(row.name, row.state) for row in self.vm.loaded()]
+
+    def state(self, name: str) -> tuple[int, int, str]:
+        for row in self.vm.loaded():
+            if row.name == name:
+                if row.state not in STATE_NAMES:
+                    raise PayloadRejected(f"{name}: the hypervisor reports state {row.state!r}")
+                return STATE_NAMES[row.state], -1 if row.error else 0, row.error
+        raise PayloadRejected(f"get {name}: refused by the running image: no payload of that name is loaded")
+
+    def act(self, name: str, action: str) -> None:
+        _accepted(self.vm.livepatch(action, name))
+
+    def request(self, line: str) -> Answer:
+        return self.vm.request(line)
+
+
+def _accepted(verdict: Verdict) -> None:
+    """A refusal of the real hypervisor: its console lines on stdout, then the one-line refusal."""
+    if not verdict.ok:
+        for line in verdict.console:
+            print(line)
+        raise PayloadRejected(verdict.reason)
+
+
+@contextmanager
+def connected(project: Project) -> Iterator[Target]:
+    """The running image as a Target: the VM when a real-Xen baseline runs, else minixen's socket."""
+    record = running_record(project)
+    if record is not None and record.get("kind") == KIND:
+        yield XenTarget(XenVM.attach(project))
+        return
+    with RunDir.of(project).connect() as connection:
+        yield MinixenTarget(connection)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xen-xsplice", description="drive live patching of a running image")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
-    boot = commands.add_parser("boot", help="start a baseline's base image in the background")
+    boot = commands.add_parser("boot", help="start a baseline's image in the background (real Xen: in a VM)")
     boot.add_argument("baseline")
     boot.set_defaults(run=_boot)
     commands.add_parser("info", help="the running image's version").set_defaults(run=_info)
@@ -72,67 +182,64 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _boot(project: Project, arguments: argparse.Namespace) -> None:
-    pid, record = hypervisor.boot(project, arguments.baseline)
-    print(f"{arguments.baseline}: booted {record['image']} (pid {pid}, build-id {record['build_id']}); "
+    baseline = check_name("baseline", arguments.baseline)
+    if has_runtime(project, baseline):
+        vm = XenVM.boot(project, baseline, lambda text: print(f"xen-xsplice: {text}", file=sys.stderr))
+        print(f"{baseline}: booted Debian's hypervisor in QEMU ({vm.record['accel']}, pid {vm.pid}, build-id "
+              f"{vm.build_id}) in {vm.record['boot_seconds']} s; console {vm.run_dir.log.relative_to(project.root)}")
+        return
+    pid, record = hypervisor.boot(project, baseline)
+    print(f"{baseline}: booted {record['image']} (pid {pid}, build-id {record['build_id']}); "
           f"socket {RunDir.of(project).socket.relative_to(project.root)}")
 
 
 def _info(project: Project, arguments: argparse.Namespace) -> None:
-    with RunDir.of(project).connect() as connection:
-        answer = _checked(connection.request("info"), "info")
-    print("\n".join(answer.lines))
+    with connected(project) as target:
+        print("\n".join(target.info()))
 
 
 def _upload(project: Project, arguments: argparse.Namespace) -> None:
     check_payload_name(arguments.name)
     certificate = arguments.cert or hypervisor.trusted_certificate(project)
-    with RunDir.of(project).connect() as connection:
-        upload(connection, arguments.name, arguments.path, certificate)
+    with connected(project) as target:
+        upload(target, arguments.name, arguments.path, certificate)
 
 
-def upload(connection: Connection, name: str, path: Path, certificate: Path) -> None:
+def upload(target: Target, name: str, path: Path, certificate: Path) -> None:
     """Verify the signature and the build-id dependency here, then hand the unsigned payload over."""
     check_payload_name(name)
     payload = sign.verify_file(path, certificate)
-    _check_build_id(connection, payload, str(path))
+    _check_build_id(target, payload, str(path))
     print(f"Uploading {path} ({path.stat().st_size} bytes)")
-    _checked(connection.request(f"livepatch upload {name} {len(payload)}", payload), f"upload {name}")
+    target.upload(name, payload)
 
 
-def _check_build_id(connection: Connection, payload: bytes, name: str) -> None:
+def _check_build_id(target: Target, payload: bytes, name: str) -> None:
     """The payload must depend on the running image: refuse before sending it."""
     elf = read_elf(payload, name)
     section = elf.section_named(XEN_DEPENDS) or elf.section_named(DEPENDS)
     if section is None:
         raise PayloadRejected(f"{name}: no {XEN_DEPENDS}: not a livepatch payload")
     wanted = parse_build_id_note(section.data, f"{name}: {section.name}").hex()
-    running = _checked(connection.request("info"), "info").value("build_id")
+    running = target.build_id()
     if wanted != running:
         raise PayloadRejected(f"{name}: built for build-id {wanted}, the running image is {running}; "
                               "rebuild it against the running image")
 
 
 def _list(project: Project, arguments: argparse.Namespace) -> None:
-    with RunDir.of(project).connect() as connection:
-        answer = _checked(connection.request("livepatch list"), "list")
+    with connected(project) as target:
+        payloads = target.payloads()
     print(f" {'ID':<39}| status")
     print(f"{'-' * 40}+{'-' * 12}")
-    for value in answer.values("payload"):
-        name, state, _rc = value.split()
+    for name, state in payloads:
         print(f"{name:<40}| {state}")
-
-
-def _state(connection: Connection, name: str) -> tuple[int, int, str]:
-    check_payload_name(name)
-    answer = _checked(connection.request(f"livepatch get {name}"), f"get {name}")
-    rc = int(answer.value("rc", "0"))
-    return STATE_NAMES[answer.value("state")], rc, answer.value("error")
 
 
 def _check(project: Project, arguments: argparse.Namespace) -> None:
     check_payload_name(arguments.name)
-    with RunDir.of(project).connect() as connection:
-        state, rc, error = _state(connection, arguments.name)
+    with connected(project) as target:
+        state, rc, error = target.state(arguments.name)
     outcome = "completed!" if rc == 0 else f"failed: {error or f'rc {rc}'}"
     print(f"{arguments.name}: State is {state:#x}, ok are {ALLOWED['check']:#x}. Commencing check:{outcome}")
     if rc:
@@ -141,48 +248,43 @@ def _check(project: Project, arguments: argparse.Namespace) -> None:
 
 def _action(project: Project, arguments: argparse.Namespace) -> None:
     check_payload_name(arguments.name)
-    with RunDir.of(project).connect() as connection:
-        perform(connection, arguments.name, arguments.action)
+    with connected(project) as target:
+        perform(target, arguments.name, arguments.action)
 
 
-def perform(connection: Connection, name: str, action: str) -> None:
+def perform(target: Target, name: str, action: str) -> None:
     """apply, revert or unload `name`, from a state that allows it; wait for the outcome."""
-    state, _rc, _error = _state(connection, name)
+    state, _rc, _error = target.state(name)
     if not state & ALLOWED[action]:
         raise PayloadRejected(f"{name}: State is {state:#x}, ok are {ALLOWED[action]:#x}: cannot {action} "
                               f"a payload that is {_state_name(state)}")
-    _checked(connection.request(f"livepatch {action} {name}"), f"{action} {name}")
-    if action != "unload":
-        # Xen's actions complete asynchronously: the image patches at its quiescent point.
-        _after, rc, error = _state(connection, name)
-        if rc:
-            raise PayloadRejected(f"{name}: {action} failed (rc {rc}): {error}")
+    target.act(name, action)
     print(f"{name}: State is {state:#x}, ok are {ALLOWED[action]:#x}. Commencing {action}:completed!")
 
 
 def _prove(project: Project, arguments: argparse.Namespace) -> None:
-    run = RunDir.of(project)
-    pid = run.pid()
-    baseline = json.loads(run.record.read_text())["baseline"] if pid and run.record.is_file() else None
-    if baseline is None:
-        raise HypervisorError("no image is running; start one with `xen-xsplice boot minixen`")
+    record = running_record(project)
+    if record is None:
+        raise HypervisorError("no image is running; start one with `xen-xsplice boot BASELINE`")
+    baseline, pid = record["baseline"], record["pid"]
     patch = check_payload_name(check_name("patch", arguments.patch))
     path = arguments.path or project.patch_out(baseline, patch) / f"{patch}.livepatch"
     probes = load_probes(probe_file(project, patch, baseline))
-    with run.connect() as connection:
-        check_phase(connection, probes, "before", patch)
-        upload(connection, patch, path, arguments.cert or hypervisor.trusted_certificate(project))
+    with connected(project) as target:
+        check_phase(target, probes, "before", patch)
+        upload(target, patch, path, arguments.cert or hypervisor.trusted_certificate(project))
         try:
-            perform(connection, patch, "apply")
+            perform(target, patch, "apply")
             try:
-                check_phase(connection, probes, "applied", patch)
+                check_phase(target, probes, "applied", patch)
             finally:
-                perform(connection, patch, "revert")
-            check_phase(connection, probes, "reverted", patch)
+                perform(target, patch, "revert")
+            check_phase(target, probes, "reverted", patch)
         finally:
-            perform(connection, patch, "unload")
-    if run.pid() != pid:
-        raise HypervisorError(f"{patch}: the image restarted during the proof (pid {pid} -> {run.pid()})")
+            perform(target, patch, "unload")
+    now = RunDir.of(project).pid()
+    if now != pid:
+        raise HypervisorError(f"{patch}: the image restarted during the proof (pid {pid} -> {now})")
     print(f"{patch}: proven on {baseline} (pid {pid}): {len(probes)} probe(s) before, applied and reverted")
 
 
@@ -191,11 +293,15 @@ def _state_name(state: int) -> str:
 
 
 def _shutdown(project: Project, arguments: argparse.Namespace) -> None:
-    pid = hypervisor.shutdown(project)
+    record = running_record(project)
+    if record is not None and record.get("kind") == KIND:
+        pid = XenVM.attach(project).shutdown()
+    else:
+        pid = hypervisor.shutdown(project)
     print(f"shut down (pid {pid})")
 
 
-def _checked(answer: hypervisor.Answer, what: str) -> hypervisor.Answer:
+def _checked(answer: Answer, what: str) -> Answer:
     if answer.rc:
         raise PayloadRejected(f"{what}: refused by the running image (rc {answer.rc}): {answer.error}")
     return answer

@@ -20,11 +20,17 @@ SHN_ABS = 0xFFF1
 SHN_COMMON = 0xFFF2
 SHN_XINDEX = 0xFFFF
 
+# Program header type and dynamic tags (gABI): a program's interpreter and the libraries it needs.
+PT_INTERP = 3
+DT_NULL = 0
+DT_NEEDED = 1
+
 SHT_NULL = 0
 SHT_PROGBITS = 1
 SHT_SYMTAB = 2
 SHT_STRTAB = 3
 SHT_RELA = 4
+SHT_DYNAMIC = 6
 SHT_NOTE = 7
 SHT_NOBITS = 8
 SHT_REL = 9

@@ -1,7 +1,7 @@
 """Every ELF64 little-endian record this project reads or writes, declared once.
 
 Field order follows the System V gABI (Elf64_Ehdr, Elf64_Shdr, Elf64_Sym, Elf64_Rela,
-Elf64_Nhdr); nothing outside xsplice_build.elf packs or unpacks these bytes.
+Elf64_Nhdr, Elf64_Phdr, Elf64_Dyn); nothing outside xsplice_build.elf packs or unpacks these bytes.
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ RELA = struct.Struct("<QQq")
 NHDR = struct.Struct("<III")
 # p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align
 PHDR = struct.Struct("<IIQQQQQQ")
+# d_tag, d_val (Elf64_Dyn)
+DYN = struct.Struct("<qQ")
 
-assert (EHDR.size, SHDR.size, SYM.size, RELA.size, NHDR.size, PHDR.size) == (64, 64, 24, 24, 12, 56)
+assert (EHDR.size, SHDR.size, SYM.size, RELA.size, NHDR.size, PHDR.size, DYN.size) == (64, 64, 24, 24, 12, 56, 16)
 
 # The gABI's field names of each record, in order: tools and tests edit a field by name, never by offset.
 FIELDS: dict[struct.Struct, tuple[str, ...]] = {
@@ -34,6 +36,7 @@ FIELDS: dict[struct.Struct, tuple[str, ...]] = {
     RELA: ("r_offset", "r_info", "r_addend"),
     NHDR: ("n_namesz", "n_descsz", "n_type"),
     PHDR: ("p_type", "p_flags", "p_offset", "p_vaddr", "p_paddr", "p_filesz", "p_memsz", "p_align"),
+    DYN: ("d_tag", "d_val"),
 }
 
 
