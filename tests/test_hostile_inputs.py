@@ -379,12 +379,14 @@ def test_an_empty_patch_name_is_one_line(checkout: Checkout) -> None:
 def test_a_reader_that_goes_away_is_one_line(built_once: Checkout) -> None:
     orig = built_once.work("minixen", "orig", "tree", "common", "domctl.o")
     patched = built_once.work("minixen", "patches", "XSA-131", "objects", "common", "domctl.o.XSPLICE")
-    # The JSON record is larger than a pipe's buffer, so the writer meets the closed end.
-    reader = subprocess.Popen(["head", "-c", "1"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    result = subprocess.run([str(BIN / "xsplice-build"), "diff", str(orig), str(patched), "--json"],
-                            stdout=reader.stdin, stderr=subprocess.PIPE, text=True, check=False, timeout=60)
-    reader.stdin.close()  # type: ignore[union-attr]
-    reader.wait()
+    # The reader is gone before anything is written (as `| head -1` is once it has its line): every write fails.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([str(BIN / "xsplice-build"), "diff", str(orig), str(patched), "--json"],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, check=False, timeout=60)
+    finally:
+        os.close(write_end)
     assert result.returncode == 1
     assert result.stderr.splitlines() == ["xsplice-build: standard output was closed by its reader (broken pipe); "
                                           "the output is incomplete"]

@@ -52,8 +52,8 @@ def run_command(program: str, command: Callable[[], int | None], exit_code: int 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return _say(program, "standard output was closed by its reader (broken pipe); the output is incomplete", 1)
     except KeyboardInterrupt:
-        return _say(program, "interrupted; nothing was half-written (outputs are replaced whole or not at all, "
-                             "a stage left no record and reruns)", EXIT_INTERRUPTED)
+        return _say(program, "interrupted; nothing was half-written (outputs are replaced whole or not at all)",
+                    EXIT_INTERRUPTED)
 
 
 def check_standard_streams() -> str | None:
@@ -90,34 +90,9 @@ def doit_command(execute: Callable[..., int]) -> Callable[..., int]:
 
     @functools.wraps(execute)
     def bounded(self: Any, params: Any, args: list[str]) -> int:
-        return run_command("xsplice", lambda: _doit_database(lambda: execute(self, params, args)), DOIT_REFUSED,
-                           "error: ")
+        return run_command("xsplice", lambda: execute(self, params, args), DOIT_REFUSED, "error: ")
 
     return bounded
-
-
-def _doit_database(execute: Callable[[], int]) -> int:
-    """doit's dependency database failing (damaged, disk full, read-only) as a refusal that says what to do."""
-    import sqlite3
-
-    from doit.dependency import DatabaseException
-
-    try:
-        return execute()
-    except DatabaseException:
-        raise XspliceError(f"{_database()}: doit's dependency database is damaged; delete it (rm {_database()}) and "
-                           "run again: every stage is checked against its record, so its outputs are kept or "
-                           "remade") from None
-    except sqlite3.Error as error:
-        raise XspliceError(f"{_database()}: doit's dependency database cannot be written ({error}); make room on "
-                           "its file system or make it writable (or delete it if it is damaged), and run "
-                           "again") from None
-
-
-def _database() -> str:
-    from .project import Project
-
-    return str(Project.find().work_dir / ".doit.db")
 
 
 opt_baseline = {

@@ -25,6 +25,7 @@ from .lock import hold
 from .patches import patch_file
 from .project import Project
 from .records import Records, Report
+from .runner import doit_database
 from .sign import configured_keys, key_mode_warning
 
 opt_image = {
@@ -69,7 +70,8 @@ class BuildPatch(ProjectCommand, Run):
         warning = key_mode_warning(configured_keys(project.root))
         if warning:
             print(f"xsplice: warning: {warning}", flush=True)
-        result = super().execute(params, ["toolchain", f"sign:{baseline}/{patch}"])
+        with doit_database(project):
+            result = super().execute(params, ["toolchain", f"sign:{baseline}/{patch}"])
         if result == 0:
             self._summary(baseline, patch)
         return result

@@ -122,10 +122,30 @@ def run_targets(project: Project, targets: list[str], processes: int = 0, echo: 
     with _in_directory(project.root):
         _CURRENT.append((result, echo))
         try:
-            result.code = DoitMain(extra_config=config).run([*arguments, *targets])
+            with doit_database(project):
+                result.code = DoitMain(extra_config=config).run([*arguments, *targets])
         finally:
             _CURRENT.pop()
     return result
+
+
+@contextmanager
+def doit_database(project: Project) -> Iterator[None]:
+    """doit's dependency database failing (damaged, disk full, read-only) as a refusal that says what to do."""
+    import sqlite3
+
+    from doit.dependency import DatabaseException
+
+    database = project.work_dir / ".doit.db"
+    try:
+        yield
+    except DatabaseException:
+        raise XspliceError(f"{database}: doit's dependency database is damaged; delete it (rm {database}) and run "
+                           "again: every stage is checked against its record, so its outputs are kept or "
+                           "remade") from None
+    except sqlite3.Error as error:
+        raise XspliceError(f"{database}: doit's dependency database cannot be written ({error}); make room on its "
+                           "file system or make it writable (or delete it if it is damaged), and run again") from None
 
 
 def __getattr__(name: str) -> Any:
