@@ -7,7 +7,7 @@ import subprocess
 
 from conftest import BIN, Checkout
 
-from xsplice_build.lock import hold
+from xsplice_build.lock import hold, holding
 from xsplice_build.project import Project
 
 
@@ -51,3 +51,17 @@ def test_the_lock_is_held_once_per_process(checkout: Checkout) -> None:
     hold(project)
     hold(project)  # a command that locks, then runs the pipeline that locks: no wait on itself
     assert (checkout.root / "work" / ".lock").read_text().strip() == str(os.getpid())
+
+
+def test_a_library_call_releases_the_lock_when_it_returns(checkout: Checkout) -> None:
+    # runner.run_targets and hypervisor.boot called from a long-lived process (a test, a coordinator) must not
+    # keep the checkout locked after they return: a build started afterwards would wait for the process to end.
+    project = Project(checkout.root)
+    with holding(project), holding(project):  # re-entrant: the outer block owns it
+        hold(project)  # a command's hold inside changes nothing
+    other = subprocess.run([str(BIN / "python"), "-c", "from pathlib import Path\n"
+                            "from xsplice_build.lock import holding\nfrom xsplice_build.project import Project\n"
+                            f"with holding(Project(Path({str(checkout.root)!r}))): print('took it')"],
+                           capture_output=True, text=True, env={**os.environ, "XSPLICE_LOCK_TIMEOUT": "1"},
+                           check=False, timeout=60)
+    assert other.stdout == "took it\n", other.stdout + other.stderr

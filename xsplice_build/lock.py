@@ -13,7 +13,8 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import XspliceError
@@ -57,18 +58,44 @@ _HELD: dict[Path, int] = {}  # the checkout locks this process holds: lock file 
 
 
 def hold(project: Project, announce: Callable[[str], None] | None = None) -> None:
-    """Take the checkout's lock (work/.lock) for the rest of this process: every command that writes work/ or out/.
+    """Take the checkout's lock (work/.lock) for the rest of this process, unless this process holds it already.
 
-    Held until the process exits (the kernel drops it then, however it exits), so a command that locks and
-    then runs the pipeline, which locks too, simply holds it already. Children inherit the descriptor.
+    For a console command that writes work/ or out/: the kernel drops the lock when the process exits,
+    however it exits.
     """
-    path = (project.work_dir / ".lock").resolve()
+    path = _lock_file(project)
+    if path not in _HELD:
+        _HELD[path] = _acquire(path, announce)
+
+
+@contextmanager
+def holding(project: Project, announce: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the checkout's lock for the block, unless this process holds it already (then it stays held).
+
+    For library calls in a long-lived process (runner.run_targets, hypervisor.boot from a test or a
+    coordinator): the lock is released when the block ends, not when the process does. Re-entrant: the
+    outermost holder releases it, a `hold` inside the block changes nothing.
+    """
+    path = _lock_file(project)
     if path in _HELD:
+        yield
         return
+    _HELD[path] = _acquire(path, announce)
+    try:
+        yield
+    finally:
+        os.close(_HELD.pop(path))
+
+
+def _lock_file(project: Project) -> Path:
+    return (project.work_dir / ".lock").resolve()
+
+
+def _acquire(path: Path, announce: Callable[[str], None] | None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     _wait(path, descriptor, lock_timeout(), announce or _say)
-    _HELD[path] = descriptor
+    return descriptor
 
 
 def _say(text: str) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import XspliceError
-from .lock import hold
+from .lock import holding
 from .project import Project
 
 REPORTER_NAME = "xsplice-recording"
@@ -108,7 +108,7 @@ def _in_directory(path: Path) -> Iterator[None]:
 
 def run_targets(project: Project, targets: list[str], processes: int = 0, echo: bool = True,
                 announce: Callable[[str], None] | None = None) -> RunResult:
-    """Run doit for `targets` in `project` (continuing past failures), holding the checkout's lock."""
+    """Run doit for `targets` in `project` (continuing past failures), holding the checkout's lock meanwhile."""
     from doit.doit_cmd import DoitMain
 
     result = RunResult()
@@ -118,8 +118,7 @@ def run_targets(project: Project, targets: list[str], processes: int = 0, echo: 
     arguments = ["run", "--continue", "--reporter", REPORTER_NAME]
     if processes > 1:
         arguments += ["-n", str(processes)]
-    hold(project, announce)
-    with _in_directory(project.root):
+    with holding(project, announce), _in_directory(project.root):
         _CURRENT.append((result, echo))
         try:
             with doit_database(project):
