@@ -139,3 +139,36 @@ def test_alternatives_of_three_objects_travel_in_the_one_section_xen_checks(xen:
     assert all(start >= 0 and start + length <= replacement.size for start, length in spans)
     assert any(start >= parts[0] for start, _ in spans)  # entries of the later objects: outside a first part alone
     assert any(length == 0 for _, length in spans)  # block_speculation(): zero-length replacements
+
+
+def test_a_stacked_chain_on_the_real_tree(xen: Checkout) -> None:
+    """stack-1 <- stack-2 <- stack-3 on Xen 4.17: each depends on the one below, as Xen's loader resolves them."""
+    xen.doit("build-patch", "--baseline", "xen-4.17", "stack-3", timeout=3600)
+    reports = {name: xen.report(name, "xen-4.17") for name in ("stack-1", "stack-2", "stack-3")}
+    assert reports["stack-1"]["depends_build_id"] == DEBIAN_BUILD_ID
+    assert reports["stack-2"]["depends_build_id"] == reports["stack-1"]["payload_build_id"]
+    assert reports["stack-3"]["depends_build_id"] == reports["stack-2"]["payload_build_id"]
+    assert [f["name"] for f in reports["stack-2"]["functions"]] == ["xen_extra_version"]
+    functions = {f["name"]: f for f in reports["stack-3"]["functions"]}
+    assert set(functions) == {"do_domctl", "extra_tag"} and functions["extra_tag"]["old_addr"] == "0x0"
+    undefined = {s.name for s in read_elf(_payload(xen, "stack-2"), "stack-2").symbols[1:] if s.is_undefined}
+    assert "extra_tag" in undefined  # stack-1's new function, by the name its payload defines
+
+
+@pytest.mark.parametrize(("patch", "hooks", "new"), [
+    ("hook-counter", {"load", "unload", "postapply", "prerevert"},
+     ["xen/common/version.o: after_apply", "xen/common/version.o: before_revert",
+      "xen/common/version.o: count_apply", "xen/common/version.o: count_revert"]),
+    ("hook-preapply-fails", {"preapply"}, ["xen/common/version.o: not_now"]),
+])
+def test_hooks_on_the_real_tree(xen: Checkout, patch: str, hooks: set[str], new: list[str]) -> None:
+    """Xen's own LIVEPATCH_*_HOOK macros: the hook sections and their functions are carried, as new functions."""
+    xen.doit("build-patch", "--baseline", "xen-4.17", patch, timeout=1800)
+    report = xen.report(patch, "xen-4.17")
+    assert report["new_functions"] == new
+    elf = read_elf(_payload(xen, patch), patch)
+    carried = {s.name.removeprefix(".livepatch.hooks.") for s in elf.sections if s.name.startswith(".livepatch.hooks.")}
+    assert carried == hooks
+    for section in elf.sections:
+        if section.name.startswith(".livepatch.hooks."):
+            assert section.size == 8 and len(section.relocations) == 1  # one pointer to its hook function

@@ -11,18 +11,19 @@ compared too; without it, the release's signature is verified over the rebuilt b
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import toolchain
+from . import provenance, toolchain
 from .baseline import load_baseline
 from .elf.compare import TOOLCHAIN_DRIFT, compare_elf
 from .errors import SignatureError, XspliceError
-from .files import read_json, sha256_bytes, sha256_file
-from .patches import patch_file
+from .files import read_json, sha256_bytes
+from .patches import CUMULATIVE_ENV, CUMULATIVE_JOIN, build_spec, pair_patch_digest
 from .project import Project, check_name
 from .project import copy_sources as copy_project_sources
 from .records import Records
@@ -66,7 +67,7 @@ def targets_from_manifest(path: Path) -> list[Target]:
 def targets_from_checkout(project: Project, baseline: str, patch: str) -> list[Target]:
     """The payload this checkout built for (baseline, patch), in out/."""
     name = load_baseline(project, baseline).name
-    patch_file(project, patch, name)
+    build_spec(project, patch, name)
     records = Records(project, name, patch)
     if not records.signed.is_file():
         raise XspliceError(f"{records.signed.relative_to(project.root)}: no payload to audit; run doit "
@@ -101,7 +102,7 @@ def _rebuildable(fresh: Project, target: Target) -> Target:
         return target
     try:
         load_baseline(fresh, target.pair.baseline)
-        patch_file(fresh, target.pair.patch, target.pair.baseline)
+        build_spec(fresh, target.pair.patch, target.pair.baseline)
     except XspliceError as error:
         return replace(target, problem=error.message)
     return target
@@ -117,7 +118,17 @@ def copy_sources(root: Path, fresh: Path) -> None:
 def rebuild(fresh: Path, pairs: list[Pair], processes: int) -> dict[str, str]:
     """Run the stages up to each unsigned payload in `fresh`; returns each failed task's one-line reason."""
     # In a child process: the fresh checkout's dodo.py and doit database stay apart from this checkout's.
-    result = run_in_child(fresh, ["toolchain", *(f"payload:{pair.name}" for pair in pairs)], processes)
+    # Cumulative payloads asked for by name (not a chain's) need their tasks made there too.
+    cumulative = " ".join(pair.patch for pair in pairs if CUMULATIVE_JOIN in pair.patch)
+    previous = os.environ.get(CUMULATIVE_ENV)
+    os.environ[CUMULATIVE_ENV] = cumulative
+    try:
+        result = run_in_child(fresh, ["toolchain", *(f"payload:{pair.name}" for pair in pairs)], processes)
+    finally:
+        if previous is None:
+            os.environ.pop(CUMULATIVE_ENV, None)
+        else:
+            os.environ[CUMULATIVE_ENV] = previous
     if not result.ran:
         raise XspliceError(f"the rebuild in {fresh} did not run (doit exited {result.code})")
     return result.failed
@@ -151,7 +162,39 @@ def _audit_one(project: Project, fresh: Path, target: Target, failures: dict[str
         return False
     _say(stream, f"audit {name}: identical: unsigned payload sha256 {sha256_bytes(released)} "
                  f"(released {target.released}) = {sha256_bytes(rebuilt)} (rebuilt {rebuilt_path})")
-    return _compare_signed(project, stream, name, target, signed, rebuilt)
+    signature_ok = _compare_signed(project, stream, name, target, signed, rebuilt)
+    return _check_provenance(Project(fresh), stream, target, signed) and signature_ok
+
+
+def _check_provenance(fresh: Project, stream: TextIO, target: Target, signed: bytes) -> bool:
+    """The envelope beside the payload verifies, names these signed bytes, and lists the rebuild's materials."""
+    assert target.released is not None
+    name, path = target.pair.name, provenance.envelope_path(target.released)
+    if target.certificate is None or not target.certificate.is_file():
+        _say(stream, f"audit {name}: PROVENANCE NOT CHECKED: no signer certificate with the release")
+        return False
+    try:
+        content = provenance.verify_envelope(path, target.certificate)
+    except SignatureError as error:
+        _say(stream, f"audit {name}: PROVENANCE DOES NOT VERIFY: {error.message}")
+        return False
+    stated = provenance.subject_digest(content, target.released.name)
+    if stated != sha256_bytes(signed):
+        _say(stream, f"audit {name}: PROVENANCE IS NOT OF THIS PAYLOAD: subject sha256 {stated}, the payload's "
+                     f"{sha256_bytes(signed)}")
+        return False
+    records = Records(fresh, target.pair.baseline, target.pair.patch)
+    failing, noted = provenance.material_differences(content, provenance.materials(fresh, target.pair.baseline,
+                                                                                   records))
+    for line in noted:
+        _say(stream, f"audit {name}:   provenance material differs (the bytes decide): {line}")
+    for line in failing:
+        _say(stream, f"audit {name}:   PROVENANCE MATERIAL DIFFERS: {line}")
+    if failing:
+        return False
+    _say(stream, f"audit {name}: provenance verifies with {target.certificate}; its materials are the rebuild's "
+                 f"({path.name})")
+    return True
 
 
 def _released(target: Target) -> tuple[bytes, bytes]:
@@ -174,7 +217,7 @@ def _input_differences(fresh: Project, target: Target) -> list[str]:
     """What the manifest says the payload was built from that this checkout's sources are not."""
     entry = target.entry or {}
     pair = target.pair
-    checks = [("patch_sha256", lambda: sha256_file(patch_file(fresh, pair.patch, pair.baseline)),
+    checks = [("patch_sha256", lambda: pair_patch_digest(fresh, pair.patch, pair.baseline),
                f"patches/{pair.patch}/{pair.baseline}.patch"),
               ("commit", lambda: load_baseline(fresh, pair.baseline).source.commit,
                f"baseline/{pair.baseline}.toml pinned commit"),

@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+from .diff.profile import HOOK_PREFIX, HOOKS, TargetProfile, profile_named
 from .errors import ConfigError
 from .project import Project, check_name
 from .schema import Field, check_string_list, check_string_map, check_table, load_toml
@@ -54,6 +56,8 @@ _LAYOUT = {
 }
 _TARGET = {
     "profile": Field(str, what="target profile, e.g. 'xen-x86_64'"),
+    "hooks": Field(list, what="the payload hooks this baseline's loader runs (load, unload, preapply, postapply, "
+                              "prerevert, postrevert), when fewer than its profile's"),
 }
 _COMMIT_RE = re.compile(r"[0-9a-f]{40}")
 _SPLIT_MODES = ("wrapper", "base")
@@ -107,6 +111,15 @@ class Baseline:
     build: BuildRecipe
     profile: str = "xen-x86_64"
     layout_probe: LayoutProbe | None = None
+    hooks: tuple[str, ...] | None = None  # None: every hook the profile's loader runs
+
+    def target(self) -> TargetProfile:
+        """The target profile, with only the hooks this baseline's loader runs."""
+        profile = profile_named(self.profile)
+        if self.hooks is None:
+            return profile
+        ours = tuple(f"{HOOK_PREFIX}{hook}" for hook in self.hooks)
+        return replace(profile, hook_sections=tuple(h for h in profile.hook_sections if h in ours))
 
     def inputs(self) -> list[Path]:
         """Files whose content decides the checkout and builds (for the up-to-date checks)."""
@@ -161,7 +174,18 @@ def load_baseline(project: Project, name: str) -> Baseline:
         build=_build(path, data["build"], project),
         profile=check_table(path, "target", data.get("target", {}), _TARGET).get("profile", "xen-x86_64"),
         layout_probe=_layout(path, data["layout"]) if "layout" in data else None,
+        hooks=_hooks(path, data.get("target", {})),
     )
+
+
+def _hooks(path: Path, target: dict[str, Any]) -> tuple[str, ...] | None:
+    if "hooks" not in target:
+        return None
+    hooks = check_string_list(path, "target", "hooks", target["hooks"])
+    unknown = [hook for hook in hooks if hook not in HOOKS]
+    if unknown:
+        raise ConfigError(f"{path}: [target] hooks: unknown hook {unknown[0]!r}; known: {', '.join(HOOKS)}")
+    return tuple(hooks)
 
 
 def load_all(project: Project) -> list[Baseline]:

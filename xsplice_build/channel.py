@@ -26,7 +26,8 @@ REQUEST_MAX = 4095
 # Xen: XEN_LIVEPATCH_NAME_SIZE is 128, the NUL included (get_name() in common/livepatch.c); the
 # characters are those livepatch-build gives payload names.
 PAYLOAD_NAME_SIZE = 128
-_PAYLOAD_NAME_RE = re.compile(rf"[A-Za-z0-9_-]{{1,{PAYLOAD_NAME_SIZE - 1}}}")
+# Xen's get_name() takes any bytes; these are livepatch-build's, and + for a cumulative payload (A+B).
+_PAYLOAD_NAME_RE = re.compile(rf"[A-Za-z0-9_+-]{{1,{PAYLOAD_NAME_SIZE - 1}}}")
 _REQUEST_RE = re.compile(rf"[\x20-\x7e]{{1,{REQUEST_MAX}}}")
 
 
@@ -38,7 +39,8 @@ def check_payload_name(name: str) -> str:
     """`name` if Xen would take it as a payload name, else a one-line refusal (nothing is sent)."""
     if not _PAYLOAD_NAME_RE.fullmatch(name):
         raise ConfigError(f"payload name {name!r} is not allowed: Xen takes 1 to {PAYLOAD_NAME_SIZE - 1} characters "
-                          "of A-Z a-z 0-9 _ - (XEN_LIVEPATCH_NAME_SIZE, as livepatch-build names payloads)")
+                          "of A-Z a-z 0-9 _ - + (XEN_LIVEPATCH_NAME_SIZE, as livepatch-build names payloads, "
+                          "and A+B for a cumulative one)")
     return name
 
 

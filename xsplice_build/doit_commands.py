@@ -22,8 +22,8 @@ from .baseline import DEFAULT_BASELINE, load_baseline, supply_image
 from .console import ProjectCommand, doit_command, opt_baseline, opt_processes
 from .errors import XspliceError
 from .lock import hold
-from .patches import patch_file
-from .project import Project
+from .patches import CUMULATIVE_ENV, CUMULATIVE_JOIN, build_spec
+from .project import Project, check_name
 from .records import Records, Report
 from .runner import doit_database
 from .sign import configured_keys, key_mode_warning
@@ -45,14 +45,24 @@ class Clean(DoitClean):
         return [option for option in super().get_options() if option.name != "num_process"]
 
 
+opt_replace = {
+    "name": "replace",
+    "long": "replace",
+    "type": bool,
+    "default": False,
+    "help": "one cumulative payload with the fixes of every PATCH named, against the baseline, for Xen's "
+            "REPLACE action (`xen-xsplice replace`): it swaps out whatever payloads are applied",
+}
+
+
 class BuildPatch(ProjectCommand, Run):
     name = "build-patch"
     doc_purpose = "build a signed live-patch payload for PATCH against a baseline"
-    doc_usage = "[--baseline NAME] [--image XEN-SYMS] PATCH"
+    doc_usage = "[--baseline NAME] [--image XEN-SYMS] PATCH | --replace PATCH PATCH..."
     doc_description = ("Runs every stage that is not up to date (checkout, toolchain, build-base, build-orig, "
                        "build-patched, diff, payload, sign) and writes out/<baseline>/<patch>/.")
-    own_options = (opt_baseline, opt_image, opt_processes)
-    cmd_options = (*Run.cmd_options, opt_baseline, opt_image)
+    own_options = (opt_baseline, opt_image, opt_processes, opt_replace)
+    cmd_options = (*Run.cmd_options, opt_baseline, opt_image, opt_replace)
 
     def help(self) -> str:
         return (f"{super().help()}\nPATCH is an advisory under patches/ (patches/PATCH/BASELINE.patch), or the "
@@ -70,19 +80,32 @@ class BuildPatch(ProjectCommand, Run):
         warning = key_mode_warning(configured_keys(project.root))
         if warning:
             print(f"xsplice: warning: {warning}", flush=True)
+        # A stacked payload is applied on top of its stack's: the operator gets all of them.
+        stack = build_spec(project, patch, baseline).stack
         with doit_database(project):
-            result = super().execute(params, ["toolchain", f"sign:{baseline}/{patch}"])
+            result = super().execute(params, ["toolchain", *(f"sign:{baseline}/{name}" for name in stack),
+                                              f"sign:{baseline}/{patch}"])
         if result == 0:
             self._summary(baseline, patch)
         return result
 
     @staticmethod
     def _selection(project: Project, params: Any, args: list[str]) -> tuple[str, str]:
-        if len(args) != 1:
+        if params["replace"] and len(args) < 2:
+            raise XspliceError(f"usage: doit build-patch [--baseline NAME] --replace PATCH PATCH... (a cumulative "
+                               f"payload carries two or more advisories; got {len(args)})")
+        if not params["replace"] and len(args) != 1:
             raise XspliceError(f"usage: doit build-patch [--baseline NAME] PATCH (got {len(args)} arguments)")
+        if params["replace"]:
+            baseline = load_baseline(project, params["baseline"]).name
+            name = CUMULATIVE_JOIN.join(args)
+            build_spec(project, check_name("patch", name), baseline)
+            # The tasks are made after this: they include the cumulative pair named here.
+            os.environ[CUMULATIVE_ENV] = name
+            return baseline, name
         patch, baseline = _patch_argument(project, args[0], params["baseline"])
         baseline = load_baseline(project, baseline).name
-        patch_file(project, patch, baseline)
+        build_spec(project, check_name("patch", patch), baseline)
         return baseline, patch
 
     @staticmethod
@@ -91,8 +114,9 @@ class BuildPatch(ProjectCommand, Run):
         out = project.patch_out(baseline, patch)
         report = Report.read(Records(project, baseline, patch).report)
         functions = ", ".join(f["name"] for f in report.functions)
+        action = "for Xen's REPLACE action; " if report.action == "replace" else ""
         print(f"xsplice: payload {out.relative_to(project.root) / report.payload} "
-              f"(signed; replaces {functions}; depends on build-id {report.base_build_id})")
+              f"(signed; {action}replaces {functions}; depends on build-id {report.depends_build_id})")
 
 
 def _patch_argument(project: Project, argument: str, baseline: str) -> tuple[str, str]:

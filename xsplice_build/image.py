@@ -41,6 +41,9 @@ class BaseImage:
         raise XspliceError(f"{wanted_by}: symbol {name!r} is ambiguous in the base image {self.path.name} "
                            f"({len(found)} definitions at {where}); rename one of the statics")
 
+    def has(self, name: str) -> bool:
+        return bool(self.by_name.get(name))
+
     def read(self, address: int, size: int) -> bytes:
         """`size` bytes of the image at `address`, from the section that holds them."""
         for section in self.elf.sections:

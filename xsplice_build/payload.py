@@ -22,6 +22,8 @@ from .elf.constants import (
     SHF_WRITE,
     SHT_NOTE,
     SHT_PROGBITS,
+    STB_LOCAL,
+    STT_SECTION,
 )
 from .elf.livepatch import (
     BUILD_ID,
@@ -53,6 +55,21 @@ class FunctionEntry:
 
 
 @dataclass(frozen=True)
+class Stack:
+    """What the payloads under a stacked one provide, as Xen's loader sees them once they are loaded.
+
+    `depends` is the build-id of the payload this one goes on top of. `replaced` maps each base
+    function an earlier payload replaced to the size of its latest new code (this payload's
+    original objects were compiled with it). `added` maps the names the original objects give
+    the earlier payloads' new symbols ("file#name" for a static) to (name the loader resolves, size).
+    """
+
+    depends: bytes
+    replaced: dict[str, int]
+    added: dict[str, tuple[str, int]]
+
+
+@dataclass(frozen=True)
 class Payload:
     data: bytes
     build_id: str
@@ -63,11 +80,14 @@ class Payload:
 
 
 def make_payload(extract: bytes, functions: list[PatchedFunction], base: BaseImage, profile: TargetProfile,
-                 layout: FuncLayout = XEN_4_17_FUNC) -> Payload:
+                 layout: FuncLayout = XEN_4_17_FUNC, stack: Stack | None = None,
+                 private_suffix: str | None = None) -> Payload:
+    """The payload; `private_suffix` renames its new local symbols (see _make_private)."""
     code = read_elf(extract, "extracted code")
-    _check_references(code, base)
+    stack = stack or Stack(base.build_id, {}, {})
     sections, symbols = to_output(code)
-    entries = [_old_function(f, base, profile) for f in functions]
+    _resolve_references(symbols, base, stack)
+    entries = [_old_function(f, base, profile, stack) for f in functions]
     strings = OutSection(STRINGS, SHT_PROGBITS, SHF_ALLOC, b"", 1)
     funcs = OutSection(FUNCS, SHT_PROGBITS, SHF_ALLOC | SHF_WRITE, b"", 8)
     strings_symbol, funcs_symbol = section_symbol(strings), section_symbol(funcs)
@@ -81,7 +101,9 @@ def make_payload(extract: bytes, functions: list[PatchedFunction], base: BaseIma
         names += entry.name.encode("utf-8", "surrogateescape") + b"\0"  # the symbol's own bytes
         table += layout.pack(entry.old_addr, entry.new_size, entry.old_size)
     strings.data, funcs.data = bytes(names), bytes(table)
-    depends = _note_section(DEPENDS, base.build_id)
+    if private_suffix:
+        _make_private(symbols, {id(_function_symbol(symbols, f, code)) for f in functions}, private_suffix)
+    depends = _note_section(DEPENDS, stack.depends)
     xen_depends = _note_section(XEN_DEPENDS, base.build_id)
     own = _note_section(BUILD_ID, b"\0" * 20)
     sections += [strings, funcs, depends, xen_depends, own]
@@ -107,11 +129,25 @@ def check_loader_limits(data: bytes) -> None:
                            "(LIVEPATCH_MAX_SIZE) [rule: size-limit]; split the patch into smaller payloads")
 
 
-def _old_function(function: PatchedFunction, base: BaseImage, profile: TargetProfile) -> FunctionEntry:
+def _old_function(function: PatchedFunction, base: BaseImage, profile: TargetProfile, stack: Stack) -> FunctionEntry:
+    if function.name in stack.added and not base.has(function.name):
+        # New in an earlier payload: old_addr 0, which Xen's loader resolves among the loaded payloads' symbols.
+        name, size = stack.added[function.name]
+        if size != function.old_size:
+            raise XspliceError(f"{function.object}: {function.name}: {size} bytes in the payload under this one, "
+                               f"{function.old_size} in the original object: rebuild the stack")
+        return FunctionEntry(name=name, object=function.object, old_addr=0, old_size=size,
+                             new_size=function.new_size)
     symbol = base.lookup(function.name, f"{function.object}: {function.symbol}")
     if not symbol.is_function:
         raise XspliceError(f"{function.object}: {function.name}: is not a function in the base image")
-    if symbol.size != function.old_size:
+    if function.name in stack.replaced:
+        # Patched again: the jump goes at the base function, whose code the original object no longer has.
+        if stack.replaced[function.name] != function.old_size:
+            raise XspliceError(f"{function.object}: {function.name}: {function.old_size} bytes in the original "
+                               f"object, {stack.replaced[function.name]} in the payload under this one: rebuild "
+                               "the stack")
+    elif symbol.size != function.old_size:
         raise XspliceError(
             f"{function.object}: {function.name}: {symbol.size} bytes in the base image but {function.old_size} "
             "in the original object: the base image was not built from the same source and compiler; rebuild "
@@ -124,9 +160,28 @@ def _old_function(function: PatchedFunction, base: BaseImage, profile: TargetPro
                          old_size=symbol.size, new_size=function.new_size)
 
 
-def _check_references(code: ElfFile, base: BaseImage) -> None:
-    for symbol in code.symbols[1:]:
-        if symbol.is_undefined:
+def _make_private(symbols: list[OutSymbol], replacing: set[int], suffix: str) -> None:
+    """Give the payload's new local symbols names no other loaded payload has.
+
+    Xen 4.17's loader refuses a payload that defines a new symbol some loaded payload already
+    defines (build_symbol_table: "duplicate new symbol"). A cumulative payload carries the new
+    functions of the payloads it replaces, which stay loaded while REPLACE runs: under their own
+    names it could never be uploaded beside them. Nothing resolves a local symbol of it by name.
+    """
+    for symbol in symbols:
+        if symbol.section is not None and symbol.bind == STB_LOCAL and symbol.name and id(symbol) not in replacing \
+                and symbol.type != STT_SECTION and not symbol.name.startswith(".L"):
+            symbol.name = f"{symbol.name}{suffix}"
+
+
+def _resolve_references(symbols: list[OutSymbol], base: BaseImage, stack: Stack) -> None:
+    """Every undefined name must be the base image's, or an earlier payload's new symbol (as Xen resolves)."""
+    for symbol in symbols:
+        if symbol.section is not None or symbol.absolute:
+            continue
+        if symbol.name in stack.added and not base.has(symbol.name):
+            symbol.name = stack.added[symbol.name][0]
+        else:
             base.lookup(symbol.name, "payload")
 
 

@@ -21,7 +21,7 @@ from . import __version__
 from .baseline import load_baseline
 from .code_identity import identity
 from .files import dump_json, remove_tree, sha256_bytes, sha256_file
-from .patches import patch_file
+from .patches import build_spec, pair_patch_digest, spec_files
 from .project import Project
 
 # The stages whose code decides the unsigned payload (signing happens later, on the coordinator).
@@ -51,7 +51,11 @@ def store_key(project: Project, baseline: str, patch: str, lock_sha256: str) -> 
         "commit": definition.source.commit,
         "config_sha256": sha256_file(definition.build.config) if definition.build.config else None,
         "patch": patch,
-        "patch_sha256": sha256_file(patch_file(project, patch, definition.name)),
+        "patch_sha256": pair_patch_digest(project, patch, definition.name),
+        # A stacked payload is built on its stack's patches too (and depends on their payloads).
+        "stack_sha256": [sha256_file(path) for path in spec_files(project, build_spec(project, patch,
+                                                                                       definition.name),
+                                                                  definition.name)[0]],
         "toolchain_lock_sha256": lock_sha256,
         "code": stages_code(),
     }

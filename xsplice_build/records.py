@@ -19,6 +19,8 @@ from .files import read_json, write_json
 from .project import Project
 
 R = TypeVar("R", bound="StageRecord")
+# A payload's provenance envelope is the payload's name and this (provenance.py).
+PROVENANCE_SUFFIX = ".intoto.json"
 
 
 @dataclass(frozen=True)
@@ -101,10 +103,19 @@ class PatchedRecord(StageRecord):
     patch_sha256: str
     touched: list[str]
     recompiled: list[str]
-    changed: list[dict[str, Any]]  # object, original (or None: new), original_sha256, patched_sha256
+    # object, original (or None: new), original_file (a stacked payload's: the object as the stack left it,
+    # or None), original_sha256, patched_sha256
+    changed: list[dict[str, Any]]
+    stack: list[str]  # the advisories built into the tree first (patches.BuildSpec)
+    fixes: list[str]
+    action: str  # apply, or replace (a cumulative payload)
+    applied: list[dict[str, Any]]  # every patch applied, in order: path, sha256, role (stacked-under or fix)
 
     def outputs(self, project: Project, record_dir: Path) -> dict[Path, str]:
-        return {kept_object(record_dir, change["object"]): change["patched_sha256"] for change in self.changed}
+        listed = {kept_object(record_dir, change["object"]): change["patched_sha256"] for change in self.changed}
+        listed.update({project.root / change["original_file"]: change["original_sha256"]
+                       for change in self.changed if change.get("original_file")})
+        return listed
 
 
 def kept_object(patch_dir: Path, name: str) -> Path:
@@ -120,6 +131,7 @@ class DiffRecord(StageRecord):
     functions: list[dict[str, Any]]  # diff.extract.PatchedFunction fields
     objects: list[dict[str, Any]]  # diff.explain.explain_record of each object
     extract_sha256: str
+    defined: list[dict[str, Any]]  # diff.extract.DefinedSymbol fields: how a payload above finds them
 
     def outputs(self, project: Project, record_dir: Path) -> dict[Path, str]:
         return {record_dir / self.EXTRACT: self.extract_sha256}
@@ -133,6 +145,9 @@ class PayloadRecord(StageRecord):
     functions: list[dict[str, Any]]
     unsigned: str  # file name beside the record
     sha256: str
+    depends_build_id: str  # in .livepatch.depends: the image's, or the payload's below
+    stack: list[str]
+    action: str
 
     def outputs(self, project: Project, record_dir: Path) -> dict[Path, str]:
         return {record_dir / self.unsigned: self.sha256}
@@ -163,10 +178,17 @@ class Report(StageRecord):
     payload_sha256: str
     payload: str
     signer_certificate: str
+    depends_build_id: str
+    stack: list[str]
+    fixes: list[str]
+    action: str
+    applied: list[dict[str, Any]]
+    provenance: str  # the DSSE envelope beside the payload (provenance.py)
+    provenance_sha256: str
     xsplice_build_version: str = field(default="")
 
     def outputs(self, project: Project, record_dir: Path) -> dict[Path, str]:
-        return {record_dir / self.payload: self.payload_sha256}
+        return {record_dir / self.payload: self.payload_sha256, record_dir / self.provenance: self.provenance_sha256}
 
 
 # The record each stage (doit task basename) writes.
@@ -198,6 +220,7 @@ class Records:
             self.unsigned = self.patch_dir / f"{patch}.livepatch.unsigned"
             self.out_dir = project.patch_out(baseline, patch)
             self.signed = self.out_dir / f"{patch}.livepatch"
+            self.provenance = self.signed.with_name(self.signed.name + PROVENANCE_SUFFIX)
             self.report = self.out_dir / Report.FILE
             # Real-Xen baselines: what the real hypervisor said to the signed payload (stages.stage_prove).
             self.proof = self.patch_dir / "proof.json"

@@ -18,7 +18,7 @@ from . import __version__, toolchain
 from .baseline import load_baseline
 from .errors import OutputError, XspliceError
 from .files import dump_json, read_json, remove_tree, sha256_file, write_atomic
-from .patches import patch_file
+from .patches import chain, pair_patch_digest
 from .project import Project
 from .records import BaseRecord, Records, Report
 from .sign import configured_keys
@@ -68,6 +68,8 @@ def _ok_entry(project: Project, pair: Pair) -> dict[str, Any]:
     report = Report.read(records.report)
     if not records.signed.is_file() or sha256_file(records.signed) != report.payload_sha256:
         raise XspliceError(f"{records.signed}: missing or not the payload its report.json describes; run again")
+    if not records.provenance.is_file() or sha256_file(records.provenance) != report.provenance_sha256:
+        raise XspliceError(f"{records.provenance}: missing or not the envelope its report.json describes; run again")
     return {
         "patch": pair.patch, "baseline": pair.baseline, "status": "ok", "reason": None,
         "patch_sha256": report.patch_sha256, "commit": report.commit, "base_build_id": report.base_build_id,
@@ -75,6 +77,10 @@ def _ok_entry(project: Project, pair: Pair) -> dict[str, Any]:
         "new_functions": report.new_functions, "payload_build_id": report.payload_build_id,
         "unsigned_payload_sha256": report.unsigned_payload_sha256, "payload_sha256": report.payload_sha256,
         "payload": f"{pair.baseline}/{pair.patch}.livepatch",
+        # The chain: what it goes on top of (applied in this order first), and how it is applied.
+        "stack": report.stack, "fixes": report.fixes, "action": report.action,
+        "depends_build_id": report.depends_build_id,
+        "provenance": f"{pair.baseline}/{records.provenance.name}", "provenance_sha256": report.provenance_sha256,
     }
 
 
@@ -83,12 +89,14 @@ def _failed_entry(project: Project, pair: Pair, reason: str) -> dict[str, Any]:
     reason = reason.replace(f"{project.root.resolve()}/", "").replace(f"{project.root}/", "")
     return {
         "patch": pair.patch, "baseline": pair.baseline, "status": "failed", "reason": reason,
-        "patch_sha256": _known(lambda: sha256_file(patch_file(project, pair.patch, pair.baseline))),
+        "patch_sha256": _known(lambda: pair_patch_digest(project, pair.patch, pair.baseline)),
         "commit": _known(lambda: load_baseline(project, pair.baseline).source.commit),
         "base_build_id": _base_build_id(project, pair, reason),
         "toolchain_lock_sha256": _known(lambda: toolchain.lock_digest(project.lock_path)),
         "functions": [], "new_functions": [], "payload_build_id": None,
         "unsigned_payload_sha256": None, "payload_sha256": None, "payload": None,
+        "provenance": None, "provenance_sha256": None, "stack": _known(lambda: list(chain(project, pair.patch))),
+        "fixes": None, "action": None, "depends_build_id": None,
     }
 
 
@@ -121,8 +129,9 @@ def write_release(project: Project, entries: list[dict[str, Any]]) -> Path:
         ordered = sorted(entries, key=lambda e: (e["baseline"], e["patch"]))
         for item in ordered:
             if item["status"] == "ok":
-                signed = Records(project, item["baseline"], item["patch"]).signed
-                write_atomic(staging / item["payload"], signed.read_bytes())
+                records = Records(project, item["baseline"], item["patch"])
+                write_atomic(staging / item["payload"], records.signed.read_bytes())
+                write_atomic(staging / item["provenance"], records.provenance.read_bytes())
         manifest: dict[str, Any] = {"payloads": ordered, "xsplice_build_version": __version__,
                                     "signer_certificate": None}
         certificate = configured_keys(project.root).certificate

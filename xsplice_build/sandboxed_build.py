@@ -13,8 +13,8 @@ from typing import Any
 from . import toolchain
 from .baseline import load_baseline
 from .build import SPLIT_SECTIONS_FLAGS, apply_patch, prepare_tree, run_build
-from .files import copy_tree, read_json, remove_tree, sha256_file
-from .patches import patch_file
+from .files import copy_tree, read_json, relative, remove_tree, sha256_file
+from .patches import build_spec, pair_patch_digest, spec_files
 from .project import Project
 from .records import CheckoutRecord, OrigRecord, PatchedRecord, Records, kept_object
 
@@ -32,31 +32,55 @@ def build_orig(project: Project, baseline: str) -> dict[str, str]:
 
 
 def build_patched(project: Project, baseline: str, patch: str) -> dict[str, Any]:
-    """Apply the patch, rebuild, keep the changed objects: the patch's own code runs here."""
+    """Apply the stack's patches and build (a stacked payload's original objects), then the fixes; keep
+    the changed objects: the patches' own code runs here."""
     definition = load_baseline(project, baseline)
     records = Records(project, baseline, patch)
-    source = patch_file(project, patch, baseline)
+    spec = build_spec(project, patch, baseline)
+    stack_files, fix_files = spec_files(project, spec, baseline)
     orig = OrigRecord.read(records.build_orig)
     tree = records.patch_dir / "tree"
     copy_tree(project.root / orig.tree, tree)
-    touched = apply_patch(source, tree)
     flags = SPLIT_SECTIONS_FLAGS if definition.build.split_sections == "wrapper" else ""
+    objects_dir = records.patch_dir / "objects"
+    remove_tree(objects_dir)
+    # The tree this payload is diffed against: the baseline, or the baseline with the stack's fixes built in.
+    before = dict(orig.objects)
+    if stack_files:
+        for source in stack_files:
+            apply_patch(source, tree)
+        stacked = run_build(definition, tree, recorded_tools(project), flags, records.patch_dir / "stack-build.log",
+                            prepare=False, bin_dir=records.bin)
+        before.update(stacked.objects)
+        for name, digest in stacked.objects.items():
+            if orig.objects.get(name) != digest:  # the stack changed it: keep its version to diff against
+                kept = objects_dir / f"{name}.BEFORE"
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(tree / name, kept)
+    touched: list[str] = []
+    for source in fix_files:
+        touched += apply_patch(source, tree)
     output = run_build(definition, tree, recorded_tools(project), flags, records.patch_dir / "build.log",
                        prepare=False, bin_dir=records.bin)
-    remove_tree(records.patch_dir / "objects")
     changed = []
     for name, digest in sorted(output.objects.items()):
-        if orig.objects.get(name) == digest:
+        if before.get(name) == digest:
             continue
         kept = kept_object(records.patch_dir, name)
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(tree / name, kept)
-        changed.append({"object": name, "original": name if name in orig.objects else None,
-                        "original_sha256": orig.objects.get(name), "patched_sha256": digest})
+        restacked = before.get(name) is not None and orig.objects.get(name) != before.get(name)
+        changed.append({"object": name, "original": name if name in before else None,
+                        "original_file": relative(objects_dir / f"{name}.BEFORE", project.root) if restacked
+                        else None, "original_sha256": before.get(name), "patched_sha256": digest})
     # The objects are all the later stages need; a patched tree of a real hypervisor is large.
     remove_tree(tree)
-    return PatchedRecord(patch=patch, patch_sha256=sha256_file(source), touched=touched,
-                         recompiled=sorted(output.objects), changed=changed).to_json()
+    applied = [{"path": relative(path, project.root), "sha256": sha256_file(path), "role": role}
+               for paths, role in ((stack_files, "stacked-under"), (fix_files, "fix")) for path in paths]
+    return PatchedRecord(patch=patch, patch_sha256=pair_patch_digest(project, patch, baseline),
+                         touched=sorted(set(touched)), recompiled=sorted(output.objects), changed=changed,
+                         stack=list(spec.stack), fixes=list(spec.fixes), action=spec.action,
+                         applied=applied).to_json()
 
 
 def recorded_tools(project: Project) -> dict[str, toolchain.Tool]:

@@ -13,7 +13,6 @@ from typing import Any
 from .baseline import load_baseline
 from .diff.engine import conclude, diff_pairs
 from .diff.explain import explain_record, render
-from .diff.profile import profile_named
 from .errors import NothingToPatch, Unpatchable
 from .files import sha256_bytes, write_atomic, write_json
 from .layout import apply_layout
@@ -31,8 +30,10 @@ def diff_objects(project: Project, baseline: str, patch: str) -> dict[str, Any]:
     pairs: list[tuple[str, Path | None, Path]] = []
     for change in patched.changed:
         original = orig_tree / change["original"] if change["original"] else None
+        if change.get("original_file"):  # an object the stack changed: diffed against the stack's version
+            original = project.root / change["original_file"]
         pairs.append((change["object"], original, kept_object(records.patch_dir, change["object"])))
-    diffs = diff_pairs(pairs, apply_layout(profile_named(definition.profile), layout))
+    diffs = diff_pairs(pairs, apply_layout(definition.target(), layout))
     try:
         result = conclude(diffs)  # extraction resolves the base-image references the explanation lists
     except (NothingToPatch, Unpatchable) as refusal:
@@ -43,7 +44,8 @@ def diff_objects(project: Project, baseline: str, patch: str) -> dict[str, Any]:
     _write_explanation(project, records, patch, explained)
     write_atomic(records.extract, result.extract)
     return DiffRecord(functions=[asdict(function) for function in result.functions], objects=explained,
-                      extract_sha256=sha256_bytes(result.extract)).to_json()
+                      extract_sha256=sha256_bytes(result.extract),
+                      defined=[asdict(symbol) for symbol in result.defined]).to_json()
 
 
 def _write_explanation(project: Project, records: Records, patch: str, explained: list[dict[str, Any]]) -> None:

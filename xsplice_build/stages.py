@@ -8,11 +8,12 @@ about doit.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import asdict
 from pathlib import Path
 
-from . import __version__, files, sandboxed_base, sandboxed_build, sandboxed_diff, toolchain
+from . import __version__, files, provenance, sandboxed_base, sandboxed_build, sandboxed_diff, toolchain
 from .baseline import Baseline, load_baseline, supplied_image
 from .build import check_expected_build_id, compiler_link
 from .checkout import checkout
@@ -25,7 +26,8 @@ from .files import relative, sha256_bytes, sha256_file, write_atomic, write_json
 from .image import BaseImage
 from .keyscan import SigningKeyBytes, refuse_key_material
 from .layout import func_layout
-from .payload import make_payload
+from .patches import build_spec
+from .payload import Stack, make_payload
 from .project import Project
 from .records import (
     BaseRecord,
@@ -136,10 +138,38 @@ def stage_payload(project: Project, baseline: str, patch: str) -> None:
     functions = [PatchedFunction(**function) for function in diff.functions]
     profile = profile_named(definition.profile)
     layout = func_layout(base.layout, profile.livepatch_payload_version)
-    payload = make_payload(records.extract.read_bytes(), functions, image, profile, layout)
+    spec = build_spec(project, patch, baseline)
+    stack = _stack(project, baseline, spec.stack, image.build_id)
+    # A replacement is uploaded while the payloads it replaces are loaded: its new statics need names of its own.
+    private = f"@{patch}" if spec.action == "replace" else None
+    payload = make_payload(records.extract.read_bytes(), functions, image, profile, layout, stack, private)
     write_atomic(records.unsigned, payload.data)
     PayloadRecord.from_json({**payload.record(), "unsigned": records.unsigned.name,
-                             "sha256": sha256_bytes(payload.data)}, records.payload).write(records.payload)
+                             "sha256": sha256_bytes(payload.data), "depends_build_id": stack.depends.hex(),
+                             "stack": list(spec.stack), "action": spec.action},
+                            records.payload).write(records.payload)
+
+
+def _stack(project: Project, baseline: str, names: tuple[str, ...], base_build_id: bytes) -> Stack:
+    """What the payloads under this one provide, oldest first, from their payload and diff records."""
+    depends, replaced, added = base_build_id, {}, {}
+    for name in names:
+        records = Records(project, baseline, name)
+        payload = PayloadRecord.read(records.payload)
+        diff = DiffRecord.read(records.diff)
+        depends = bytes.fromhex(payload.build_id)
+        replacing = {function["symbol"] for function in diff.functions}
+        for function in payload.functions:
+            if function["old_addr"]:
+                replaced[function["name"]] = function["new_size"]
+            else:  # a function an earlier payload added, patched again: its latest size
+                for key, (loader_name, _size) in list(added.items()):
+                    if loader_name == function["name"]:
+                        added[key] = (loader_name, function["new_size"])
+        for symbol in diff.defined:
+            if symbol["name"] not in replacing:
+                added[symbol["xen_name"]] = (symbol["name"], symbol["size"])
+    return Stack(depends, replaced, added)
 
 
 def stage_sign(project: Project, baseline: str, patch: str) -> list[str]:
@@ -155,7 +185,14 @@ def stage_sign(project: Project, baseline: str, patch: str) -> list[str]:
                         SigningKeyBytes.of(key, keys.key.read_bytes()))
     signed = sign(unsigned, key, certificate)
     report = _report(project, definition, records, patch, unsigned, signed, keys.certificate)
+    facts = report.to_json()
+    statement = provenance.statement(project, baseline, records, facts, {
+        "stack": report.stack, "fixes": report.fixes, "action": report.action,
+        "depends_on": report.stack[-1] if report.stack else None})
+    envelope = provenance.envelope_bytes(statement, key)
+    report = dataclasses.replace(report, provenance_sha256=sha256_bytes(envelope))
     write_atomic(records.signed, signed)
+    write_atomic(records.provenance, envelope)
     report.write(records.report)
     return warnings
 
@@ -189,6 +226,13 @@ def _report(project: Project, definition: Baseline, records: Records, patch: str
         payload_sha256=sha256_bytes(signed),
         payload=records.signed.name,
         signer_certificate=_path_for_report(certificate, records.out_dir),
+        depends_build_id=payload.depends_build_id,
+        stack=patched.stack,
+        fixes=patched.fixes,
+        action=patched.action,
+        applied=patched.applied,
+        provenance=records.provenance.name,
+        provenance_sha256="",  # the envelope signs the rest of the report: filled in once it is made
         xsplice_build_version=__version__,
     )
 

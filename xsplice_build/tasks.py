@@ -22,9 +22,18 @@ from .baseline import Baseline, load_all, supplied_image
 from .code_identity import identity
 from .errors import XspliceError
 from .files import read_json
-from .patches import pairs
+from .patches import (
+    ADVISORY_FILE,
+    CUMULATIVE_ENV,
+    build_spec,
+    cumulative_pairs,
+    pairs,
+    requested,
+    spec_files,
+)
 from .probes import probe_file
 from .project import Project
+from .provenance import code_identity
 from .records import Records
 from .sign import SigningKeys, configured_keys
 from .vm_runtime import has_runtime, runtime_path
@@ -128,7 +137,7 @@ class Pipeline:
         yield self._doc("build-patched", "apply each patch and rebuild what it touches (objects kept as .XSPLICE)")
         for baseline, patch in self._pairs():
             records = Records(self.project, baseline, patch)
-            inputs = [records.build_orig, self._patch(baseline, patch), self.project.toolchain_state]
+            inputs = [records.build_orig, *self._patches(baseline, patch), self.project.toolchain_state]
             yield self._subtask("build-patched", f"{baseline}/{patch}", inputs, [records.patched],
                                 baseline=baseline, patch=patch)
 
@@ -147,6 +156,9 @@ class Pipeline:
         for baseline, patch in self._pairs():
             records = Records(self.project, baseline, patch)
             inputs = [records.diff, records.extract, records.build_base]
+            for earlier in build_spec(self.project, patch, baseline).stack:  # built first: doit orders by file_dep
+                under = Records(self.project, baseline, earlier)
+                inputs += [under.payload, under.diff]
             yield self._subtask("payload", f"{baseline}/{patch}", inputs,
                                 [records.payload, records.unsigned], baseline=baseline, patch=patch)
 
@@ -158,8 +170,11 @@ class Pipeline:
             # The report also reads the earlier records (commit, patch hash, base image).
             inputs = [records.payload, records.unsigned, self.project.lock_path, records.checkout,
                       records.build_base, records.patched, records.diff]
-            config = {"key": self._path(keys.key), "certificate": self._path(keys.certificate)}
-            task = self._subtask("sign", f"{baseline}/{patch}", inputs, [records.signed, records.report],
+            # The statement names this tool's code identity: any change to the code re-signs.
+            config = {"key": self._path(keys.key), "certificate": self._path(keys.certificate),
+                      "identity": code_identity()}
+            task = self._subtask("sign", f"{baseline}/{patch}", inputs,
+                                 [records.signed, records.provenance, records.report],
                                  record=records.report, config=config, checks=[_keys_unchanged(keys)],
                                  certificate=str(keys.certificate), baseline=baseline, patch=patch)
             yield {**task, "task_dep": ["dev-keys"]}
@@ -208,10 +223,16 @@ class Pipeline:
         return os.path.relpath(path, self.project.root) if inside else str(path)
 
     def _pairs(self) -> list[tuple[str, str]]:
-        return pairs(self.project, [b.name for b in self.baselines])
+        names = [b.name for b in self.baselines]
+        wanted = [name for name in os.environ.get(CUMULATIVE_ENV, "").split() if name]
+        found = pairs(self.project, names) + cumulative_pairs(self.project, names)
+        return found + [pair for pair in requested(self.project, names, wanted) if pair not in found]
 
-    def _patch(self, baseline: str, patch: str) -> Path:
-        return self.project.patches_dir / patch / f"{baseline}.patch"
+    def _patches(self, baseline: str, patch: str) -> list[Path]:
+        spec = build_spec(self.project, patch, baseline)
+        stack, fixes = spec_files(self.project, spec, baseline)
+        advisories = [self.project.patches_dir / name / ADVISORY_FILE for name in (*spec.stack, *spec.fixes)]
+        return [*stack, *fixes, *(path for path in advisories if path.is_file())]
 
     @staticmethod
     def _doc(basename: str, doc: str) -> dict[str, Any]:

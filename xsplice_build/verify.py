@@ -204,6 +204,10 @@ def _check_dependencies(elf: ElfFile, running: bytes, image: BaseImage) -> tuple
     notes = {}
     for name in REQUIRED:
         notes[name] = parse_build_id_note(elf.section_named(name).data, f"{elf.name}: {name}")
+    if notes[XEN_DEPENDS] == running and notes[DEPENDS] != running:
+        raise _reject(elf, DEPENDS, f"goes on top of another payload (build-id {notes[DEPENDS].hex()}); this "
+                                    "check links a payload against the image alone: prove a stacked payload on "
+                                    "a running image (xen-xsplice prove)")
     for name in (XEN_DEPENDS, DEPENDS):
         if notes[name] != running:
             raise _reject(elf, name, f"build-id {notes[name].hex()} is not the image's "

@@ -4,8 +4,15 @@
                                        process, a real-Xen baseline (baseline/runtime/NAME.toml) in a VM
     xen-xsplice info                   the running image's version lines (xen_extra : ...)
     xen-xsplice upload NAME PATH [--cert CERT]
-    xen-xsplice list | check NAME | apply NAME | revert NAME | unload NAME | shutdown
+    xen-xsplice list | check NAME | apply NAME | revert NAME | unload NAME | replace NAME | shutdown
     xen-xsplice prove PATCH [PATH]     upload, probe, apply, probe, revert, probe, unload
+                                       (a stacked PATCH: its stack applied first, in order, and
+                                       reverted after it; a cumulative A+B: A applied, then replaced)
+
+Stacking (Xen's rules, checked here before the image is asked): a payload is applied only on
+top of the payload its .livepatch.depends names (the one applied last, or the image itself
+when none is), and only the payload applied last is reverted. `replace` applies a payload
+built against the image itself, reverting every applied payload first (Xen's REPLACE).
 
 Every refusal is one line on stderr and a non-zero exit; the running image is untouched. With
 real Xen, the hypervisor's own console lines about the payload are printed first (stdout).
@@ -17,6 +24,7 @@ import argparse
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -36,14 +44,15 @@ from .hypervisor import (
     RunDir,
     check_payload_name,
 )
-from .probes import check_phase, load_probes, probe_file
+from .patches import BuildSpec, build_spec
+from .probes import Probe, check_phase, load_probes, probe_file
 from .project import Project, check_name
 from .vm_runtime import has_runtime
 from .xen_vm import KIND, Verdict, XenVM, running_record
 
 # The states an action may start from (Xen's livepatch state machine), shown as "ok are".
 ALLOWED = {"check": STATE_CHECKED | STATE_APPLIED, "apply": STATE_CHECKED, "revert": STATE_APPLIED,
-           "unload": STATE_CHECKED}
+           "unload": STATE_CHECKED, "replace": STATE_CHECKED}
 
 
 class Target(Protocol):
@@ -168,7 +177,7 @@ def _parser() -> argparse.ArgumentParser:
                                                   "development certificate)")
     upload.set_defaults(run=_upload)
     commands.add_parser("list", help="every loaded payload and its state").set_defaults(run=_list)
-    for action in ("check", "apply", "revert", "unload"):
+    for action in ("check", "apply", "revert", "unload", "replace"):
         command = commands.add_parser(action, help=f"{action} a loaded payload")
         command.add_argument("name")
         command.set_defaults(run=_check if action == "check" else _action, action=action)
@@ -253,13 +262,68 @@ def _action(project: Project, arguments: argparse.Namespace) -> None:
 
 
 def perform(target: Target, name: str, action: str) -> None:
-    """apply, revert or unload `name`, from a state that allows it; wait for the outcome."""
+    """apply, revert, unload or replace `name`, from a state that allows it; wait for the outcome."""
     state, _rc, _error = target.state(name)
     if not state & ALLOWED[action]:
         raise PayloadRejected(f"{name}: State is {state:#x}, ok are {ALLOWED[action]:#x}: cannot {action} "
                               f"a payload that is {_state_name(state)}")
+    _check_order(target, name, action)
     target.act(name, action)
     print(f"{name}: State is {state:#x}, ok are {ALLOWED[action]:#x}. Commencing {action}:completed!")
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A loaded payload as the image reports it: its build-ids and where it is in the applied stack."""
+
+    name: str
+    build_id: str
+    depends: str
+    applied_order: int
+
+
+def _loaded(target: Target) -> list[Loaded]:
+    """What minixen's list and get say of each loaded payload (Xen's xen-livepatch list says less)."""
+    found = []
+    for name, _state in target.payloads():
+        if not isinstance(target, MinixenTarget):
+            found.append(Loaded(name, "", "", 0))
+            continue
+        answer = _checked(target.request(f"livepatch get {name}"), f"get {name}")
+        found.append(Loaded(name, answer.value("build_id"), answer.value("depends"),
+                            int(answer.value("applied_order", "0") or 0)))
+    return found
+
+
+def _check_order(target: Target, name: str, action: str) -> None:
+    """Xen's stacking rules, refused here in words: apply on top of what it depends on, revert the last first.
+
+    Real Xen's xen-livepatch does not report what a payload depends on or the order they were applied in:
+    there Xen's own refusal (build_id_dep, "can't revert") is the answer.
+    """
+    if action not in ("apply", "revert", "replace") or not isinstance(target, MinixenTarget):
+        return
+    loaded = _loaded(target)
+    this = next(item for item in loaded if item.name == name)
+    applied = sorted((item for item in loaded if item.applied_order), key=lambda item: item.applied_order)
+    top = applied[-1] if applied else None
+    if action == "revert":
+        if top is not None and top.name != name:
+            raise PayloadRejected(f"{name}: {top.name} is applied on top of it; revert {top.name} first (Xen "
+                                  "reverts only the payload applied last)")
+        return
+    image = target.build_id()
+    wanted = image if action == "replace" or top is None else top.build_id
+    if this.depends == wanted:
+        return
+    if action == "replace":
+        raise PayloadRejected(f"{name}: goes on top of build-id {this.depends}, but a replacement must be built "
+                              f"against the image itself ({image})")
+    below = next((item.name for item in loaded if item.build_id == this.depends), None)
+    needed = "the image itself" if this.depends == image else below or f"the payload with build-id {this.depends}"
+    last = top.name if top else "nothing"
+    raise PayloadRejected(f"{name}: goes on top of {needed}, but {last} is applied last; apply the advisories "
+                          "in their order (revert down to the one it goes on, or apply the ones before it)")
 
 
 def _prove(project: Project, arguments: argparse.Namespace) -> None:
@@ -268,24 +332,82 @@ def _prove(project: Project, arguments: argparse.Namespace) -> None:
         raise HypervisorError("no image is running; start one with `xen-xsplice boot BASELINE`")
     baseline, pid = record["baseline"], record["pid"]
     patch = check_payload_name(check_name("patch", arguments.patch))
-    path = arguments.path or project.patch_out(baseline, patch) / f"{patch}.livepatch"
-    probes = load_probes(probe_file(project, patch, baseline))
+    spec = build_spec(project, patch, baseline)
+    proof = Proof(project, baseline, arguments.cert or hypervisor.trusted_certificate(project))
+    path = arguments.path or proof.payload(patch)
     with connected(project) as target:
-        check_phase(target, probes, "before", patch)
-        upload(target, patch, path, arguments.cert or hypervisor.trusted_certificate(project))
         try:
-            perform(target, patch, "apply")
-            try:
-                check_phase(target, probes, "applied", patch)
-            finally:
-                perform(target, patch, "revert")
-            check_phase(target, probes, "reverted", patch)
+            prove = proof.replace if spec.action == "replace" else proof.stacked
+            told = prove(target, spec, path)
         finally:
-            perform(target, patch, "unload")
+            proof.clean_up(target)
     now = RunDir.of(project).pid()
     if now != pid:
         raise HypervisorError(f"{patch}: the image restarted during the proof (pid {pid} -> {now})")
-    print(f"{patch}: proven on {baseline} (pid {pid}): {len(probes)} probe(s) before, applied and reverted")
+    print(f"{patch}: proven on {baseline} (pid {pid}): {told}")
+
+
+class Proof:
+    """Payloads applied and reverted in Xen's order, each step checked with the probes that describe it."""
+
+    def __init__(self, project: Project, baseline: str, certificate: Path) -> None:
+        self.project, self.baseline, self.certificate = project, baseline, certificate
+        self.uploaded: list[str] = []
+
+    def payload(self, name: str) -> Path:
+        return self.project.patch_out(self.baseline, name) / f"{name}.livepatch"
+
+    def probes(self, name: str) -> list[Probe]:
+        return load_probes(probe_file(self.project, name, self.baseline))
+
+    def put_on(self, target: Target, name: str, path: Path, action: str = "apply",
+               probes_of: str | None = None) -> None:
+        """Upload and apply (or replace with) `name`, checking the probes before and while applied."""
+        probes = self.probes(probes_of or name)
+        if action == "apply":
+            check_phase(target, probes, "before", name)
+        upload(target, name, path, self.certificate)
+        self.uploaded.append(name)
+        perform(target, name, action)
+        check_phase(target, probes, "applied", name)
+
+    def take_off(self, target: Target, name: str, probes_of: str | None = None,
+                 phase: str = "reverted") -> None:
+        perform(target, name, "revert")
+        check_phase(target, self.probes(probes_of or name), phase, name)
+
+    def stacked(self, target: Target, spec: BuildSpec, path: Path) -> str:
+        """The stack applied in order, the payload on top, each reverted newest first."""
+        for earlier in spec.stack:
+            self.put_on(target, earlier, self.payload(earlier))
+        self.put_on(target, spec.name, path)
+        self.take_off(target, spec.name)
+        for earlier in reversed(spec.stack):
+            self.take_off(target, earlier)
+        steps = [*spec.stack, spec.name]
+        return (f"applied {' then '.join(steps)}, reverted in the reverse order; every probe held "
+                f"before, applied and reverted")
+
+    def replace(self, target: Target, spec: BuildSpec, path: Path) -> str:
+        """The first fix applied alone, then replaced by the cumulative payload; then that reverted."""
+        first, last = spec.fixes[0], spec.fixes[-1]
+        self.put_on(target, first, self.payload(first))
+        self.put_on(target, spec.name, path, action="replace", probes_of=last)
+        # REPLACE reverted the first payload: once the replacement is reverted too, nothing is applied.
+        self.take_off(target, spec.name, probes_of=first, phase="before")
+        return (f"applied {first}, replaced it with {spec.name} (the probes of {last} held), reverted that: "
+                f"the probes of {first} before it held again")
+
+    def clean_up(self, target: Target) -> None:
+        """Revert what is still applied, newest first, and unload everything this proof uploaded."""
+        loaded = {item.name: item for item in _loaded(target)}
+        for item in sorted((i for i in loaded.values() if i.name in self.uploaded and i.applied_order),
+                           key=lambda i: -i.applied_order):
+            perform(target, item.name, "revert")
+        for name in reversed(self.uploaded):
+            if name in loaded:
+                perform(target, name, "unload")
+        self.uploaded.clear()
 
 
 def _state_name(state: int) -> str:

@@ -24,7 +24,7 @@ from ..elf.writer import write_relocatable
 from ..errors import NothingToPatch, Unpatchable
 from .compare import compare
 from .correlate import correlate
-from .extract import Extract, PatchedFunction
+from .extract import DefinedSymbol, Extract, PatchedFunction
 from .include import include
 from .profile import TargetProfile
 from .rules import verify
@@ -38,6 +38,7 @@ class PatchDiff:
     objects: list[ObjectDiff]
     functions: list[PatchedFunction]
     extract: bytes
+    defined: list[DefinedSymbol]
 
 
 def diff_objects(original: Path | None, patched: Path, label: str, profile: TargetProfile) -> ObjectDiff:
@@ -96,7 +97,7 @@ def conclude(diffs: list[ObjectDiff]) -> PatchDiff:
     data, functions = extract.finish()
     if not functions:
         raise NothingToPatch(nothing_to_patch_message(diffs))
-    return PatchDiff(objects=diffs, functions=functions, extract=data)
+    return PatchDiff(objects=diffs, functions=functions, extract=data, defined=extract.defined)
 
 
 def nothing_to_patch_message(diffs: list[ObjectDiff]) -> str:

@@ -37,9 +37,25 @@ class PatchedFunction:
 Placed = tuple[OutSection, int]
 
 
+@dataclass(frozen=True)
+class DefinedSymbol:
+    """A named symbol the payload defines: how the original objects name it, and how the payload does.
+
+    Xen's loader makes every named payload symbol that is not a replacement function a
+    symbol later payloads resolve by its payload name; a payload stacked on this one
+    finds it in its own objects under `xen_name` ("file#name" for a static).
+    """
+
+    xen_name: str
+    name: str
+    size: int
+    function: bool
+
+
 class Extract:
     def __init__(self) -> None:
         self.sections: list[OutSection] = []
+        self.defined: list[DefinedSymbol] = []
         self.symbols: list[OutSymbol] = []
         self._functions: list[tuple[str, str, OutSymbol, int]] = []
         self._externals: dict[str, OutSymbol] = {}
@@ -53,9 +69,13 @@ class Extract:
         out_of: dict[int, Placed] = {}
         named: dict[int, OutSymbol] = {}
         for state in included:
-            placed = self._place(state, diff.profile.merged_sections)
+            if state.kind is Kind.HOOK and state.name in diff.profile.single_hooks and state.name in self._merged:
+                raise XspliceError(f"{diff.label}: {state.name}: a second such hook in one payload; the loader "
+                                   "takes exactly one [rule: hooks-unsupported]")
+            # Hook sections too are one per name: the loader looks each up by name.
+            placed = self._place(state, diff.profile.merged_sections + diff.profile.hook_sections)
             out_of[state.section.index] = placed
-            if state.symbol is not None:
+            if state.symbol is not None and state.kind is not Kind.HOOK:
                 named[state.symbol.index] = self._define(state, placed)
         for state in included:
             out, base = out_of[state.section.index]
@@ -112,6 +132,8 @@ class Extract:
         bind = STB_LOCAL if symbol.is_local else STB_GLOBAL
         defined = OutSymbol(symbol.name, kind, bind, out, base + symbol.value, symbol.size, symbol.other)
         self.symbols.append(defined)
+        if symbol.name and not symbol.name.startswith(".L"):
+            self.defined.append(DefinedSymbol(symbol.xen_name, symbol.name, symbol.size, symbol.is_function))
         if bind != STB_LOCAL:
             self._globals[symbol.name] = defined
         return defined

@@ -32,6 +32,10 @@ def include(diff: ObjectDiff) -> None:
             take(state, "changed: " + "; ".join(state.reasons))
         elif state.status is Status.NEW:
             take(state, "new function")
+    for state in diff.states.values():
+        # A hook the patch adds: carried, and the functions it points at with it (as new functions).
+        if state.kind is Kind.HOOK and state.status is Status.NEW:
+            take(state, "hook the loader runs")
     specials = [s for s in diff.states.values() if s.kind is Kind.SPECIAL]
     cold_parts: dict[int, list[SectionState]] = {}
     for part in diff.functions():

@@ -57,6 +57,11 @@ class TargetProfile:
     endbr_poison: bytes = b""
     # Sections the loader looks up by name and takes the first of: the payload carries one of each.
     merged_sections: tuple[str, ...] = ()
+    # The `.livepatch.hooks.*` sections the target's loader runs (xen/include/xen/livepatch_payload.h);
+    # a baseline whose loader has fewer says so ([target] hooks), and the others are refused.
+    hook_sections: tuple[str, ...] = ()
+    # Hooks that hold one pointer each (LIVEPATCH_ASSIGN_SINGLE_HOOK); the others are arrays.
+    single_hooks: tuple[str, ...] = ()
 
     def jump_room(self, first_bytes: bytes) -> tuple[int, int]:
         """(patch offset, bytes the old function needs) for a function starting with `first_bytes`.
@@ -83,6 +88,9 @@ class TargetProfile:
     def is_auxiliary(self, section_name: str) -> bool:
         return section_name in self.auxiliary_sections
 
+    def is_hook(self, section_name: str) -> bool:
+        return section_name.startswith(HOOK_PREFIX)
+
     def is_readonly_data(self, section_name: str) -> bool:
         return section_name.startswith(self.readonly_data_prefixes) if self.readonly_data_prefixes else False
 
@@ -94,6 +102,11 @@ def _bug_frame(number: int) -> SpecialSection:
     return SpecialSection(f".bug_frames.{number}", 8 + extra, anchor=0, line_fields=(0, 4), struct="bug_frame",
                           extra=extra, line_mask=((1 << 7) - 1) << 24)
 
+
+HOOK_PREFIX = ".livepatch.hooks."
+# Load and unload hooks run when the payload is applied and reverted; pre-apply and pre-revert may veto.
+# (.livepatch.hooks.apply and .revert replace the loader's own patching: not supported here.)
+HOOKS = ("load", "unload", "preapply", "postapply", "prerevert", "postrevert")
 
 XEN_X86_64 = TargetProfile(
     name="xen-x86_64",
@@ -124,6 +137,8 @@ XEN_X86_64 = TargetProfile(
                               "debugtrap_printk"}),
     # B8+r: mov $imm32 to eax..edi (41 B8+r for r8d..r15d has the same last two bytes).
     line_immediate_opcodes=frozenset(range(0xB8, 0xC0)),
+    hook_sections=tuple(f"{HOOK_PREFIX}{hook}" for hook in HOOKS),
+    single_hooks=tuple(f"{HOOK_PREFIX}{hook}" for hook in HOOKS[2:]),
     ignored_section_prefixes=(".debug_", ".comment", ".note.GNU-stack", ".note.gnu.property", ".eh_frame",
                               ".group", ".discard", ".rela", ".symtab", ".strtab", ".shstrtab",
                               ".llvm_addrsig"),

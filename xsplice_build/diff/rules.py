@@ -24,6 +24,7 @@ RULES = {
     "section-limit": "refused: the payload has as many sections as Xen's loader refuses (1024)",
     "size-limit": "refused: the payload is larger than Xen's loader takes (LIVEPATCH_MAX_SIZE, 2 MiB)",
     "init-only": "ignored with a warning: only init code changed, which ran at boot and is freed",
+    "hooks-unsupported": "refused: a hook section the baseline's loader does not run (or holds one pointer only)",
     "line-only": "not patched: the only difference is a __LINE__ value (a bug frame, a printk argument)",
 }
 
@@ -41,6 +42,8 @@ def verify(diff: ObjectDiff) -> None:
     for state in diff.states.values():
         if state.kind is Kind.SPECIAL:
             _unsupported_table(diff, state)
+        if state.kind is Kind.HOOK and state.included:
+            _hook(diff, state)
     for state in diff.states.values():
         if state.kind is Kind.STRINGS and state.status is Status.CHANGED and not state.included:
             diff.ignored.append(f"{diff.label}: {state.name}: string literals differ but no changed function uses them")
@@ -68,6 +71,20 @@ def _unsupported_table(diff: ObjectDiff, state: SectionState) -> None:
     diff.refusals.append(
         f"{diff.label}: {state.name}: a patched function has entries here, which the {diff.profile.name} "
         "loader does not process [rule: unsupported-table]; keep such code out of the patched functions")
+
+
+def _hook(diff: ObjectDiff, state: SectionState) -> None:
+    # A loader without the hook would load the payload and silently never run it.
+    profile = diff.profile
+    if state.name not in profile.hook_sections:
+        runs = ", ".join(name.removeprefix(".livepatch.hooks.") for name in profile.hook_sections) or "no hooks"
+        diff.refusals.append(
+            f"{diff.label}: {state.name}: this baseline's loader does not run such hooks (it runs: {runs}) "
+            "[rule: hooks-unsupported]; do the work in the patched code, or target a loader that has them")
+    elif state.name in profile.single_hooks and len(state.section.data) != 8:
+        diff.refusals.append(
+            f"{diff.label}: {state.name}: {len(state.section.data)} bytes, but the loader takes exactly one "
+            "pointer there [rule: hooks-unsupported]; declare one such hook per payload")
 
 
 def _changed_data(diff: ObjectDiff, state: SectionState) -> None:

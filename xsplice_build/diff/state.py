@@ -20,6 +20,7 @@ class Kind(enum.Enum):
     STRINGS = "strings"  # mergeable string literals (.rodata.str*): no symbols, deduplicated by ld
     DATA = "data"  # writable data or bss: state the running hypervisor owns
     SPECIAL = "special"  # per-function tables of the target (bug frames, exception table)
+    HOOK = "hook"  # .livepatch.hooks.*: pointers to functions the loader runs (load, pre-apply, ...)
     AUXILIARY = "auxiliary"  # out-of-line code or data of kept special entries (.fixup, replacements)
     IGNORED = "ignored"  # debug info, notes, groups: never diffed, never carried
 
@@ -96,6 +97,8 @@ def classify(section: Section, profile: TargetProfile) -> Kind:
         return Kind.SPECIAL
     if profile.is_auxiliary(section.name):
         return Kind.AUXILIARY
+    if profile.is_hook(section.name):
+        return Kind.HOOK
     if section.is_text:
         return Kind.FUNCTION
     if section.flags & SHF_MERGE and section.flags & SHF_STRINGS:

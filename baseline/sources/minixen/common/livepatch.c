@@ -13,6 +13,7 @@
 #include <xen/errno.h>
 #include <xen/version.h>
 #include <xen/livepatch.h>
+#include <xen/livepatch_payload.h>
 #include <asm/syscall_ext.h>
 #include <asm/alternative.h>
 
@@ -22,6 +23,13 @@ _Static_assert(sizeof(struct livepatch_func) == 104, "struct livepatch_func is 1
 #define PAYLOAD_AREA_START 0x10000000UL
 #define PAYLOAD_AREA_END   0x70000000UL
 #define BUILD_ID_MAX       64
+
+/* A payload's named symbol (Xen's struct livepatch_symbol): new ones resolve for later payloads. */
+struct payload_symbol {
+    const char *name;
+    unsigned long value, size;
+    bool new_symbol;
+};
 
 struct func_state {
     uint8_t insn[ARCH_PATCH_INSN_SIZE];
@@ -41,6 +49,17 @@ struct payload {
     struct func_state fstate[LIVEPATCH_MAX_FUNCS];
     const struct bug_frame *bugs[BUGFRAME_NR];
     unsigned int nbugs[BUGFRAME_NR];
+    livepatch_loadcall_t *const *load_funcs;
+    livepatch_unloadcall_t *const *unload_funcs;
+    unsigned int n_load_funcs, n_unload_funcs;
+    struct {
+        livepatch_precall_t *const *pre;
+        livepatch_postcall_t *const *post;
+    } apply_hooks, revert_hooks;
+    struct payload_symbol *symtab;
+    char *strtab;
+    unsigned int nsyms;
+    size_t symtab_size, strtab_size;
     uint8_t build_id[BUILD_ID_MAX], depends[BUILD_ID_MAX];
     unsigned int build_id_len, depends_len;
     char sections[1024];
@@ -265,10 +284,14 @@ static struct payload *top_applied(void)
     return NULL;
 }
 
-/* .livepatch.depends names what this payload goes on: the last applied payload, else the image. */
-static int build_id_dep(const struct payload *payload, const uint8_t *dep, unsigned int dep_len)
+/*
+ * .livepatch.depends names what this payload goes on: the last applied payload, else the image;
+ * `against_image` (REPLACE) checks against the image whatever is applied.
+ */
+static int build_id_dep(const struct payload *payload, const uint8_t *dep, unsigned int dep_len,
+                        bool against_image)
 {
-    const struct payload *top = top_applied();
+    const struct payload *top = against_image ? NULL : top_applied();
     const void *id;
     unsigned int len;
 
@@ -305,10 +328,9 @@ static int check_dependencies(struct payload *payload, const struct livepatch_el
     rc = note_build_id(elf, livepatch_elf_sec_by_name(elf, ".livepatch.xen_depends"), &id, &len);
     if ( !rc )
         rc = xen_build_id_dep(payload, id, len);
+    /* .livepatch.depends is checked when applying, against what is applied then (as Xen does). */
     if ( !rc )
         rc = note_build_id(elf, livepatch_elf_sec_by_name(elf, ".livepatch.depends"), &id, &len);
-    if ( !rc )
-        rc = build_id_dep(payload, id, len);
     if ( rc )
         return rc;
     memcpy(payload->depends, id, len);
@@ -346,6 +368,9 @@ static int check_old_function(const struct payload *payload, struct livepatch_fu
     if ( rc == -EEXIST )
         return livepatch_fail(-EINVAL, "%s: function %s is ambiguous in the running image", payload->name,
                               f->name);
+    /* A function an earlier payload added (old_addr 0): Xen's resolve_old_address looks there next. */
+    if ( rc == -ENOENT && !f->old_addr )
+        rc = livepatch_symbols_lookup_by_name(f->name, &addr, &size);
     if ( rc )
         return livepatch_fail(-ENOENT, "%s: could not resolve old address of %s", payload->name, f->name);
     if ( !f->old_addr )
@@ -401,6 +426,146 @@ static int prepare_funcs(struct payload *payload, const struct livepatch_elf *el
             return livepatch_fail(-EOVERFLOW, "%s: %s: new code is out of jump range", elf->name, f->name);
     }
     return 0;
+}
+
+/* Xen's is_payload_symbol: defined in a loaded section, named, not an assembler-local label. */
+static bool is_payload_symbol(const struct livepatch_elf *elf, unsigned int i)
+{
+    const Elf64_Sym *sym = elf->sym[i].sym;
+    const char *name = elf->sym[i].name;
+
+    if ( sym->st_shndx == SHN_UNDEF || sym->st_shndx >= elf->hdr->e_shnum || elf->sym[i].ignored )
+        return false;
+    if ( !(elf->sec[sym->st_shndx].sec->sh_flags & SHF_ALLOC) || !*name )
+        return false;
+    return !((elf->sec[sym->st_shndx].sec->sh_flags & SHF_MERGE) && !memcmp(name, ".L", 2));
+}
+
+static bool replaces_a_function(const struct payload *payload, unsigned long value)
+{
+    unsigned int j;
+
+    for ( j = 0; j < payload->nfuncs; j++ )
+        if ( value == (unsigned long)payload->funcs[j].new_addr )
+            return true;
+    return false;
+}
+
+/* Xen's build_symbol_table: a symbol that replaces no function is new, and must be new everywhere. */
+static int build_symbol_table(struct payload *payload, const struct livepatch_elf *elf)
+{
+    unsigned int i, n = 0;
+    size_t used = 0;
+    unsigned long addr, size;
+
+    for ( i = 1; i < elf->nsym; i++ )
+        if ( is_payload_symbol(elf, i) )
+        {
+            n++;
+            payload->strtab_size += strlen(elf->sym[i].name) + 1;
+        }
+    payload->symtab_size = n * sizeof(*payload->symtab);
+    payload->symtab = livepatch_alloc(payload->symtab_size);
+    payload->strtab = livepatch_alloc(payload->strtab_size);
+    if ( !payload->symtab || !payload->strtab )
+        return livepatch_fail(-ENOMEM, "%s: no memory for the symbol table", elf->name);
+    for ( i = 1; i < elf->nsym; i++ )
+    {
+        struct payload_symbol *s = &payload->symtab[payload->nsyms];
+        size_t len;
+
+        if ( !is_payload_symbol(elf, i) )
+            continue;
+        len = strlen(elf->sym[i].name) + 1;
+        memcpy(payload->strtab + used, elf->sym[i].name, len);
+        s->name = payload->strtab + used;
+        used += len;
+        s->value = elf->sym[i].value;
+        s->size = elf->sym[i].sym->st_size;
+        if ( !replaces_a_function(payload, s->value) )
+        {
+            /* The image's names are check_new_symbols' rule; the loaded payloads' are this one's. */
+            if ( !livepatch_symbols_lookup_by_name(s->name, &addr, &size) )
+                return livepatch_fail(-EEXIST, "%s: duplicate new symbol: %s", elf->name, s->name);
+            s->new_symbol = true;
+        }
+        payload->nsyms++;
+    }
+    return 0;
+}
+
+int livepatch_symbols_lookup_by_name(const char *name, unsigned long *addr, unsigned long *size)
+{
+    unsigned int i, j;
+
+    for ( i = 0; i < LIVEPATCH_MAX_PAYLOADS; i++ )
+        for ( j = 0; payloads[i].used && j < payloads[i].nsyms; j++ )
+            if ( payloads[i].symtab[j].new_symbol && !strcmp(payloads[i].symtab[j].name, name) )
+            {
+                *addr = payloads[i].symtab[j].value;
+                *size = payloads[i].symtab[j].size;
+                return 0;
+            }
+    return -ENOENT;
+}
+
+/* Xen's LIVEPATCH_ASSIGN_MULTI_HOOK: an array of pointers, the section a multiple of one. */
+static int assign_multi_hook(const struct livepatch_elf *elf, const char *name, const void **hooks,
+                             unsigned int *count)
+{
+    const struct livepatch_elf_sec *sec = livepatch_elf_sec_by_name(elf, name);
+
+    if ( !sec )
+        return 0;
+    if ( !sec->sec->sh_size || sec->sec->sh_size % sizeof(void *) )
+        return livepatch_fail(-EINVAL, "%s: wrong size %lu of %s (must be a multiple of %u)", elf->name,
+                              (unsigned long)sec->sec->sh_size, name, (unsigned int)sizeof(void *));
+    *hooks = sec->load_addr;
+    *count = sec->sec->sh_size / sizeof(void *);
+    return 0;
+}
+
+/* Xen's LIVEPATCH_ASSIGN_SINGLE_HOOK: exactly one pointer. */
+static int assign_single_hook(const struct livepatch_elf *elf, const char *name, const void **hook)
+{
+    const struct livepatch_elf_sec *sec = livepatch_elf_sec_by_name(elf, name);
+
+    if ( !sec )
+        return 0;
+    if ( sec->sec->sh_size != sizeof(void *) )
+        return livepatch_fail(-EINVAL, "%s: wrong size %lu of %s (must be %u)", elf->name,
+                              (unsigned long)sec->sec->sh_size, name, (unsigned int)sizeof(void *));
+    *hook = sec->load_addr;
+    return 0;
+}
+
+static int prepare_hooks(struct payload *payload, const struct livepatch_elf *elf)
+{
+    int rc = assign_multi_hook(elf, ".livepatch.hooks.load", (const void **)&payload->load_funcs,
+                               &payload->n_load_funcs);
+
+    if ( !rc )
+        rc = assign_multi_hook(elf, ".livepatch.hooks.unload", (const void **)&payload->unload_funcs,
+                               &payload->n_unload_funcs);
+    if ( !rc )
+        rc = assign_single_hook(elf, ".livepatch.hooks.preapply", (const void **)&payload->apply_hooks.pre);
+    if ( !rc )
+        rc = assign_single_hook(elf, ".livepatch.hooks.postapply", (const void **)&payload->apply_hooks.post);
+    if ( !rc )
+        rc = assign_single_hook(elf, ".livepatch.hooks.prerevert", (const void **)&payload->revert_hooks.pre);
+    if ( !rc )
+        rc = assign_single_hook(elf, ".livepatch.hooks.postrevert",
+                                (const void **)&payload->revert_hooks.post);
+    if ( !rc && (livepatch_elf_sec_by_name(elf, ".livepatch.hooks.apply") ||
+                 livepatch_elf_sec_by_name(elf, ".livepatch.hooks.revert")) )
+        rc = livepatch_fail(-EOPNOTSUPP, "%s: apply and revert action hooks are not supported", elf->name);
+    return rc;
+}
+
+static bool has_vetoing_hooks(const struct payload *payload)
+{
+    return payload->apply_hooks.pre || payload->apply_hooks.post || payload->revert_hooks.pre ||
+           payload->revert_hooks.post;
 }
 
 static void prepare_bug_frames(struct payload *payload, const struct livepatch_elf *elf, int *rc)
@@ -550,6 +715,10 @@ static int load_payload_data(struct payload *payload, const void *raw, size_t le
     if ( !rc )
         rc = check_new_symbols(payload, &elf);
     if ( !rc )
+        rc = prepare_hooks(payload, &elf);
+    if ( !rc )
+        rc = build_symbol_table(payload, &elf);
+    if ( !rc )
         record_sections(payload, &elf);
     if ( !rc )
         rc = secure_payload(payload);
@@ -561,12 +730,17 @@ static void free_payload(struct payload *payload)
 {
     if ( payload->mem )
         sys_munmap(payload->mem, payload->mem_size);
+    if ( payload->symtab )
+        livepatch_free(payload->symtab, payload->symtab_size);
+    if ( payload->strtab )
+        livepatch_free(payload->strtab, payload->strtab_size);
     memset(payload, 0, sizeof(*payload));
 }
 
 /*
  * Xen's rules for a payload name: 1 to XEN_LIVEPATCH_NAME_SIZE - 1 bytes before the NUL
- * (get_name()), of the characters livepatch-build gives names (A-Z a-z 0-9 _ -). Every
+ * (get_name()), of the characters livepatch-build gives names (A-Z a-z 0-9 _ -), and + (a
+ * cumulative payload is named after the advisories it carries, stack-1+stack-2). Every
  * request that names a payload is checked, so a name never reaches a lookup or an answer
  * line unchecked.
  */
@@ -578,7 +752,7 @@ static bool valid_name(const char *name)
         return false;
     for ( i = 0; i < len; i++ )
         if ( !((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= 'A' && name[i] <= 'Z') ||
-               (name[i] >= '0' && name[i] <= '9') || name[i] == '-' || name[i] == '_') )
+               (name[i] >= '0' && name[i] <= '9') || name[i] == '-' || name[i] == '_' || name[i] == '+') )
             return false;
     return true;
 }
@@ -627,10 +801,11 @@ static void revert_funcs(struct payload *data, unsigned int count)
 static int apply_payload(struct payload *data)
 {
     unsigned int i;
-    int rc = build_id_dep(data, data->depends, data->depends_len);
+    int rc;
 
-    if ( rc )
-        return rc;
+    /* As Xen: the load hooks run first, then the functions are patched. */
+    for ( i = 0; i < data->n_load_funcs; i++ )
+        data->load_funcs[i]();
     for ( i = 0; i < data->nfuncs; i++ )
     {
         rc = arch_livepatch_apply(&data->funcs[i], data->fstate[i].insn, &data->fstate[i].offset);
@@ -648,12 +823,31 @@ static int apply_payload(struct payload *data)
 
 static int revert_payload(struct payload *data)
 {
+    unsigned int i;
+
     revert_funcs(data, data->nfuncs);
+    /* As Xen: the unload hooks run once the functions are back. */
+    for ( i = 0; i < data->n_unload_funcs; i++ )
+        data->unload_funcs[i]();
     data->state = LIVEPATCH_STATE_CHECKED;
     data->applied_order = 0;
     applied_count--;
     printk("livepatch: %s: reverted\n", data->name);
     return 0;
+}
+
+/* Xen's REPLACE: revert every applied payload, newest first, then apply this one, in one quiescent point. */
+static int replace_payloads(struct payload *data)
+{
+    struct payload *other;
+
+    while ( (other = top_applied()) )
+    {
+        other->rc = revert_payload(other);
+        if ( other->rc )
+            return livepatch_fail(-EINVAL, "%s: replace stopped: reverting %s failed", data->name, other->name);
+    }
+    return apply_payload(data);
 }
 
 /* The quiescent point: serve() calls this between requests, with no handler on the stack. */
@@ -665,8 +859,32 @@ void livepatch_quiesce(void)
         return;
     pending.data = NULL;
     error[0] = '\0';
-    data->rc = pending.cmd == LIVEPATCH_ACTION_APPLY ? apply_payload(data) : revert_payload(data);
+    switch ( pending.cmd )
+    {
+    case LIVEPATCH_ACTION_APPLY:
+        data->rc = apply_payload(data);
+        if ( data->apply_hooks.post && *data->apply_hooks.post )
+            (*data->apply_hooks.post)(data);
+        break;
+    case LIVEPATCH_ACTION_REPLACE:
+        data->rc = replace_payloads(data);
+        break;
+    default:
+        data->rc = revert_payload(data);
+        if ( data->revert_hooks.post && *data->revert_hooks.post )
+            (*data->revert_hooks.post)(data);
+    }
     snprintf(data->error, sizeof(data->error), "%s", data->rc ? error : "");
+}
+
+static bool any_applied_vetoing_hooks(void)
+{
+    unsigned int i;
+
+    for ( i = 0; i < LIVEPATCH_MAX_PAYLOADS; i++ )
+        if ( payloads[i].used && payloads[i].state == LIVEPATCH_STATE_APPLIED && has_vetoing_hooks(&payloads[i]) )
+            return true;
+    return false;
 }
 
 static int livepatch_action(const char *name, unsigned int cmd)
@@ -691,10 +909,28 @@ static int livepatch_action(const char *name, unsigned int cmd)
         if ( data != top_applied() )
             return livepatch_fail(-EBUSY, "%s: can't revert, %s is applied on top of it", name,
                                   top_applied()->name);
+        if ( data->revert_hooks.pre && *data->revert_hooks.pre && (data->rc = (*data->revert_hooks.pre)(data)) )
+            return livepatch_fail(data->rc, "%s: pre-revert hook failed (rc=%d), aborting", name, data->rc);
         break;
     case LIVEPATCH_ACTION_APPLY:
         if ( data->state != LIVEPATCH_STATE_CHECKED )
             return livepatch_fail(-EINVAL, "%s: already applied", name);
+        /* As Xen: against the last applied payload, or the image when none is. */
+        if ( build_id_dep(data, data->depends, data->depends_len, false) )
+            return -EINVAL;
+        /* As Xen: the pre-apply hook runs now, and its failure stops the apply before anything changes. */
+        if ( data->apply_hooks.pre && *data->apply_hooks.pre && (data->rc = (*data->apply_hooks.pre)(data)) )
+            return livepatch_fail(data->rc, "%s: pre-apply hook failed (rc=%d), aborting", name, data->rc);
+        break;
+    case LIVEPATCH_ACTION_REPLACE:
+        if ( data->state != LIVEPATCH_STATE_CHECKED )
+            return livepatch_fail(-EINVAL, "%s: already applied", name);
+        /* A replacement goes on the image itself: everything applied is reverted first. */
+        if ( build_id_dep(data, data->depends, data->depends_len, true) )
+            return -EINVAL;
+        if ( has_vetoing_hooks(data) || any_applied_vetoing_hooks() )
+            return livepatch_fail(-EOPNOTSUPP, "%s: REPLACE action is not supported on livepatches with "
+                                  "vetoing hooks", name);
         break;
     }
     data->rc = -EAGAIN;
@@ -730,6 +966,10 @@ static size_t livepatch_get(const struct payload *data, char *buf, size_t size, 
                state_name(data->state), data->rc);
     for ( i = 0; i < data->build_id_len; i++ )
         len = emit(buf, size, len, "%02x", data->build_id[i]);
+    len = emit(buf, size, len, "\ndepends : ");
+    for ( i = 0; i < data->depends_len; i++ )
+        len = emit(buf, size, len, "%02x", data->depends[i]);
+    len = emit(buf, size, len, "\napplied_order : %u", data->applied_order);
     len = emit(buf, size, len, "\nsections : %s\n", data->sections);
     if ( data->error[0] )
         len = emit(buf, size, len, "error : %s\n", data->error);
@@ -813,6 +1053,7 @@ static const struct {
     { "apply", LIVEPATCH_ACTION_APPLY },
     { "revert", LIVEPATCH_ACTION_REVERT },
     { "unload", LIVEPATCH_ACTION_UNLOAD },
+    { "replace", LIVEPATCH_ACTION_REPLACE },
 };
 
 static long livepatch_dispatch(char *args, char *buf, size_t size, size_t *len)
@@ -837,7 +1078,7 @@ static long livepatch_dispatch(char *args, char *buf, size_t size, size_t *len)
     if ( !*name )
         return livepatch_fail(-EINVAL, "livepatch %s: which payload?", op);
     if ( !valid_name(name) )
-        return livepatch_fail(-EINVAL, "bad payload name '%s' (1-%u of A-Z a-z 0-9 - _)", name,
+        return livepatch_fail(-EINVAL, "bad payload name '%s' (1-%u of A-Z a-z 0-9 - _ +)", name,
                               LIVEPATCH_NAME_SIZE - 1);
     if ( !strcmp(op, "upload") )
         return livepatch_upload(name, size_text ? size_text : "");
@@ -855,7 +1096,7 @@ static long livepatch_dispatch(char *args, char *buf, size_t size, size_t *len)
         if ( !strcmp(op, actions[i].name) )
             return livepatch_action(name, actions[i].cmd);
     return livepatch_fail(-ENOSYS, "livepatch %s: unknown operation (upload, list, get, apply, revert, "
-                          "unload)", op);
+                          "unload, replace)", op);
 }
 
 /* One "livepatch ..." request; the answer lines go into buf. */

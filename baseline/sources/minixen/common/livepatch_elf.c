@@ -204,6 +204,9 @@ static int elf_resolve_undefined(struct livepatch_elf *elf, unsigned int i, uint
     if ( rc == -EEXIST )
         return livepatch_fail(-EINVAL, "%s: symbol %s is ambiguous in the running image", elf->name,
                               elf->sym[i].name);
+    /* As Xen: the running image first, then what the loaded payloads added. */
+    if ( rc == -ENOENT )
+        rc = livepatch_symbols_lookup_by_name(elf->sym[i].name, &addr, &size);
     if ( rc )
         return livepatch_fail(-ENOENT, "%s: unknown symbol: %s", elf->name, elf->sym[i].name);
     *value = addr;

@@ -15,6 +15,7 @@
 #define LIVEPATCH_ACTION_UNLOAD   1
 #define LIVEPATCH_ACTION_REVERT   2
 #define LIVEPATCH_ACTION_APPLY    3
+#define LIVEPATCH_ACTION_REPLACE  4
 #define LIVEPATCH_PAYLOAD_VERSION 2
 #define LIVEPATCH_NAME_SIZE       128 /* Xen's XEN_LIVEPATCH_NAME_SIZE: the NUL included */
 #define LIVEPATCH_MAX_SIZE        (2UL << 20)
@@ -80,6 +81,9 @@ const struct livepatch_elf_sec *livepatch_elf_sec_by_name(const struct livepatch
 int livepatch_elf_resolve_symbols(struct livepatch_elf *elf);
 int livepatch_elf_perform_relocs(struct livepatch_elf *elf);
 bool livepatch_elf_ignore_section(const Elf64_Shdr *sec);
+
+/* common/livepatch.c: the new symbols of the loaded payloads, as later payloads resolve them */
+int livepatch_symbols_lookup_by_name(const char *name, unsigned long *addr, unsigned long *size);
 
 /* common/symbols.c */
 int symbols_lookup_by_name(const char *name, unsigned long *addr, unsigned long *size);
