@@ -359,18 +359,29 @@ static int check_func_name(const struct payload *payload, const struct livepatch
     return livepatch_fail(-EINVAL, "%s: a function name is not a string inside the payload", payload->name);
 }
 
+static bool in_payload_text(unsigned long addr)
+{
+    unsigned int i;
+
+    for ( i = 0; i < LIVEPATCH_MAX_PAYLOADS; i++ )
+        if ( payloads[i].used && in_region((void *)addr, 1, payloads[i].text_addr, payloads[i].text_size) )
+            return true;
+    return false;
+}
+
 /* old_addr and old_size must be what the running image's symbol table says of the name. */
 static int check_old_function(const struct payload *payload, struct livepatch_func *f)
 {
     unsigned long addr, size;
     int rc = symbols_lookup_by_name(f->name, &addr, &size);
+    bool added = false;
 
     if ( rc == -EEXIST )
         return livepatch_fail(-EINVAL, "%s: function %s is ambiguous in the running image", payload->name,
                               f->name);
     /* A function an earlier payload added (old_addr 0): Xen's resolve_old_address looks there next. */
     if ( rc == -ENOENT && !f->old_addr )
-        rc = livepatch_symbols_lookup_by_name(f->name, &addr, &size);
+        added = !(rc = livepatch_symbols_lookup_by_name(f->name, &addr, &size));
     if ( rc )
         return livepatch_fail(-ENOENT, "%s: could not resolve old address of %s", payload->name, f->name);
     if ( !f->old_addr )
@@ -379,7 +390,7 @@ static int check_old_function(const struct payload *payload, struct livepatch_fu
         return livepatch_fail(-EINVAL, "%s: %s: old_addr %p / old_size %u do not match the running image "
                               "(%#lx, %lu bytes)", payload->name, f->name, f->old_addr, f->old_size, addr, size);
     /* Xen 4.17 writes the jump wherever old_addr points: into data, or the loader's own state. */
-    if ( !symbols_is_code(f->name) )
+    if ( added ? !in_payload_text(addr) : !symbols_is_code(f->name) )
         return livepatch_fail(-EINVAL, "%s: %s is not a function in the image's text; only code can be "
                               "patched", payload->name, f->name);
     if ( symbols_is_init(addr) )
