@@ -159,7 +159,6 @@ def test_a_stacked_chain_on_the_real_tree(xen: Checkout) -> None:
     ("hook-counter", {"load", "unload", "postapply", "prerevert"},
      ["xen/common/version.o: after_apply", "xen/common/version.o: before_revert",
       "xen/common/version.o: count_apply", "xen/common/version.o: count_revert"]),
-    ("hook-preapply-fails", {"preapply"}, ["xen/common/version.o: not_now"]),
 ])
 def test_hooks_on_the_real_tree(xen: Checkout, patch: str, hooks: set[str], new: list[str]) -> None:
     """Xen's own LIVEPATCH_*_HOOK macros: the hook sections and their functions are carried, as new functions."""

@@ -189,3 +189,14 @@ def test_the_prove_stage_records_the_hypervisors_lines_on_the_running_vm(built: 
     assert "(XEN) livepatch: regression-test finished REVERT with rc=0" in record["console"]
     assert XenVM.attach(Project(built.checkout.root)).pid == vm.pid
     _clean(vm)
+
+
+def test_the_chain_is_replaced_by_its_cumulative_payload_on_the_real_hypervisor(built: Built, vm: XenVM) -> None:
+    """Xen's REPLACE (`xen-livepatch replace`): stack-1 applied, then swapped for stack-1+stack-2+stack-3."""
+    cumulative = "stack-1+stack-2+stack-3"
+    result = built.checkout.doit("build-patch", "--baseline", BASELINE, "--replace", "stack-1", "stack-2", "stack-3",
+                                 check=False, timeout=3600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    proof = ok(xen(built.checkout, "prove", cumulative))
+    assert f"applied stack-1, replaced it with {cumulative} (the probes of stack-3 held)" in proof
+    _clean(vm)
