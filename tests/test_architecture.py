@@ -9,16 +9,16 @@ from xsplice_build.code_identity import package_imports, third_party_imports
 
 # Lowest first; every module of the package is in exactly one layer (a new module must be placed).
 LAYERS: dict[str, set[str]] = {
-    "foundation": {"", "errors", "files", "project", "schema", "baseline", "patches", "lock", "code_identity",
-                   "console", "records", "keys"},
+    "foundation": {"", "errors", "files", "project", "schema", "patches", "lock", "code_identity", "records", "keys"},
     "elf": {"elf", "elf.constants", "elf.structs", "elf.model", "elf.reader", "elf.writer", "elf.notes",
             "elf.relink", "elf.compare", "elf.livepatch", "elf.dynamic"},
     "diff/target": {"diff", "diff.state", "diff.profile", "diff.correlate", "diff.compare", "diff.lines",
-                    "diff.include", "diff.rules", "diff.extract", "diff.explain", "diff.engine", "layout", "image"},
+                    "diff.include", "diff.rules", "diff.extract", "diff.explain", "diff.engine", "layout", "image",
+                    "baseline"},  # a baseline names its target profile (diff.profile)
     "stages": {"stages", "checkout", "toolchain", "build", "patch_rules", "payload", "sign", "keyscan", "sandbox",
                "sandboxed_base", "sandboxed_build", "sandboxed_diff", "channel", "probes", "vm_runtime", "xen_vm",
-               "cpio"},
-    "pipeline": {"tasks", "runner", "reporter", "integrity", "loader"},
+               "cpio", "provenance"},
+    "pipeline": {"tasks", "runner", "reporter", "integrity", "loader", "console"},
     "release/runtime": {"release", "audit", "payload_store", "cluster", "cluster_worker", "verify", "hypervisor"},
     "commands": {"cli", "xen_xsplice", "doit_commands", "release_commands"},
 }
