@@ -19,7 +19,7 @@ from doit.tools import config_changed
 
 from . import integrity, sandbox, toolchain
 from .baseline import Baseline, load_all, supplied_image
-from .code_identity import identity
+from .code_identity import cached_identity
 from .errors import XspliceError
 from .patches import (
     ADVISORY_FILE,
@@ -218,12 +218,13 @@ class Pipeline:
         if stage in SANDBOXED_STAGES:  # built with or without the sandbox: a change of mode rebuilds
             config = {**(config or {}), "sandbox": sandbox.mode()}
         paths = [self._path(p) for p in targets]
+        code = cached_identity(stage, self.project.work_dir / ".code-identity.json")
         return {"basename": basename, "name": name,
                 "actions": self._action(stage, paths, record=self._path(record or targets[0]), **arguments),
                 "file_dep": [self._path(p) for p in inputs], "targets": paths,
                 # `doit clean`: removes the record and outputs listed as targets, so the stage runs again
                 "clean": True,
-                "uptodate": [config_changed({"code": identity(stage), **(config or {})}), *(checks or []),
+                "uptodate": [config_changed({"code": code, **(config or {})}), *(checks or []),
                              _outputs_intact(self.project, basename, record or targets[0], targets)]}
 
     def _build_inputs(self, baseline: Baseline, checkout_record: Path) -> list[Path]:
