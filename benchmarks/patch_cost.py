@@ -99,7 +99,7 @@ def main() -> None:
     doit = REPO / ".venv" / "bin" / "doit"
     with tempfile.TemporaryDirectory(prefix="xsplice-cost-") as temporary:
         scratch = Path(temporary)
-        root = warm_copy(REPO, arguments.work, scratch / "ours")
+        root = REPO if arguments.in_place else warm_copy(REPO, arguments.work, scratch / "ours")
         other = None
         if arguments.against:
             against = arguments.against.resolve()
