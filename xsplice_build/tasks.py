@@ -21,6 +21,7 @@ from . import integrity, sandbox, toolchain
 from .baseline import Baseline, load_all, supplied_image
 from .code_identity import cached_identity
 from .errors import XspliceError
+from .keys import SigningKeys, configured_keys
 from .patches import (
     ADVISORY_FILE,
     CUMULATIVE_ENV,
