@@ -304,8 +304,9 @@ def test_a_read_only_out_is_one_line(built: Checkout, mounts: list[Path]) -> Non
 
 
 def test_a_read_only_dependency_database_is_one_line(built: Checkout, mounts: list[Path]) -> None:
+    # A stage must run for the database to be written: a no-op run leaves it alone (nothing to record).
+    built.doit("forget", "sign:minixen/XSA-131")
     _read_only(mounts, built.work(".doit.db"))
-    built.doit("forget", "sign:minixen/XSA-131", check=False)  # doit's own command may fail on it: not ours
     line = one_line_failure(built.doit("build-patch", "XSA-131", check=False))
     assert ".doit.db: doit's dependency database cannot be written (attempt to write a readonly database)" in line
 
@@ -434,7 +435,7 @@ def test_ctrl_c_is_one_line_exit_130_and_nothing_half_written(objects: Path, tmp
                            "-o", str(output)], tmp_path, "extract.o", tmp_path)
     assert result.returncode == 130
     assert result.stderr.splitlines() == ["xsplice-build: interrupted; nothing was half-written (outputs are "
-                                          "replaced whole or not at all, a stage left no record and reruns)"]
+                                          "replaced whole or not at all)"]
     assert list(output.parent.iterdir()) == []
 
 
@@ -519,7 +520,7 @@ def test_a_name_with_spaces_cannot_make_payload_bytes_requests(running: Checkout
     body = b"quit\nlivepatch upload evil 4\nABCD"  # what a payload's bytes could spell
     answer = _exchange(running, b"livepatch upload a b %d\n" % len(body) + body + b"livepatch list\ninfo\n")
     lines = answer.decode().splitlines()
-    assert lines[:2] == ["error : bad payload name 'a b' (1-127 of A-Z a-z 0-9 - _)", "= -22"]
+    assert lines[:2] == ["error : bad payload name 'a b' (1-127 of A-Z a-z 0-9 - _ +)", "= -22"]
     assert lines[2] == "= 0"  # the list: empty; the body was never read as requests
     assert "xen_extra : -unstable" in lines
     assert pid is not None

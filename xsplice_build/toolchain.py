@@ -16,7 +16,8 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import ConfigError, ToolchainMismatch
+from .errors import ConfigError, ToolchainMismatch, XspliceError
+from .files import TEXT_LIMIT, read_input
 from .schema import Field, check_table, load_toml
 
 TOOLS = ("gcc", "cc1", "as", "ld")
@@ -137,10 +138,13 @@ def files_state(lock_path: Path, state_path: Path) -> list[object] | None:
     checked binary's size, mtime, ctime and inode (a reinstalled or replaced binary changes them).
     None when there is no record yet. The same state since the last full check means the same result."""
     try:
-        lock, record = lock_path.read_bytes(), state_path.read_bytes()
+        # Read as any input is (regular files, bounded): a device or FIFO there means "check again", and the
+        # full check then refuses it in one line instead of this shortcut hanging or reading without end.
+        lock = read_input(lock_path, "toolchain lock", TEXT_LIMIT)
+        record = read_input(state_path, "toolchain record", TEXT_LIMIT)
         tools = json.loads(record)["tools"]
         binaries = [os.stat(tools[name]["path"]) for name in TOOLS]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, XspliceError):
         return None
     stats = [[s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino] for s in binaries]
     return [hashlib.sha256(lock).hexdigest(), hashlib.sha256(record).hexdigest(), os.environ.get("PATH", ""), stats]
