@@ -18,6 +18,8 @@ RULES = {
     "jump-room": "refused: the old function is shorter than the patching jump (after ENDBR64 under CET)",
     "changed-data": "refused: initialized or zeroed data of the running hypervisor changed",
     "data-layout": "refused: existing data changed size (a structure's layout changed)",
+    "struct-layout": "refused: a struct, union or enum that changed or new code uses changed its layout "
+                     "(a note when no such code uses it)",
     "new-data": "refused: a changed function needs a variable the base image does not have",
     "relocation-type": "refused: included code needs a relocation the target's loader does not apply",
     "unsupported-table": "refused: a patched function has entries in a table the target's loader ignores",
