@@ -10,6 +10,7 @@
 
 void trap_init(void);
 void setup_dom0(void);
+void start_secondary(unsigned int vendor, unsigned int family);
 int handle_request(char *line, char *buf, size_t size, size_t *len);
 
 static char request[4096];
@@ -155,6 +156,7 @@ static void serve_socket(const char *path)
 noreturn void start_xen(unsigned long *stack)
 {
     trap_init();
+    start_secondary(1, 0x19);
     banner();
     setup_dom0();
     if ( stack[0] == 3 && !strcmp((char *)stack[2], "--socket") )
