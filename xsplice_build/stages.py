@@ -18,7 +18,8 @@ from . import __version__, files, toolchain
 from .baseline import Baseline, load_baseline, supplied_image
 from .build import SPLIT_SECTIONS_FLAGS, apply_patch, check_expected_build_id, prepare_tree, run_build
 from .checkout import checkout
-from .diff.engine import conclude, diff_pairs
+from .debuginfo import debug_objects
+from .diff.engine import DebugPair, conclude, diff_pairs
 from .diff.explain import explain_record, render
 from .diff.extract import PatchedFunction
 from .diff.profile import profile_named
@@ -162,10 +163,14 @@ def stage_build_patched(project: Project, baseline: str, patch: str) -> None:
         shutil.copy2(tree / name, kept)
         changed.append({"object": name, "original": name if name in orig["objects"] else None,
                         "original_sha256": orig["objects"].get(name), "patched_sha256": digest})
+    # The struct-layout rule reads DWARF: compile the changed units again with -g, before the tree goes.
+    remove_tree(records.patch_dir / "debug")
+    debug = debug_objects(definition, changed, project.root / orig["tree"], tree, records.base / "debug",
+                          records.patch_dir, project.root)
     # The objects are all the later stages need; a patched tree of a real hypervisor is large.
     remove_tree(tree)
     write_json(records.patched, {"patch": patch, "patch_sha256": sha256_file(source), "touched": touched,
-                                 "recompiled": sorted(output.objects), "changed": changed})
+                                 "recompiled": sorted(output.objects), "changed": changed, "debug": debug})
 
 
 def stage_diff(project: Project, baseline: str, patch: str) -> None:
@@ -179,7 +184,9 @@ def stage_diff(project: Project, baseline: str, patch: str) -> None:
     for change in patched["changed"]:
         original = orig_tree / change["original"] if change["original"] else None
         pairs.append((change["object"], original, records.patch_dir / "objects" / f"{change['object']}.XSPLICE"))
-    diffs = diff_pairs(pairs, apply_layout(profile_named(definition.profile), layout))
+    debug = {name: DebugPair(project.root / entry["original"] if entry["original"] else None,
+                             project.root / entry["patched"]) for name, entry in patched.get("debug", {}).items()}
+    diffs = diff_pairs(pairs, apply_layout(profile_named(definition.profile), layout), debug)
     explained = [explain_record(diff) for diff in diffs]
     _write_explanation(project, records, patch, explained)
     try:

@@ -30,6 +30,8 @@ _PACKAGE = Path(__file__).resolve().parent
 _STAGE_CODE = {
     "checkout": ["checkout.py", "baseline.py"],
     "build": ["build.py", "baseline.py", "data/xsplice-cc", "elf/reader.py", "elf/notes.py", "layout.py"],
+    "build-patched": ["build.py", "baseline.py", "data/xsplice-cc", "elf/reader.py", "elf/notes.py", "layout.py",
+                      "debuginfo.py"],
     "diff": ["diff", "elf", "stages.py"],
     "payload": ["payload.py", "image.py", "elf"],
     "sign": ["sign.py", "stages.py"],
@@ -129,7 +131,7 @@ class Pipeline:
         for baseline, patch in self._pairs():
             records = stages.Records(self.project, baseline, patch)
             inputs = [records.build_orig, self._patch(baseline, patch), self.project.toolchain_state]
-            yield self._subtask("build-patched", f"{baseline}/{patch}", "build", inputs, [records.patched],
+            yield self._subtask("build-patched", f"{baseline}/{patch}", "build-patched", inputs, [records.patched],
                                 baseline=baseline, patch=patch)
 
     def diff(self) -> Iterator[dict[str, Any]]:

@@ -11,7 +11,8 @@ alone it would keep reading the old table.
 from __future__ import annotations
 
 from ..elf.constants import R_X86_64_PC32, R_X86_64_PLT32, SHF_MERGE, SHF_STRINGS, relocation_name
-from ..elf.model import ElfFile, Rela, Section
+from ..elf.model import ElfFile, Rela, Section, Symbol
+from .correlate import normalise
 from .lines import entries_by_owner, immediate_lines
 from .state import Kind, ObjectDiff, SectionState, Status
 
@@ -49,7 +50,13 @@ def relocation_target(elf: ElfFile, rela: Rela, key_of: dict[int, str]) -> Targe
         return ("unknown", section.name, symbol.value + rela.addend)
     if is_strings(section):
         return ("string", string_at(section, string_offset(rela, symbol.value)))
-    return ("section", key_of[section.index], symbol.value + rela.addend)
+    offset = symbol.value + rela.addend
+    # By the variable or function the address falls in, never by its offset in the section: a table
+    # of pointers into .init.text points at the same functions when another one moves them.
+    named = elf.symbol_containing(section.index, string_offset(rela, symbol.value))
+    if named is not None:
+        return ("section", key_of[section.index], normalise(named.name), offset - named.value)
+    return ("section", key_of[section.index], offset)
 
 
 def string_offset(rela: Rela, symbol_value: int) -> int:
@@ -69,6 +76,8 @@ def describe_target(target: Target) -> str:
     kind, *rest = target
     if kind == "string":
         return f"string {rest[0].decode('utf-8', 'backslashreplace')!r}"
+    if kind == "section" and len(rest) == 3:
+        return f"{rest[1]}{rest[2]:+#x} in {rest[0]}"
     if kind == "section":
         return f"{rest[0]}+{rest[1]:#x}"
     return f"{rest[0]}{rest[1]:+#x}" if len(rest) > 1 and isinstance(rest[1], int) else str(rest[0])
@@ -84,6 +93,10 @@ def _differences(diff: ObjectDiff, state: SectionState, original_key_of: dict[in
     assert old is not None
     if state.kind is Kind.STRINGS:
         return [] if new.data == old.data else ["string literals differ"]
+    if state.kind is Kind.DATA:
+        by_variable = _variable_differences(diff, state, original_key_of, patched_key_of)
+        if by_variable is not None:
+            return by_variable
     reasons = []
     old_relocations = [(r.offset, r.type, relocation_target(diff.original, r, original_key_of))
                        for r in old.relocations]
@@ -106,6 +119,66 @@ def _differences(diff: ObjectDiff, state: SectionState, original_key_of: dict[in
     if not same_relocations:
         reasons.append(_relocation_difference(old_relocations, new_relocations))
     return reasons
+
+
+def _variable_differences(diff: ObjectDiff, state: SectionState, original_key_of: dict[int, str],
+                          patched_key_of: dict[int, str]) -> list[str] | None:
+    """Data compared one variable at a time (by name, then size, bytes and relocation targets), or None
+    when the section's bytes are not all named variables: each variable of .bss.percpu or
+    .data.read_mostly is unchanged whatever its offset in the section, and removing one is no change."""
+    assert state.twin is not None
+    old = _variables(diff.original, state.twin)
+    new = _variables(diff.patched, state.section)
+    if old is None or new is None:
+        return None
+    old_contents = _contents(diff.original, state.twin, old, original_key_of)
+    new_contents = _contents(diff.patched, state.section, new, patched_key_of)
+    changes: dict[str, tuple[str, str]] = {}
+    for name, symbol in new.items():
+        before = old.get(name)
+        if before is None:
+            changes[name] = ("new", f"new variable {symbol.name} at +{symbol.value:#x} in {state.name}")
+        elif before.size != symbol.size:
+            changes[name] = ("resized", f"size {before.size:#x} -> {symbol.size:#x}")
+        elif old_contents[name] != new_contents[name]:
+            changes[name] = ("changed", _content_difference(old_contents[name], new_contents[name]))
+    for name in sorted(old.keys() - new.keys()):
+        changes[name] = ("removed", f"removed from {state.name}")
+        diff.ignored.append(f"{diff.label}: {old[name].name}: variable removed from {state.name}; the base image "
+                            "keeps it, and no patched code refers to it")
+    state.variable_changes = changes
+    return [f"{name}: {why}" for name, (status, why) in changes.items() if status in ("resized", "changed")]
+
+
+def _variables(elf: ElfFile, section: Section) -> dict[str, Symbol] | None:
+    named = [s for s in elf.variables_in(section.index) if s.is_object]
+    by_name = {normalise(s.name): s for s in named}
+    if not named or len(by_name) != len(named):
+        return None
+    return by_name
+
+
+Contents = tuple[bytes, list[tuple[int, int, Target]]]
+
+
+def _contents(elf: ElfFile, section: Section, variables: dict[str, Symbol], key_of: dict[int, str]) -> dict[str,
+                                                                                                           Contents]:
+    """Each variable's bytes, and its relocations by offset in the variable, type and target."""
+    contents: dict[str, Contents] = {name: (bytes(section.data[s.value:s.value + s.size]), [])
+                                     for name, s in variables.items()}
+    for rela in section.relocations:
+        owner = elf.symbol_containing(section.index, rela.offset)
+        if owner is not None and normalise(owner.name) in contents:
+            contents[normalise(owner.name)][1].append(
+                (rela.offset - owner.value, rela.type, relocation_target(elf, rela, key_of)))
+    return contents
+
+
+def _content_difference(old: Contents, new: Contents) -> str:
+    if old[0] != new[0]:
+        first = next((i for i, (a, b) in enumerate(zip(old[0], new[0], strict=True)) if a != b), 0)
+        return f"bytes differ from +{first:#x}"
+    return _relocation_difference(old[1], new[1])
 
 
 def _relocation_difference(old: list[tuple[int, int, Target]], new: list[tuple[int, int, Target]]) -> str:

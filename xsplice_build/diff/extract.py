@@ -11,11 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..elf.constants import STB_GLOBAL, STB_LOCAL, STT_FUNC, STT_NOTYPE, STT_OBJECT
-from ..elf.model import Rela
+from ..elf.model import Rela, Symbol
 from ..elf.writer import OutRela, OutSection, OutSymbol, section_symbol, symbol_order, write_relocatable
 from ..errors import XspliceError
+from .compare import string_offset
+from .correlate import normalise
 from .include import base_reference, kept_special_entries
-from .state import Kind, ObjectDiff, SectionState
+from .state import Kind, ObjectDiff, SectionState, Status
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,12 @@ class Extract:
         if out is not None:
             return OutRela(offset, rela.type, self._section_symbol(out), symbol.value + rela.addend)
         target = diff.state_of(symbol.shndx)
+        variable = _base_variable(diff, target, symbol, rela) if target is not None else None
+        if variable is not None:
+            # Variables compared one by one: the base image's variable of that name, wherever it sits.
+            name, at = variable
+            diff.base_references.add(name)
+            return OutRela(offset, rela.type, self._external(name), symbol.value + rela.addend - at)
         name = base_reference(diff, target) if target is not None else None
         if target is None or name is None or target.anchor is None:
             what = target.label if target else f"section {symbol.shndx}"
@@ -143,3 +151,15 @@ class Extract:
             merged.data += special.section.data[start:start + layout.entry_size]
             merged.relocations.extend(self._relocation(diff, special, rela, base + rela.offset - start, out_of)
                                       for rela in by_entry.get(start, []))
+
+
+def _base_variable(diff: ObjectDiff, target: SectionState, symbol: Symbol, rela: Rela) -> tuple[str, int] | None:
+    """(base-image name, offset in the patched section) of the unchanged variable a reference falls in."""
+    if target.variable_changes is None or target.twin is None or target.status is not Status.SAME:
+        return None
+    variable = diff.patched.symbol_containing(symbol.shndx, string_offset(rela, symbol.value))
+    if variable is None:
+        return None
+    original = next((s for s in diff.original.variables_in(target.twin.index)
+                     if normalise(s.name) == normalise(variable.name)), None)
+    return (original.xen_name, variable.value) if original is not None else None

@@ -88,10 +88,19 @@ def _changed_data(diff: ObjectDiff, state: SectionState) -> None:
         diff.warnings.append(
             f"{diff.label}: {state.label}: change to init-only data ignored (used at boot only) [rule: init-only]")
         return
+    if state.variable_changes is not None:
+        for name, (status, why) in state.variable_changes.items():
+            if status in ("resized", "changed"):
+                _refuse_data(diff, name, status == "resized", why)
+        return
     resized = state.twin is not None and state.twin.size != state.section.size
-    rule, what = ("data-layout", "changed layout of existing data") if resized else ("changed-data", "changed data")
+    _refuse_data(diff, _data_label(diff, state), resized, "; ".join(state.reasons))
+
+
+def _refuse_data(diff: ObjectDiff, what: str, resized: bool, why: str) -> None:
+    rule, change = ("data-layout", "changed layout of existing data") if resized else ("changed-data", "changed data")
     diff.refusals.append(
-        f"{diff.label}: {_data_label(diff, state)}: {what} ({'; '.join(state.reasons)}) [rule: {rule}]; "
+        f"{diff.label}: {what}: {change} ({why}) [rule: {rule}]; "
         "the running hypervisor owns this state and a payload cannot rewrite or resize it: keep the "
         "data as it is and change the code that uses it")
 
@@ -137,9 +146,14 @@ def _target_name(elf: ElfFile, index: int) -> str:
 def _new_data(diff: ObjectDiff, state: SectionState) -> None:
     # Not supported: a variable in the payload starts from its initializer, and vanishes on revert
     # while patched code may still be running with pointers into it.
-    if state.kind is not Kind.DATA or state.status is not Status.NEW or not state.reasons:
+    if state.kind is not Kind.DATA or diff.profile.is_init_section(state.name):
         return
-    if diff.profile.is_init_section(state.name):
+    for name, users in sorted(state.new_variable_users.items()):
+        diff.refusals.append(
+            f"{diff.label}: {name}: new variable (in {state.name}, which the base image has without it) used by "
+            f"{', '.join(sorted(set(users)))} [rule: new-data]; a payload's variables start fresh and are lost on "
+            "revert: use existing state, or a constant")
+    if state.status is not Status.NEW or not state.reasons:
         return
     users = ", ".join(reason.removeprefix("new data used by ") for reason in state.reasons)
     diff.refusals.append(

@@ -49,6 +49,10 @@ class SectionState:
     included: bool = False
     why: str = ""  # why it was included, for --explain
     parent: SectionState | None = None  # the function a .cold part belongs to
+    # Data compared variable by variable (compare): normalised name -> (status, why), for each
+    # variable that is new, removed, resized or changed; and the included code using each new one.
+    variable_changes: dict[str, tuple[str, str]] | None = None
+    new_variable_users: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

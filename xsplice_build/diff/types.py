@@ -154,7 +154,7 @@ class _Reader:
         key = self._key(die)
         if key is None:
             key = self._typedef_name(die)
-        if key is None or key in self.table.layouts and self.table.layouts[key].size:
+        if key is None or (key in self.table.layouts and self.table.layouts[key].size):
             return
         size = _int(die.attributes.get("DW_AT_byte_size"))
         if die.tag == "DW_TAG_enumeration_type":
@@ -236,8 +236,8 @@ class _Reader:
         inner = self._ref(die, "DW_AT_type")
         if tag in _AGGREGATES:
             key = self._key(die)
-            text = key or "%s {%s}" % (_AGGREGATES[tag], "; ".join(
-                f"{m.type} {m.name}@{m.offset}" for m in self._members(die, 0, "")))
+            inside = "; ".join(f"{m.type} {m.name}@{m.offset}" for m in self._members(die, 0, ""))
+            text = key or f"{_AGGREGATES[tag]} {{{inside}}}"
         elif tag == "DW_TAG_pointer_type":
             text = self._describe(inner) + " *"
         elif tag == "DW_TAG_array_type":

@@ -7,9 +7,10 @@
 #include <xen/percpu.h>
 #include <xen/sched.h>
 
+/* The file's statics are reached through the section (.bss.percpu+offset), its globals by name. */
 DEFINE_PER_CPU(struct vcpu *, curr_vcpu);
-DEFINE_PER_CPU(unsigned long, cpu_ticks);
-DEFINE_PER_CPU(unsigned int, cpu_msr_cfg);
+static DEFINE_PER_CPU(unsigned long, cpu_ticks);
+static DEFINE_PER_CPU(unsigned int, cpu_msr_cfg);
 DEFINE_PER_CPU(unsigned int, cpu_nr_switches);
 
 /* A CPU's identity, private to this file (Xen's struct cpuinfo_x86, cut down). */
@@ -54,19 +55,26 @@ void identify_cpu(struct cpu_info *c)
         cpu_devs[c->vendor]->c_init(c);
 }
 
+/* Called at bring-up and on every context switch. */
+static noinline void cpu_reset_ticks(unsigned long start)
+{
+    this_cpu(cpu_ticks) = start;
+}
+
 /* Bring a CPU up: at boot, and again on resume from suspend. */
 void start_secondary(unsigned int vendor, unsigned int family)
 {
     struct cpu_info c = { .vendor = vendor, .family = family, .features = 0x5 };
 
     identify_cpu(&c);
-    this_cpu(cpu_ticks) = 0;
+    cpu_reset_ticks(0);
 }
 
 void context_switch(struct vcpu *next)
 {
     this_cpu(curr_vcpu) = next;
     this_cpu(cpu_nr_switches)++;
+    cpu_reset_ticks(1);
 }
 
 unsigned long cpu_tick(void)
