@@ -83,5 +83,8 @@ class BuildPatch(Run):
         out = project.patch_out(baseline, patch)
         report = json.loads((out / "report.json").read_text())
         functions = ", ".join(f["name"] for f in report["functions"])
+        for warning in report["warnings"]:
+            if "[rule: bring-up-only]" in warning:
+                print(f"xsplice: warning: {warning}", flush=True)
         print(f"xsplice: payload {out.relative_to(project.root) / report['payload']} "
               f"(signed; replaces {functions}; depends on build-id {report['base_build_id']})")

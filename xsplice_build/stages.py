@@ -16,6 +16,7 @@ from typing import Any
 
 from . import __version__, files, toolchain
 from .baseline import Baseline, load_baseline, supplied_image
+from .bringup import ImageReferences, bring_up_warning
 from .build import SPLIT_SECTIONS_FLAGS, apply_patch, check_expected_build_id, prepare_tree, run_build
 from .checkout import checkout
 from .debuginfo import debug_objects
@@ -196,6 +197,7 @@ def stage_diff(project: Project, baseline: str, patch: str) -> None:
         raise refusal.with_note(f"every decision is in {where}") from None
     # Extraction resolved the base-image references: record the decisions again, now complete.
     explained = [explain_record(diff) for diff in diffs]
+    _add_bring_up_warnings(project, records, definition, result.functions, explained)
     _write_explanation(project, records, patch, explained)
     write_atomic(records.extract, result.extract)
     write_json(records.diff, {
@@ -203,6 +205,20 @@ def stage_diff(project: Project, baseline: str, patch: str) -> None:
         "objects": explained,
         "extract_sha256": sha256_bytes(result.extract),
     })
+
+
+def _add_bring_up_warnings(project: Project, records: Records, definition: Baseline,
+                           functions: list[PatchedFunction], explained: list[dict[str, Any]]) -> None:
+    """Each patched function that only CPU bring-up runs, found from the base image's callers and tables."""
+    base = read_json(records.build_base, "base build record")
+    references = ImageReferences(read_elf_file(project.root / base["image"]), profile_named(definition.profile))
+    by_object = {record["object"]: record for record in explained}
+    for record in explained:
+        record["bring_up"] = []
+    for function in functions:
+        warning = bring_up_warning(references, function.name)
+        if warning is not None:
+            by_object[function.object]["bring_up"].append(f"{function.object}: {warning}")
 
 
 def _write_explanation(project: Project, records: Records, patch: str, explained: list[dict[str, Any]]) -> None:
@@ -269,7 +285,7 @@ def _report(project: Project, definition: Baseline, records: Records, patch: str
                        "old_addr": f"{f['old_addr']:#x}", "object": f["object"]} for f in payload["functions"]],
         "new_functions": new_functions,
         "objects_changed": [entry["object"] for entry in diff["objects"]],
-        "warnings": [w for entry in diff["objects"] for w in entry["warnings"]],
+        "warnings": [w for entry in diff["objects"] for w in entry["warnings"] + entry.get("bring_up", [])],
         "ignored": [i for entry in diff["objects"] for i in entry["ignored"]],
         "payload_build_id": payload["build_id"],
         "unsigned_payload_sha256": sha256_bytes(unsigned),

@@ -32,7 +32,7 @@ _STAGE_CODE = {
     "build": ["build.py", "baseline.py", "data/xsplice-cc", "elf/reader.py", "elf/notes.py", "layout.py"],
     "build-patched": ["build.py", "baseline.py", "data/xsplice-cc", "elf/reader.py", "elf/notes.py", "layout.py",
                       "debuginfo.py"],
-    "diff": ["diff", "elf", "stages.py"],
+    "diff": ["diff", "elf", "stages.py", "bringup.py"],
     "payload": ["payload.py", "image.py", "elf"],
     "sign": ["sign.py", "stages.py"],
 }

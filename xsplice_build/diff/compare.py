@@ -38,8 +38,8 @@ def compare(diff: ObjectDiff) -> None:
     _propagate_changed_cold_parts(diff)
 
 
-def relocation_target(elf: ElfFile, rela: Rela, key_of: dict[int, str]) -> Target:
-    """What a relocation points at, in terms that survive recompilation."""
+def relocation_target(elf: ElfFile, rela: Rela, key_of: dict[int, str], source: Section | None = None) -> Target:
+    """What a relocation points at, in terms that survive recompilation (`source`: the code it patches)."""
     symbol = elf.symbols[rela.symbol]
     if symbol.is_undefined:
         return ("external", symbol.name, rela.addend)
@@ -53,7 +53,7 @@ def relocation_target(elf: ElfFile, rela: Rela, key_of: dict[int, str]) -> Targe
     offset = symbol.value + rela.addend
     # By the variable or function the address falls in, never by its offset in the section: a table
     # of pointers into .init.text points at the same functions when another one moves them.
-    named = elf.symbol_containing(section.index, string_offset(rela, symbol.value))
+    named = elf.symbol_containing(section.index, referenced_offset(rela, symbol.value, source))
     if named is not None:
         return ("section", key_of[section.index], normalise(named.name), offset - named.value)
     return ("section", key_of[section.index], offset)
@@ -62,6 +62,29 @@ def relocation_target(elf: ElfFile, rela: Rela, key_of: dict[int, str]) -> Targe
 def string_offset(rela: Rela, symbol_value: int) -> int:
     # A RIP-relative reference stores target - 4 (the displacement ends its instruction).
     return symbol_value + rela.addend + (4 if rela.type in _PC_RELATIVE else 0)
+
+
+# x86 instructions with a RIP-relative operand followed by an immediate: the displacement is relative
+# to the end of the immediate, so the address it names lies that many bytes past symbol + addend + 4.
+# Keyed by opcode (the byte before the ModRM byte): the immediate's size.
+_TRAILING_IMMEDIATE = {0x80: 1, 0x83: 1, 0xC6: 1, 0xC0: 1, 0xC1: 1, 0x6B: 1, 0x81: 4, 0xC7: 4, 0x69: 4}
+_TEST_IMMEDIATE = {0xF6: 1, 0xF7: 4}  # only with ModRM reg field 0 (test $imm, mem)
+_OPERAND_SIZE_PREFIX = 0x66
+
+
+def referenced_offset(rela: Rela, symbol_value: int, source: Section | None) -> int:
+    """The offset in the target section a relocation names: for a RIP-relative reference in code,
+    past the instruction's end (and any immediate after the displacement), not where it ends."""
+    offset = string_offset(rela, symbol_value)
+    if source is None or rela.type not in _PC_RELATIVE or rela.offset < 2:
+        return offset
+    modrm, opcode = source.data[rela.offset - 1], source.data[rela.offset - 2]
+    if modrm & 0xC7 != 0x05:  # not a RIP-relative memory operand: a branch or a plain displacement
+        return offset
+    size = _TRAILING_IMMEDIATE.get(opcode) or (_TEST_IMMEDIATE.get(opcode, 0) if modrm & 0x38 == 0 else 0)
+    if size == 4 and _OPERAND_SIZE_PREFIX in source.data[max(0, rela.offset - 4):rela.offset - 2]:
+        size = 2
+    return offset + size
 
 
 def string_at(section: Section, offset: int) -> bytes:
@@ -98,9 +121,9 @@ def _differences(diff: ObjectDiff, state: SectionState, original_key_of: dict[in
         if by_variable is not None:
             return by_variable
     reasons = []
-    old_relocations = [(r.offset, r.type, relocation_target(diff.original, r, original_key_of))
+    old_relocations = [(r.offset, r.type, relocation_target(diff.original, r, original_key_of, old))
                        for r in old.relocations]
-    new_relocations = [(r.offset, r.type, relocation_target(diff.patched, r, patched_key_of))
+    new_relocations = [(r.offset, r.type, relocation_target(diff.patched, r, patched_key_of, new))
                        for r in new.relocations]
     same_relocations = old_relocations == new_relocations
     if new.size != old.size:

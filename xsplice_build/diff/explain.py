@@ -67,7 +67,7 @@ def render(record: dict[str, Any]) -> list[str]:
     lines.extend(_render_types(record.get("types")))
     for text in record["ignored"]:
         lines.append(f"  ignored     {text}")
-    for text in record["warnings"]:
+    for text in record["warnings"] + record.get("bring_up", []):
         lines.append(f"  warning     {text}")
     for text in record["refusals"]:
         lines.append(f"  refused     {text}")

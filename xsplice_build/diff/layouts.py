@@ -93,10 +93,13 @@ def check_struct_layouts(diff: ObjectDiff, old: TypeTable, new: TypeTable) -> li
             comparisons.append(TypeComparison(key, status, tuple(differences), users))
         else:
             comparisons.append(TypeComparison(key, status, tuple(differences)))
-    for comparison in comparisons:
-        if comparison.status == "changed":
-            _decide(diff, comparison, [k for k in changed if k != comparison.key and comparison.key in
-                                       new.reaches.get(k, ())])
+    containers = {key: [k for k in changed if k != key and key in new.reaches.get(k, ())] for key in changed}
+    # The innermost change first: a member inserted into struct vcpu is the cause, struct domain's
+    # moved members (it embeds vcpus) follow from it.
+    by_cause = sorted((c for c in comparisons if c.status == "changed"),
+                      key=lambda c: (sum(c.key in containers[k] for k in changed), c.key))
+    for comparison in by_cause:
+        _decide(diff, comparison, containers[comparison.key])
     return comparisons
 
 

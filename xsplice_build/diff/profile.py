@@ -53,6 +53,10 @@ class TargetProfile:
     line_consumers: frozenset[str] = frozenset()
     line_immediate_opcodes: frozenset[int] = frozenset()
     livepatch_payload_version: int = 2
+    # CPU bring-up and resume hooks (fnmatch patterns on plain names): a patched function reached only from
+    # these functions, or pointed at only by these tables, takes no effect on CPUs already online.
+    bring_up_functions: tuple[str, ...] = ()
+    bring_up_tables: tuple[str, ...] = ()
 
     def special(self, section_name: str) -> SpecialSection | None:
         for special in self.special_sections:
@@ -108,6 +112,11 @@ XEN_X86_64 = TargetProfile(
                               "debugtrap_printk"}),
     # B8+r: mov $imm32 to eax..edi (41 B8+r for r8d..r15d has the same last two bytes).
     line_immediate_opcodes=frozenset(range(0xB8, 0xC0)),
+    # xen/arch/x86/smpboot.c, cpu/common.c, acpi/power.c: where a CPU is brought up or resumed; the
+    # vendor tables (amd_cpu_dev, intel_cpu_dev, ...) whose c_init/c_early_init identify_cpu calls.
+    bring_up_functions=("start_secondary", "identify_cpu", "early_cpu_init", "cpu_callback", "cpu_up",
+                        "enter_state", "*_resume", "init_secondary*", "cpu_init"),
+    bring_up_tables=("*_cpu_dev",),
     ignored_section_prefixes=(".debug_", ".comment", ".note.GNU-stack", ".note.gnu.property", ".eh_frame",
                               ".group", ".discard", ".rela", ".symtab", ".strtab", ".shstrtab",
                               ".llvm_addrsig"),
