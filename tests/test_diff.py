@@ -99,9 +99,10 @@ def test_a_relocation_the_loader_does_not_apply_is_refused(tmp_path: Path) -> No
 def test_every_cited_rule_is_in_the_catalogue() -> None:
     import re
 
-    from xsplice_build.diff import compare, rules
+    from xsplice_build import bringup
+    from xsplice_build.diff import compare, layouts, rules
 
-    text = "".join(Path(module.__file__).read_text() for module in (compare, rules))
+    text = "".join(Path(module.__file__).read_text() for module in (compare, rules, layouts, bringup))
     assert set(re.findall(r"\[rule: ([a-z-]+)\]", text)) <= set(rules.RULES)
     for rule in rules.RULES:  # each is cited somewhere besides the catalogue
         assert text.count(f'"{rule}"') + text.count(f"[rule: {rule}]") >= 2, rule

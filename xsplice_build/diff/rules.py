@@ -25,6 +25,8 @@ RULES = {
     "unsupported-table": "refused: a patched function has entries in a table the target's loader ignores",
     "init-only": "ignored with a warning: only init code changed, which ran at boot and is freed",
     "line-only": "not patched: the only difference is a __LINE__ value (a bug frame, a printk argument)",
+    "bring-up-only": "warning: a patched function runs only at CPU bring-up or resume (from the base image's "
+                     "callers and tables), so CPUs already online keep the old behaviour",
 }
 
 
