@@ -3,10 +3,12 @@
 A vendor init routine that writes an MSR runs once per CPU, at bring-up: replacing it
 changes nothing on the CPUs already online, however valid the payload. Which functions
 are such hooks is known only from the running image, so it is read from the base image:
-the functions that call the patched one (`call`/`jmp rel32`, `lea` of its address) and
-the data that holds its address (a `struct cpu_dev` table). When every one of them is a
-bring-up hook of the target profile, boot-time code, or (a few levels up) a function
-reached only from those, the report and the console warn [rule: bring-up-only].
+the functions that call the patched one (`call`/`jmp rel32`) and the data that holds its
+address (a `struct cpu_dev` table). When every one of them is a bring-up hook of the
+target profile, boot-time code, or (a few levels up) a function reached only from those,
+the report and the console warn [rule: bring-up-only]. Code that takes the function's
+address (`lea`: a callback registered, even by boot code) means it may run any time: no
+warning.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class Referrers:
 
     functions: set[str] = field(default_factory=set)
     tables: set[str] = field(default_factory=set)
+    # Code that takes its address (a callback registered, at boot or not): it may run any time.
+    address_takers: set[str] = field(default_factory=set)
 
 
 class ImageReferences:
@@ -44,7 +48,8 @@ class ImageReferences:
                                and not s.is_undefined and not s.is_special_index), key=lambda s: s.value)
         self._starts = [s.value for s in self.symbols]
         self.by_name = {s.xen_name: s for s in self.symbols}
-        self.code_refs: dict[int, set[int]] = defaultdict(set)  # target -> addresses of the references
+        self.code_refs: dict[int, set[int]] = defaultdict(set)  # target -> addresses of the calls and jumps to it
+        self.address_refs: dict[int, set[int]] = defaultdict(set)  # target -> where code takes its address
         self.data: list[tuple[int, bytes]] = []
         init = [s.value for s in image.symbols if s.name in ("_sinittext", "_einittext")]
         self.init_range = (min(init), max(init)) if len(init) == 2 else (0, 0)
@@ -65,7 +70,8 @@ class ImageReferences:
             start = match.end()
             if start + 4 <= len(data):
                 relative = int.from_bytes(data[start:start + 4], "little", signed=True)
-                self.code_refs[base + start + 4 + relative].add(base + match.start())
+                target = base + start + 4 + relative
+                (self.address_refs if len(match.group()) == 2 else self.code_refs)[target].add(base + match.start())
 
     def containing(self, address: int) -> Symbol | None:
         position = bisect.bisect_right(self._starts, address)
@@ -76,6 +82,9 @@ class ImageReferences:
 
     def referrers(self, address: int) -> Referrers:
         found = Referrers()
+        for site in self.address_refs.get(address, ()):
+            taker = self.containing(site)
+            found.address_takers.add(taker.xen_name if taker else f"{site:#x}")
         for site in self.code_refs.get(address, ()):
             caller = self.containing(site)
             if caller is not None and caller.value != address:
@@ -112,6 +121,8 @@ def bring_up_warning(references: ImageReferences, name: str) -> str | None:
 
 
 def _only_bring_up(references: ImageReferences, found: Referrers, depth: int, seen: set[str]) -> bool:
+    if found.address_takers:
+        return False
     if not all(_is_hook(references.profile.bring_up_tables, table) for table in found.tables):
         return False
     for caller in found.functions:
