@@ -11,6 +11,7 @@ directly. The struct-layout rule (layouts.py) compares two tables.
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,10 @@ from typing import Any
 from elftools.common.exceptions import ELFError as PyElfError
 from elftools.dwarf.die import DIE
 from elftools.elf.elffile import ELFFile
+
+from ..elf.debug import with_debug_relocations
+from ..elf.reader import read_elf
+from ..errors import ElfError
 
 _AGGREGATES = {"DW_TAG_structure_type": "struct", "DW_TAG_union_type": "union", "DW_TAG_enumeration_type": "enum"}
 _QUALIFIERS = frozenset({"DW_TAG_typedef", "DW_TAG_const_type", "DW_TAG_volatile_type", "DW_TAG_restrict_type",
@@ -78,15 +83,15 @@ def has_dwarf(path: Path) -> bool:
 def read_types(path: Path) -> TypeTable:
     """The TypeTable of `path`'s DWARF (empty when it has none)."""
     try:
-        with path.open("rb") as stream:
-            elf = ELFFile(stream)
-            if not elf.has_dwarf_info():
-                return TypeTable()
-            reader = _Reader()
-            for unit in elf.get_dwarf_info().iter_CUs():
-                reader.read_unit(unit)
-            return reader.table
-    except (PyElfError, OSError, ValueError, KeyError) as error:
+        data = path.read_bytes()
+        elf = ELFFile(io.BytesIO(with_debug_relocations(data, read_elf(data, str(path)))))
+        if not elf.has_dwarf_info():
+            return TypeTable()
+        reader = _Reader()
+        for unit in elf.get_dwarf_info(relocate_dwarf_sections=False).iter_CUs():
+            reader.read_unit(unit)
+        return reader.table
+    except (PyElfError, OSError, ValueError, KeyError, ElfError) as error:
         raise ValueError(f"{path}: cannot read DWARF: {error}") from None
 
 
