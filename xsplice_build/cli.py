@@ -1,8 +1,9 @@
 """`xsplice-build`: the pipeline's engines as commands on files.
 
-    xsplice-build diff ORIG.o PATCHED.o [--explain] [--json] [-o EXTRACT.o]
+    xsplice-build diff ORIG.o PATCHED.o [--explain] [--json] [-o EXTRACT.o] [--types ORIG_G.o PATCHED_G.o]
         The function diff of one object pair, as create-diff-object runs it. Exit 0:
-        something to patch; 3: nothing to patch; 4: unpatchable; 1: bad input.
+        something to patch; 3: nothing to patch; 4: unpatchable; 1: bad input. Struct
+        layouts come from the objects' own DWARF, or from the --types pair (debug compiles).
 
     xsplice-build verify PAYLOAD --image IMAGE [--cert CERT] [--require-code-signing]
         Xen's loader rules, checked offline: one summary line and exit 0, or one line
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .diff.engine import diff_objects, nothing_to_patch_message
+from .diff.engine import DebugPair, diff_objects, nothing_to_patch_message
 from .diff.explain import explain_record, render
 from .diff.extract import Extract
 from .diff.profile import PROFILES, profile_named
@@ -55,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("--json", action="store_true", help="print the decisions as JSON")
     diff.add_argument("-o", "--output", type=Path, help="write the extracted code (a relocatable object)")
     diff.add_argument("--profile", default="xen-x86_64", choices=sorted(PROFILES))
+    diff.add_argument("--types", nargs=2, type=Path, metavar=("ORIG_DEBUG", "PATCHED_DEBUG"),
+                      help="read struct layouts from these debug compiles of the two units")
     diff.add_argument("--name", help="the object's path in the tree, as the pipeline's reports name it "
                       "(default: PATCHED)")
     diff.set_defaults(run=_diff)
@@ -77,8 +80,9 @@ def _verify(arguments: argparse.Namespace) -> int:
 
 
 def _diff(arguments: argparse.Namespace) -> int:
+    debug = DebugPair(*arguments.types) if arguments.types else None
     result = diff_objects(arguments.original, arguments.patched, arguments.name or str(arguments.patched),
-                          profile_named(arguments.profile))
+                          profile_named(arguments.profile), debug)
     record = explain_record(result)
     if arguments.json:
         print(json.dumps(record, indent=2, sort_keys=True))
