@@ -91,9 +91,10 @@ def _changed_data(diff: ObjectDiff, state: SectionState) -> None:
             f"{diff.label}: {state.label}: change to init-only data ignored (used at boot only) [rule: init-only]")
         return
     if state.variable_changes is not None:
+        shared = len(diff.patched.variables_in(state.section.index)) > 1
         for name, (status, why) in state.variable_changes.items():
             if status in ("resized", "changed"):
-                _refuse_data(diff, name, status == "resized", why)
+                _refuse_data(diff, f"{name} in {state.name}" if shared else name, status == "resized", why)
         return
     resized = state.twin is not None and state.twin.size != state.section.size
     _refuse_data(diff, _data_label(diff, state), resized, "; ".join(state.reasons))
