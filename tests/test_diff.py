@@ -128,3 +128,46 @@ def test_static_locals_of_one_name_are_told_apart_by_their_functions(tmp_path: P
     own = {elf.sections[elf.symbols[r.symbol].shndx].name.removeprefix(".bss.") for r in text.relocations}
     assert [name for name in result.objects[0].base_references if "#calls." in name] == \
         [f"t.c#{name}" for name in own if name.startswith("calls.")]
+
+
+LAYOUT_SOURCE = """
+enum state { IDLE, RUNNING%s };
+struct flags { unsigned int ready:1, %sdirty:1; };
+struct item { int id; %sstruct flags f; enum state s; };
+int item_ready(struct item *i) { return i->f.dirty + i->s; }
+"""
+
+
+def _layout_pair(tmp_path: Path, patched: tuple[str, str, str]) -> tuple[Path, Path]:
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+    original = _compile(tmp_path / "a", "t", LAYOUT_SOURCE % ("", "", ""), "-g")
+    return original, _compile(tmp_path / "b", "t", LAYOUT_SOURCE % patched, "-g")
+
+
+def test_a_moved_bit_field_is_a_layout_change_an_appended_enumerator_is_not(tmp_path: Path) -> None:
+    original, patched = _layout_pair(tmp_path, (", BLOCKED", "busy:1, ", ""))
+    diff = diff_objects(original, patched, "t.o", XEN_X86_64)
+    by_key = {t.key: t for t in diff.types or []}
+    assert by_key["enum state"].status == "compatible"
+    assert by_key["struct flags"].status == "changed"
+    assert "member dirty moved bit 1 -> bit 2" in by_key["struct flags"].differences
+    assert by_key["struct flags"].users == ("item_ready",)
+    assert any("struct flags: layout changed" in r and "[rule: struct-layout]" in r for r in diff.refusals)
+
+
+def test_an_inserted_member_names_its_offsets_and_the_struct_it_moves(tmp_path: Path) -> None:
+    original, patched = _layout_pair(tmp_path, ("", "", "long stamp; "))
+    diff = diff_objects(original, patched, "t.o", XEN_X86_64)
+    assert diff.refusals[0].startswith("t.o: struct item: layout changed (size 0xc -> 0x18; member stamp added at "
+                                       "+0x8 (size 0x8, long int); member f moved +0x4 -> +0x10;")
+    assert "1 changed or new function(s) depend on it (item_ready) [rule: struct-layout]" in diff.refusals[0]
+
+
+def test_objects_without_debug_information_compare_no_types(tmp_path: Path) -> None:
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+    original = _compile(tmp_path / "a", "t", LAYOUT_SOURCE % ("", "", ""))
+    patched = _compile(tmp_path / "b", "t", LAYOUT_SOURCE % ("", "", "long stamp; "))
+    diff = diff_objects(original, patched, "t.o", XEN_X86_64)
+    assert diff.types is None and diff.changed_functions()

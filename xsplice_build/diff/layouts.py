@@ -62,11 +62,16 @@ def _member_differences(old: tuple[Member, ...], new: tuple[Member, ...]) -> lis
             continue
         now = after[name]
         if now.offset != member.offset or now.bits != member.bits:
-            differences.append(f"member {member.name} moved +{member.offset:#x} -> +{now.offset:#x}")
+            differences.append(f"member {member.name} moved {_place(member)} -> {_place(now)}")
         if now.size != member.size:
             differences.append(f"member {member.name} {member.type} (size {member.size:#x}) -> "
                                f"{now.type} (size {now.size:#x})")
     return differences
+
+
+def _place(member: Member) -> str:
+    """+offset, or for a bit-field the bit it starts at within the aggregate."""
+    return f"+{member.offset:#x}" if member.bits is None else f"bit {member.bits[0]}"
 
 
 def _by_name(members: tuple[Member, ...]) -> dict[str, Member]:
