@@ -1,10 +1,12 @@
 """What the struct-layout check costs, against the incremental build it follows.
 
-    .venv/bin/python benchmarks/layout_check.py [--baseline xen-4.17]
+    .venv/bin/python benchmarks/layout_check.py [--baseline xen-4.17] [--change inline|layout]
 
-Applies a one-line fix to a static inline of a widely included header (Xen's
-xen/include/xen/sched.h: about 220 units include it, a few inline the function) to a copy
-of the baseline's original build tree, then measures, in one run:
+Applies a one-line fix to a widely included header (Xen's xen/include/xen/sched.h: about
+220 units include it) to a copy of the baseline's original build tree: `inline` (default)
+changes a static inline a few units use, the shape of a security fix; `layout` inserts a
+member into struct vcpu, the worst case, where nearly every rebuilt unit changes (and the
+check refuses). Then it measures, in one run:
 
 - the incremental build (make recompiles every unit that includes the header);
 - the debug compiles the layout check adds (each changed unit once more with -g: the
@@ -37,13 +39,17 @@ from xsplice_build.project import Project  # noqa: E402
 from xsplice_build.stages import Records, _tools  # noqa: E402
 
 HEADER = "xen/include/xen/sched.h"
-BEFORE = "            cpumask_weight(v->sched_unit->cpu_hard_affinity) == 1);"
-AFTER = "            cpumask_weight(v->sched_unit->cpu_hard_affinity) <= 1);"
+CHANGES = {
+    "inline": ("            cpumask_weight(v->sched_unit->cpu_hard_affinity) == 1);",
+               "            cpumask_weight(v->sched_unit->cpu_hard_affinity) <= 1);"),
+    "layout": ("    int              vcpu_id;\n", "    int              vcpu_id;\n    int              vcpu_spare;\n"),
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default="xen-4.17")
+    parser.add_argument("--change", default="inline", choices=sorted(CHANGES))
     arguments = parser.parse_args()
     project = Project(REPO)
     definition = load_baseline(project, arguments.baseline)
@@ -55,7 +61,8 @@ def main() -> None:
         tree = scratch / "tree"
         copy_tree(orig_tree, tree)
         header = tree / HEADER
-        header.write_text(header.read_text().replace(BEFORE, AFTER, 1))
+        before, after = CHANGES[arguments.change]
+        header.write_text(header.read_text().replace(before, after, 1))
         flags = SPLIT_SECTIONS_FLAGS if definition.build.split_sections == "wrapper" else ""
         start = time.perf_counter()
         output = run_build(definition, tree, _tools(project), flags, scratch / "build.log", prepare=False,
@@ -81,10 +88,12 @@ def main() -> None:
         checked = diff_pairs(pairs, profile, pair_debug)
         with_layouts = time.perf_counter() - start
         compared = sum(len(d.types or []) for d in checked)
+        refused = sum(1 for d in checked for r in d.refusals if "[rule: struct-layout]" in r)
         remove_tree(tree)
     cost = compiles + with_layouts - plain
     cost_cached = compiles_cached + with_layouts - plain
-    print(f"{HEADER}: {len(output.objects)} objects rebuilt, {len(changed)} changed; {compared} aggregates compared")
+    print(f"{HEADER} ({arguments.change}): {len(output.objects)} objects rebuilt, {len(changed)} changed; "
+          f"{compared} aggregates compared, {refused} struct-layout refusals")
     print(f"incremental build        {build:8.2f} s")
     print(f"debug compiles           {compiles:8.2f} s  (originals cached: {compiles_cached:.2f} s)")
     print(f"diff without the check   {plain:8.2f} s")
