@@ -43,8 +43,9 @@ def debug_objects(baseline: Baseline, changed: list[dict[str, str | None]], orig
     pairs: dict[str, dict[str, str | None]] = {}
     for change in changed:
         name = str(change["object"])
-        if has_dwarf(patched_tree / name) or _command_file(baseline, patched_tree, name) is None:
-            continue
+        command_file = _command_file(baseline, patched_tree, name)
+        if has_dwarf(patched_tree / name) or command_file is None or _c_source(command_file) is None:
+            continue  # DWARF already there, no recorded command, or assembly (no C types to compare)
         patched = DebugUnit(patched_tree, name, patch_dir / "debug" / name)
         units.append(patched)
         original = None
@@ -70,18 +71,28 @@ def _command_file(baseline: Baseline, tree: Path, name: str) -> Path | None:
     return command if command.is_file() and path.is_relative_to(tree / _directory(baseline)) else None
 
 
+def _arguments(command_file: Path) -> list[str]:
+    return shlex.split(kbuild_command(command_file).split(" && ")[0])
+
+
+def _c_source(command_file: Path) -> str | None:
+    """The one C source the recorded command compiles, or None (an assembly unit, a link step)."""
+    sources = [a for a in _arguments(command_file)[1:] if a.endswith(".c") and not a.startswith("-")]
+    return sources[0] if len(sources) == 1 else None
+
+
 def _compile(baseline: Baseline, unit: DebugUnit, compiler: str) -> None:
     command_file = _command_file(baseline, unit.tree, unit.object)
     assert command_file is not None
-    arguments = shlex.split(kbuild_command(command_file).split(" && ")[0])
-    sources = [a for a in arguments[1:] if a.endswith(".c") and not a.startswith("-")]
-    if len(sources) != 1:
-        raise BuildError(f"{command_file}: expected one C source in the recorded command, found {len(sources)}")
+    arguments = _arguments(command_file)
+    source = _c_source(command_file)
+    if source is None:
+        raise BuildError(f"{command_file}: the recorded command compiles no single C source")
     unit.output.parent.mkdir(parents=True, exist_ok=True)
     scratch = unit.output.with_name(unit.output.name + ".tmp")
     directory = unit.tree / _directory(baseline)
     result = subprocess.run([compiler, *compile_flags(arguments[1:]), "-g", f"-ffile-prefix-map={directory}=.",
-                             "-c", sources[0], "-o", str(scratch)], cwd=directory, capture_output=True, text=True,
+                             "-c", source, "-o", str(scratch)], cwd=directory, capture_output=True, text=True,
                             check=False)
     if result.returncode != 0:
         first = (result.stderr.strip().splitlines() or ["no output"])[0]
