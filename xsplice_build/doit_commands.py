@@ -115,6 +115,9 @@ class BuildPatch(ProjectCommand, Run):
         report = Report.read(Records(project, baseline, patch).report)
         functions = ", ".join(f["name"] for f in report.functions)
         action = "for Xen's REPLACE action; " if report.action == "replace" else ""
+        for warning in report.warnings:
+            if "[rule: bring-up-only]" in warning:
+                print(f"xsplice: warning: {warning}", flush=True)
         print(f"xsplice: payload {out.relative_to(project.root) / report.payload} "
               f"(signed; {action}replaces {functions}; depends on build-id {report.depends_build_id})")
 

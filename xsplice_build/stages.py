@@ -219,7 +219,7 @@ def _report(project: Project, definition: Baseline, records: Records, patch: str
                     "old_addr": f"{f['old_addr']:#x}", "object": f["object"]} for f in payload.functions],
         new_functions=new_functions,
         objects_changed=[entry["object"] for entry in diff.objects],
-        warnings=[w for entry in diff.objects for w in entry["warnings"]],
+        warnings=[w for entry in diff.objects for w in entry["warnings"] + entry.get("bring_up", [])],
         ignored=[i for entry in diff.objects for i in entry["ignored"]],
         payload_build_id=payload.build_id,
         unsigned_payload_sha256=sha256_bytes(unsigned),
