@@ -20,7 +20,7 @@ from doit.cmd_run import Run
 
 from .baseline import DEFAULT_BASELINE, load_baseline, supply_image
 from .console import ProjectCommand, doit_command, opt_baseline, opt_processes
-from .errors import XspliceError
+from .errors import XspliceError, printable
 from .lock import hold
 from .patches import CUMULATIVE_ENV, CUMULATIVE_JOIN, build_spec
 from .project import Project, check_name
@@ -117,7 +117,7 @@ class BuildPatch(ProjectCommand, Run):
         action = "for Xen's REPLACE action; " if report.action == "replace" else ""
         for warning in report.warnings:
             if "[rule: bring-up-only]" in warning:
-                print(f"xsplice: warning: {warning}", flush=True)
+                print(printable(f"xsplice: warning: {warning}"), flush=True)  # names come from the objects
         print(f"xsplice: payload {out.relative_to(project.root) / report.payload} "
               f"(signed; {action}replaces {functions}; depends on build-id {report.depends_build_id})")
 
