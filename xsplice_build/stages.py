@@ -123,7 +123,10 @@ def stage_build_patched(project: Project, baseline: str, patch: str) -> None:
 def stage_diff(project: Project, baseline: str, patch: str) -> None:
     records = Records(project, baseline, patch)
     files.remove_temporaries(records.patch_dir)  # the stages of one pair run one after another
-    found = run_stage(project, sandboxed_diff.diff_objects, {"baseline": baseline, "patch": patch}, [records.patch_dir])
+    # The bring-up check reads the base image, which may be one the user supplied outside the checkout.
+    image = project.root / BaseRecord.read(records.build_base).image
+    found = run_stage(project, sandboxed_diff.diff_objects, {"baseline": baseline, "patch": patch}, [records.patch_dir],
+                      [image])
     owned_file(records.extract, records.patch_dir, "extracted code")  # the payload stage reads it unsandboxed
     DiffRecord.from_json(found, "the sandboxed diff").write(records.diff)
 
