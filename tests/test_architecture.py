@@ -9,13 +9,13 @@ from xsplice_build.code_identity import package_imports, third_party_imports
 
 # Lowest first; every module of the package is in exactly one layer (a new module must be placed).
 LAYERS: dict[str, set[str]] = {
-    "foundation": {"", "errors", "files", "project", "schema", "baseline", "patches", "lock", "code_identity",
+    "foundation": {"", "errors", "files", "project", "schema", "patches", "lock", "code_identity",
                    "console", "records", "keys"},
     "elf": {"elf", "elf.constants", "elf.structs", "elf.model", "elf.reader", "elf.writer", "elf.notes",
             "elf.relink", "elf.compare", "elf.livepatch", "elf.dynamic", "elf.debug"},
     "diff/target": {"diff", "diff.state", "diff.profile", "diff.correlate", "diff.compare", "diff.lines",
                     "diff.include", "diff.rules", "diff.extract", "diff.explain", "diff.engine", "diff.types",
-                    "diff.layouts", "layout", "image", "bringup"},
+                    "diff.layouts", "layout", "image", "baseline", "bringup"},
     "stages": {"stages", "checkout", "toolchain", "build", "patch_rules", "payload", "sign", "keyscan", "sandbox",
                "sandboxed_base", "sandboxed_build", "sandboxed_diff", "channel", "probes", "vm_runtime", "xen_vm",
                "cpio", "provenance", "debuginfo"},

@@ -78,3 +78,44 @@ def test_a_compile_cache_hit_gives_the_image_an_uncached_build_gives(checkout: C
     assert (moved["build_id"], moved["image_sha256"], moved["objects"]) == \
         (uncached_elsewhere["build_id"], uncached_elsewhere["image_sha256"], uncached_elsewhere["objects"]) == \
         (uncached["build_id"], uncached["image_sha256"], uncached["objects"])
+
+
+def _unsigned(checkout: Checkout, patch: str) -> bytes:
+    return checkout.work("minixen", "patches", patch, f"{patch}.livepatch.unsigned").read_bytes()
+
+
+def test_a_header_fix_reuses_the_untouched_objects_and_the_payload_is_the_same(built_once: Checkout,
+                                                                                tmp_path: Path) -> None:
+    # inline-header changes a static inline of include/xen/event.h, which common/kernel.c includes and never calls.
+    reusing = copy_checkout(tmp_path / "reusing", built_once.root, with_state=True)
+    proof = reusing.work("minixen", "patches", "inline-header", "reuse-proof.log")  # writable in the sandbox
+    reusing.doit("build-patch", "inline-header", env={"XSPLICE_REUSE_VERIFY": str(proof)})
+    patched_tree = reusing.work("minixen", "patched", "0")
+    # Each reused object was compiled as well (proof mode): the same bytes as the compiler's.
+    assert proof.read_text().splitlines() == [f"identical {patched_tree / 'common' / 'kernel.o'}"]
+    patched = json.loads(reusing.work("minixen", "patches", "inline-header", "patched.json").read_text())
+    assert patched["recompiled"] == ["common/event.o", "common/event_fifo.o", "common/kernel.o"]
+    assert [c["object"] for c in patched["changed"]] == ["common/event.o", "common/event_fifo.o"]
+    # make's view stays a compile's: the object is newer than the header, its dependency file names it.
+    kernel = patched_tree / "common" / "kernel.o"
+    assert kernel.stat().st_mtime_ns >= (patched_tree / "include" / "xen" / "event.h").stat().st_mtime_ns
+    assert "include/xen/event.h" in (patched_tree / "common" / "kernel.d").read_text()
+    assert subprocess.run(["make", "-q", "xen-syms"], cwd=patched_tree, capture_output=True).returncode == 0
+    compiling = copy_checkout(tmp_path / "compiling", built_once.root, with_state=True)
+    compiling.doit("build-patch", "inline-header", env={"XSPLICE_NO_REUSE": "1"})
+    assert _unsigned(reusing, "inline-header") == _unsigned(compiling, "inline-header")
+    assert json.loads(compiling.work("minixen", "patches", "inline-header", "patched.json").read_text()) == patched
+
+
+def test_a_patched_tree_is_reset_to_the_original_before_each_build(built_once: Checkout, tmp_path: Path) -> None:
+    checkout = copy_checkout(tmp_path / "checkout", built_once.root, with_state=True)
+    checkout.doit("build-patch", "inline-header")  # leaves its patched header and objects in slot 0
+    tree = checkout.work("minixen", "patched", "0")
+    (tree / "stray.o").write_bytes(b"left by someone")
+    checkout.doit("build-patch", "string-literal")
+    original = checkout.work("minixen", "orig", "tree")
+    assert not (tree / "stray.o").exists()
+    header = Path("include", "xen", "event.h")
+    assert (tree / header).read_bytes() == (original / header).read_bytes()
+    patched = json.loads(checkout.work("minixen", "patches", "string-literal", "patched.json").read_text())
+    assert patched["recompiled"] == [f"{touched[:-2]}.o" for touched in patched["touched"]]

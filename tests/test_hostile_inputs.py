@@ -434,7 +434,7 @@ def test_ctrl_c_is_one_line_exit_130_and_nothing_half_written(objects: Path, tmp
                            "-o", str(output)], tmp_path, "extract.o", tmp_path)
     assert result.returncode == 130
     assert result.stderr.splitlines() == ["xsplice-build: interrupted; nothing was half-written (outputs are "
-                                          "replaced whole or not at all)"]
+                                          "replaced whole or not at all, a stage left no record and reruns)"]
     assert list(output.parent.iterdir()) == []
 
 

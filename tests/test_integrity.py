@@ -59,7 +59,7 @@ def test_a_damaged_cache_entry_is_rebuilt_not_trusted(built: Checkout, damage: s
     assert stage in _started(result.stdout), result.stdout
     assert payload.read_bytes() == good
     # Repaired: the next run trusts it again.
-    assert _started(built.doit("build-patch", "XSA-131").stdout) == ["toolchain"]
+    assert _started(built.doit("build-patch", "XSA-131").stdout) == []
 
 
 def _killed_mid_stage(checkout: Checkout, pause: str, marker: Path) -> None:
@@ -111,3 +111,35 @@ def test_a_run_killed_during_payload_after_a_good_one_keeps_the_old_payload_then
     result = built.doit("build-patch", "XSA-131")
     assert "payload:minixen/XSA-131" in _started(result.stdout)
     assert payload.read_bytes() == good
+
+
+def test_a_no_op_starts_no_git_and_no_stage(built: Checkout, tmp_path: Path) -> None:
+    # git on PATH is a wrapper that logs each call, then runs the real git.
+    bin_dir, calls = tmp_path / "bin", tmp_path / "git-calls"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "git"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {shutil.which("git")} "$@"\n')
+    wrapper.chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    built.doit("build-patch", "XSA-131", env=env)  # a new PATH: the toolchain is probed again, once
+    calls.unlink(missing_ok=True)
+    result = built.doit("build-patch", "XSA-131", env=env)
+    assert _started(result.stdout) == [], result.stdout
+    assert not calls.exists(), calls.read_text()
+    # The pristine tree changed: git is asked again, and the checkout redone.
+    source = built.root / "work/minixen/src/common/domctl.c"
+    source.write_text(source.read_text() + "\n")
+    result = built.doit("build-patch", "XSA-131", env=env)
+    assert "checkout:minixen" in _started(result.stdout)
+    assert calls.exists()
+
+
+def test_a_changed_toolchain_lock_or_record_is_checked_again(built: Checkout) -> None:
+    lock = built.root / "toolchain.lock"
+    lock.write_text(lock.read_text() + "# reviewed again\n")
+    assert "toolchain" in _started(built.doit("build-patch", "XSA-131").stdout)
+    record = built.root / "work/toolchain.json"
+    record.write_text(record.read_text().replace('"tools"', '"tools" ', 1))
+    result = built.doit("build-patch", "XSA-131")
+    assert "toolchain" in _started(result.stdout)
+    assert _started(built.doit("build-patch", "XSA-131").stdout) == []

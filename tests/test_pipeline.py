@@ -47,7 +47,7 @@ def test_independent_checker_accepts_both_payloads(built_once: Checkout) -> None
 
 def test_a_rerun_with_nothing_changed_rebuilds_nothing(built: Checkout) -> None:
     result = built.doit("build-patch", "XSA-131")
-    assert _started(result.stdout) == ["toolchain"]
+    assert _started(result.stdout) == []
     assert "up-to-date build-base:minixen" in result.stdout
 
 
@@ -55,7 +55,7 @@ def test_a_second_patch_reuses_checkout_and_builds(checkout: Checkout) -> None:
     first = checkout.doit("build-patch", "XSA-131")
     assert {"checkout:minixen", "build-base:minixen", "build-orig:minixen"} <= set(_started(first.stdout))
     second = checkout.doit("build-patch", "regression-test")
-    assert _started(second.stdout) == ["toolchain", "build-patched:minixen/regression-test",
+    assert _started(second.stdout) == ["build-patched:minixen/regression-test",
                                        "diff:minixen/regression-test", "payload:minixen/regression-test",
                                        "sign:minixen/regression-test"]
 
@@ -64,7 +64,7 @@ def test_a_changed_patch_redoes_only_the_stages_after_build_orig(built: Checkout
     patch = built.root / "patches" / "XSA-131" / "minixen.patch"
     patch.write_text(patch.read_text().replace("+        ret = -EINVAL;", "+        ret = -ERANGE;"))
     result = built.doit("build-patch", "XSA-131")
-    assert _started(result.stdout)[1:] == ["build-patched:minixen/XSA-131", "diff:minixen/XSA-131",
+    assert _started(result.stdout) == ["build-patched:minixen/XSA-131", "diff:minixen/XSA-131",
                                            "payload:minixen/XSA-131", "sign:minixen/XSA-131"]
 
 
@@ -74,7 +74,7 @@ def test_a_description_only_change_stops_where_the_bytes_stop_changing(built: Ch
     patch.write_text(patch.read_text().replace("Refuse counts above", "Refuse any count above"))
     result = built.doit("build-patch", "XSA-131")
     # Same objects, so the same payload: only the report learns the new patch hash.
-    assert _started(result.stdout)[1:] == ["build-patched:minixen/XSA-131", "diff:minixen/XSA-131",
+    assert _started(result.stdout) == ["build-patched:minixen/XSA-131", "diff:minixen/XSA-131",
                                            "sign:minixen/XSA-131"]
     after = built.report("XSA-131")
     assert after["patch_sha256"] != before["patch_sha256"]

@@ -16,10 +16,9 @@ from typing import Any
 
 from .diff.profile import HOOK_PREFIX, HOOKS, TargetProfile, profile_named
 from .errors import ConfigError
+from .project import DEFAULT_BASELINE as DEFAULT_BASELINE  # re-exported: project.py owns it
 from .project import Project, check_name
 from .schema import Field, check_string_list, check_string_map, check_table, load_toml
-
-DEFAULT_BASELINE = "minixen"
 
 _TOP = {
     "name": Field(str, what="the baseline's name; must equal the file name"),

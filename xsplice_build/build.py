@@ -9,10 +9,15 @@ build tree with its timestamps, so make recompiles only what the patch touches.
 
 from __future__ import annotations
 
+import fcntl
+import itertools
 import os
 import re
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -21,7 +26,7 @@ from .baseline import Baseline
 from .elf.notes import image_build_id
 from .elf.reader import read_elf_file
 from .errors import BuildError, PatchError
-from .files import copy_tree, sha256_file
+from .files import copy_tree, sha256_file, sync_tree
 from .patch_rules import check_patch_listing, check_patch_text
 from .project import Project
 from .toolchain import Tool
@@ -44,6 +49,19 @@ def wrapper_path() -> Path:
     return Path(str(resources.files("xsplice_build") / "data" / "xsplice-cc"))
 
 
+def reuse_helper_path() -> Path:
+    return Path(str(resources.files("xsplice_build") / "data" / "xsplice-reuse"))
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """How a build shares objects with another: `keep` its own for later builds (an original tree), or take
+    those of `original` (the tree it was copied from) where the compiler would see the same input."""
+
+    keep: bool = False
+    original: Path | None = None
+
+
 def prepare_tree(project: Project, baseline: Baseline, source_tree: Path, tree: Path) -> None:
     """A fresh copy of the pristine tree with the pinned configuration in place."""
     copy_tree(source_tree, tree)
@@ -51,6 +69,36 @@ def prepare_tree(project: Project, baseline: Baseline, source_tree: Path, tree: 
         destination = tree / baseline.build.config_dest
         destination.parent.mkdir(parents=True, exist_ok=True)
         destination.write_bytes(baseline.build.config.read_bytes())
+
+
+# Files only an original tree needs: the objects and commands its builds keep for reuse.
+_ORIGINAL_ONLY = (".xsplice-orig", ".xsplice-argv")
+
+
+@contextmanager
+def patched_tree(slots: Path, original: Path) -> Iterator[Path]:
+    """A tree to build a patch in, equal to `original` as a fresh copy would be, held for the block.
+
+    Trees are kept in numbered slots under `slots` and reset from the original on each use
+    (only what the last build there changed is rewritten): copying a real hypervisor's tree
+    for every patch cost more than compiling the one file a fix touches. A slot is held with
+    an advisory lock, so parallel builds of one baseline take different slots.
+    """
+    slots.mkdir(parents=True, exist_ok=True)
+    for number in itertools.count():
+        descriptor = os.open(slots / f"{number}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            continue
+        try:
+            tree = slots / str(number)
+            sync_tree(original, tree, lambda name: name == ".git" or name.endswith(_ORIGINAL_ONLY))
+            yield tree
+        finally:
+            os.close(descriptor)
+        return
 
 
 def compiler_link(bin_dir: Path, baseline: Baseline, tools: dict[str, Tool]) -> Path:
@@ -73,12 +121,17 @@ def compiler_link(bin_dir: Path, baseline: Baseline, tools: dict[str, Tool]) -> 
 
 
 def run_build(baseline: Baseline, tree: Path, tools: dict[str, Tool], extra_cflags: str, log: Path,
-              prepare: bool, bin_dir: Path) -> BuildOutput:
-    """Run the recipe in `tree`; returns what it compiled and the image it linked."""
+              prepare: bool, bin_dir: Path, reuse: Reuse = Reuse()) -> BuildOutput:
+    """Run the recipe in `tree`; returns what it compiled (or reused) and the image it linked."""
     objlog = log.with_suffix(".objects")
     objlog.unlink(missing_ok=True)
     compiler = compiler_link(bin_dir, baseline, tools)
     env = _environment(baseline, tree, tools, extra_cflags, objlog)
+    if reuse.keep:
+        env["XSPLICE_KEEP"] = "1"
+    if reuse.original is not None:
+        env.update({"XSPLICE_REUSE_FROM": str(reuse.original.resolve()), "XSPLICE_PYTHON": sys.executable,
+                    "XSPLICE_REUSE_HELPER": str(reuse_helper_path())})
     env["XSPLICE_CC"] = shutil.which(baseline.build.compiler) or tools["gcc"].path
     commands = [baseline.build.prepare] if prepare and baseline.build.prepare else []
     commands.append(baseline.build.command)

@@ -15,10 +15,15 @@ cluster's code gate alike.
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
+import json
+import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+
+from .files import write_atomic
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE = PACKAGE_DIR.name
@@ -81,6 +86,40 @@ def _identity(sources: Sources, stage: str) -> str:
 def identity(stage: str) -> str:
     """This installation's identity of `stage` (computed once per process)."""
     return stage_identity(stage)
+
+
+def cached_identity(stage: str, cache_file: Path, root: Path = PACKAGE_DIR) -> str:
+    """`identity(stage)`, kept in `cache_file` while no source of the package changed.
+
+    Parsing the package for every stage took most of a no-op build; the cache is keyed by every
+    file's name, size and mtime_ns (an edit changes them), so a changed source is parsed again.
+    """
+    key = _sources_state(root)
+    try:
+        cached = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if not isinstance(cached, dict) or cached.get("sources") != key:
+        cached = {"sources": key, "stages": {}}
+    found = cached["stages"].get(stage) if isinstance(cached.get("stages"), dict) else None
+    if isinstance(found, str):
+        return found
+    value = stage_identity(stage, root) if root != PACKAGE_DIR else identity(stage)
+    cached["stages"][stage] = value
+    with contextlib.suppress(OSError):  # a read-only work/: computed again next time
+        write_atomic(cache_file, (json.dumps(cached, sort_keys=True) + "\n").encode())
+    return value
+
+
+def _sources_state(root: Path) -> str:
+    entries = []
+    for directory, subdirectories, names in os.walk(root):
+        subdirectories[:] = [d for d in subdirectories if d != "__pycache__"]
+        for name in names:
+            path = os.path.join(directory, name)
+            status = os.stat(path)
+            entries.append(f"{os.path.relpath(path, root)}\0{status.st_size}\0{status.st_mtime_ns}\n")
+    return hashlib.sha256("".join(sorted(entries)).encode()).hexdigest()
 
 
 def stages(root: Path = PACKAGE_DIR) -> list[str]:

@@ -19,8 +19,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .baseline import DEFAULT_BASELINE
 from .errors import XspliceError
+from .project import DEFAULT_BASELINE
 
 DOIT_REFUSED = 2  # a doit command refused before running a stage (doit itself: 1 a task failed, 3 bad usage)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command Ctrl-C stopped

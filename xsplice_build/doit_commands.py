@@ -21,12 +21,13 @@ from doit.cmd_run import Run
 from .baseline import DEFAULT_BASELINE, load_baseline, supply_image
 from .console import ProjectCommand, doit_command, opt_baseline, opt_processes
 from .errors import XspliceError, printable
+from .keys import configured_keys, key_mode_warning
 from .lock import hold
 from .patches import CUMULATIVE_ENV, CUMULATIVE_JOIN, build_spec
 from .project import Project, check_name
 from .records import Records, Report
 from .runner import doit_database
-from .sign import configured_keys, key_mode_warning
+from .tasks import plan_only
 
 opt_image = {
     "name": "image",
@@ -82,6 +83,7 @@ class BuildPatch(ProjectCommand, Run):
             print(f"xsplice: warning: {warning}", flush=True)
         # A stacked payload is applied on top of its stack's: the operator gets all of them.
         stack = build_spec(project, patch, baseline).stack
+        plan_only(baseline, [*stack, patch])
         with doit_database(project):
             result = super().execute(params, ["toolchain", *(f"sign:{baseline}/{name}" for name in stack),
                                               f"sign:{baseline}/{patch}"])

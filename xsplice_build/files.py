@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +146,44 @@ def copy_tree(source: Path, destination: Path) -> None:
     remove_tree(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(source, destination, symlinks=True, ignore=shutil.ignore_patterns(".git"))
+
+
+def sync_tree(source: Path, destination: Path, ignored: Callable[[str], bool]) -> None:
+    """Make `destination` what `copy_tree(source, destination)` would, rewriting only the entries that differ.
+
+    An entry is kept when its kind, mode, size and mtime_ns (or link target) are the source's: a
+    build changes what it writes in all of these, so resetting a tree a build ran in costs what
+    that build wrote, not the whole tree. Entries whose name `ignored` accepts are left out.
+    """
+    if not destination.is_dir() or destination.is_symlink():
+        remove_tree(destination)
+        destination.mkdir(parents=True)
+    wanted = {entry.name: entry for entry in os.scandir(source) if not ignored(entry.name)}
+    for entry in os.scandir(destination):
+        if entry.name not in wanted:
+            remove_tree(Path(entry.path))
+    for name, entry in wanted.items():
+        target = destination / name
+        if entry.is_symlink():
+            if not target.is_symlink() or os.readlink(target) != os.readlink(entry.path):
+                remove_tree(target)
+                os.symlink(os.readlink(entry.path), target)
+        elif entry.is_dir():
+            sync_tree(Path(entry.path), target, ignored)
+        elif not _same_file_state(entry, target):
+            remove_tree(target)  # a new file, never a write through a link into something else
+            shutil.copy2(entry.path, target)
+    shutil.copystat(source, destination)
+
+
+def _same_file_state(entry: os.DirEntry[str], target: Path) -> bool:
+    try:
+        theirs = target.lstat()
+    except FileNotFoundError:
+        return False
+    ours = entry.stat(follow_symlinks=False)
+    return (stat.S_ISREG(theirs.st_mode) and ours.st_mode == theirs.st_mode and ours.st_size == theirs.st_size
+            and ours.st_mtime_ns == theirs.st_mtime_ns)
 
 
 def relative(path: Path, root: Path) -> str:

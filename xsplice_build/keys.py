@@ -7,6 +7,7 @@ cover it, and must not load (nor be rebuilt by a change of) the code that signs.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,3 +31,18 @@ def configured_keys(root: Path) -> SigningKeys:
         return SigningKeys(Path(key), Path(certificate), development=False)
     directory = root / "keys" / "development"
     return SigningKeys(directory / "signing_key.pem", directory / "signing_cert.pem", development=True)
+
+
+def key_mode_warning(keys: SigningKeys) -> str | None:
+    """A warning when the private key exists and group or others may read or write it."""
+    try:
+        mode = keys.key.stat().st_mode
+    except OSError:
+        return None
+    return _mode_warning(keys.key, mode)
+
+
+def _mode_warning(path: Path, mode: int) -> str | None:
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return f"{path}: private key is readable by group or others (mode {mode & 0o777:o}); chmod 600 it"
+    return None

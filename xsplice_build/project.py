@@ -10,6 +10,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 
+DEFAULT_BASELINE = "minixen"  # the bundled stand-in: what every command builds when no baseline is named
+
 # What a checkout is, beside its caches and outputs: what audits, cluster workers, benchmarks and
 # tests copy to rebuild elsewhere.
 SOURCES = ("dodo.py", "pyproject.toml", "toolchain.lock", "baseline", "patches")

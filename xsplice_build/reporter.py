@@ -7,24 +7,36 @@ every event is a plain line starting with "xsplice:", easy to grep.
 from __future__ import annotations
 
 import time
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from doit.exceptions import BaseFail, TaskFailed, UnmetDependency
-from rich.console import Console
-from rich.markup import escape
-from rich.status import Status
 
 from . import sandbox
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.status import Status
+
 
 
 class XspliceReporter:
     desc = "xsplice-build progress"
 
     def __init__(self, outstream: TextIO, options: dict[str, Any]) -> None:
-        self.console = Console(file=outstream, highlight=False, soft_wrap=True)
+        self.outstream = outstream
+        self._console: Console | None = None
         self.started: dict[str, float] = {}
         self.failures: list[tuple[str, BaseFail]] = []
         self.status: Status | None = None
+
+    @property
+    def console(self) -> Console:
+        # rich is imported once something runs: a no-op build prints plain lines only.
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(file=self.outstream, highlight=False, soft_wrap=True)
+        return self._console
 
     # doit's reporter protocol
     def initialize(self, tasks: dict[str, Any], selected_tasks: list[str]) -> None:
@@ -47,7 +59,7 @@ class XspliceReporter:
         if task.name not in self.started:
             return
         seconds = time.monotonic() - self.started.pop(task.name)
-        self._line(f"[green]done[/] {escape(task.name)} ({seconds:.1f} s)", markup=True)
+        self._line(f"[green]done[/] {_escape(task.name)} ({seconds:.1f} s)", markup=True)
         # Warnings a stage returned (tasks.run_stage keeps them in the task's values): shown, never dropped.
         for warning in task.values.get("warnings", []):
             self.add_warning(task.name, warning)
@@ -62,7 +74,7 @@ class XspliceReporter:
             self._line(f"skipped {task.name}: a stage it needs failed")
         else:
             self.failures.append((task.name, fail))
-            self._line(f"[bold red]FAILED[/] {escape(task.name)}: {escape(one_line(fail))}", markup=True)
+            self._line(f"[bold red]FAILED[/] {_escape(task.name)}: {_escape(one_line(fail))}", markup=True)
         self._show_running()
 
     def skip_uptodate(self, task: Any) -> None:
@@ -91,7 +103,11 @@ class XspliceReporter:
 
     def _line(self, text: str, markup: bool = False) -> None:
         self._stop_status()
-        self.console.print(f"xsplice: {text}", markup=markup)
+        if markup or self._console is not None:
+            self.console.print(f"xsplice: {text}", markup=markup)
+        else:  # what rich prints for plain text without highlighting, without importing it
+            self.outstream.write(f"xsplice: {text}\n")
+            self.outstream.flush()
 
     def _show_running(self) -> None:
         if not self.console.is_terminal or not self.started:
@@ -114,3 +130,9 @@ def one_line(fail: BaseFail) -> str:
     if isinstance(fail, TaskFailed) and not fail.traceback:
         return " ".join(fail.message.split())
     return f"{fail.get_name()}: {' '.join(str(fail.message).split())} (internal error; details below)"
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

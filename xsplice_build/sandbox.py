@@ -53,7 +53,8 @@ _ETC_SECRET_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshado
 # The only variables a stage sees (its build adds the baseline's pinned ones): no tokens, no agent sockets.
 # (XSPLICE_TEST_PAUSE/PAUSED: the interruption tests' fault hook, which must reach the stage's process.)
 _ENVIRONMENT = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "PYTHONHASHSEED",
-                "XSPLICE_CCACHE_DIR", "XSPLICE_CCACHE_REMOTE", "XSPLICE_TEST_PAUSE", "XSPLICE_TEST_PAUSED")
+                "XSPLICE_CCACHE_DIR", "XSPLICE_CCACHE_REMOTE", "XSPLICE_TEST_PAUSE", "XSPLICE_TEST_PAUSED",
+                "XSPLICE_NO_REUSE", "XSPLICE_REUSE_VERIFY")
 
 
 def disabled() -> bool:

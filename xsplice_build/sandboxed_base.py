@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .baseline import Baseline, load_baseline
-from .build import prepare_tree, run_build
+from .build import Reuse, prepare_tree, run_build
 from .diff.profile import profile_named
 from .layout import baseline_layout, probe_structs, wanted_structs
 from .project import Project
@@ -28,7 +28,9 @@ def build_base(project: Project, baseline: str) -> dict[str, Any]:
     prepare_tree(project, definition, source, tree)
     # With split_sections = "base" the shipped build already has one section per function.
     output = run_build(definition, tree, recorded_tools(project), "", records.base / "base" / "build.log",
-                       prepare=True, bin_dir=records.bin)
+                       prepare=True, bin_dir=records.bin,
+                       # With split_sections = "base" this tree is the original patched builds reuse from.
+                       reuse=Reuse(keep=definition.build.split_sections == "base"))
     return {"objects": output.objects, "layout": _layout(definition, tree, output.image)}
 
 

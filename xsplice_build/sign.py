@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import stat
 import struct
 import subprocess
 import tempfile
@@ -26,7 +25,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from .errors import ConfigError, SignatureError
 from .files import ELF_LIMIT, KEY_LIMIT, read_input, write_atomic
 from .keys import SigningKeys as SigningKeys  # re-exported: where the keys are is keys.py's
+from .keys import _mode_warning
 from .keys import configured_keys as configured_keys
+from .keys import key_mode_warning as key_mode_warning
 
 MARKER = b"~Module signature appended~\n"
 # struct module_signature: algo, hash, id_type, signer_len, key_id_len, __pad[3], be32 sig_len
@@ -82,21 +83,6 @@ def load_keys(keys: SigningKeys) -> tuple[rsa.RSAPrivateKey, x509.Certificate, l
         raise ConfigError(f"{keys.certificate}: does not belong to the private key {keys.key}")
     warning = _mode_warning(keys.key, mode)
     return key, certificate, [warning] if warning else []
-
-
-def key_mode_warning(keys: SigningKeys) -> str | None:
-    """A warning when the private key exists and group or others may read or write it."""
-    try:
-        mode = keys.key.stat().st_mode
-    except OSError:
-        return None
-    return _mode_warning(keys.key, mode)
-
-
-def _mode_warning(path: Path, mode: int) -> str | None:
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return f"{path}: private key is readable by group or others (mode {mode & 0o777:o}); chmod 600 it"
-    return None
 
 
 def sign(payload: bytes, key: rsa.RSAPrivateKey, certificate: x509.Certificate) -> bytes:

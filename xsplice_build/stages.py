@@ -115,8 +115,9 @@ def stage_build_patched(project: Project, baseline: str, patch: str) -> None:
     records = Records(project, baseline, patch)
     files.remove_temporaries(records.patch_dir)  # the stages of one pair run one after another
     compiler_link(records.bin, load_baseline(project, baseline), recorded_tools(project))  # see stage_build_base
+    # The kept patched trees (build.patched_tree) are written too.
     built = run_stage(project, sandboxed_build.build_patched, {"baseline": baseline, "patch": patch},
-                      [records.patch_dir])
+                      [records.patch_dir, records.base / "patched"])
     PatchedRecord.from_json(built, "the sandboxed build-patched").write(records.patched)
 
 

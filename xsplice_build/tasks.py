@@ -17,11 +17,11 @@ from typing import Any
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from . import integrity, sandbox, stages
+from . import integrity, sandbox, toolchain
 from .baseline import Baseline, load_all, supplied_image
-from .code_identity import identity
+from .code_identity import cached_identity
 from .errors import XspliceError
-from .files import read_json
+from .keys import SigningKeys, configured_keys
 from .patches import (
     ADVISORY_FILE,
     CUMULATIVE_ENV,
@@ -35,12 +35,19 @@ from .probes import probe_file
 from .project import Project
 from .provenance import code_identity
 from .records import Records
-from .sign import SigningKeys, configured_keys
 from .vm_runtime import has_runtime, runtime_path
 from .xen_vm import stop_stage_vm
 
+# Set by `doit build-patch` before dodo.py is loaded: plan only that pair and its baseline, the
+# tasks it runs (planning every pair of every baseline was a third of a no-op build's time).
+_ONLY_PAIR: list[tuple[str, str]] = []
 
-def run_stage(stage: str, root: str, targets: list[str], certificate: str = "",
+
+def plan_only(baseline: str, patches: list[str]) -> None:
+    _ONLY_PAIR[:] = [(baseline, patch) for patch in patches]
+
+
+def run_stage(stage: str, root: str, targets: list[str], record: str = "", certificate: str = "",
               **arguments: str) -> TaskFailed | dict[str, Any]:
     """A doit python-action: run one stage, turning a user-facing error into a one-line failure.
 
@@ -48,13 +55,19 @@ def run_stage(stage: str, root: str, targets: list[str], certificate: str = "",
     targets as written, the certificate signed with) and the warnings the stage returned, which the
     reporter shows.
     """
+    from . import stages  # imported when a stage runs: a no-op build never needs the stages' code
+
     function: Callable[..., Any] = getattr(stages, f"stage_{stage}")
     project = Project(Path(root))
     try:
         warnings = function(project, **arguments)
     except XspliceError as error:
         return TaskFailed(error.message)
-    values: dict[str, Any] = {"targets_sha256": integrity.files_digest([project.root / t for t in targets])}
+    paths = [project.root / t for t in targets]
+    values: dict[str, Any] = integrity.stage_values(project, stage.replace("_", "-"), project.root / record, paths) \
+        if record else {"targets_sha256": integrity.files_digest(paths)}
+    if stage == "toolchain":
+        values["toolchain_files"] = toolchain.files_state(project.lock_path, project.toolchain_state)
     if certificate:
         values["certificate_sha256"] = _file_digest(Path(certificate))
     if warnings:
@@ -72,6 +85,7 @@ class Pipeline:
     def __init__(self, root: Path) -> None:
         self.project = Project(root)
         self.root = str(root)
+        self._root_prefix = os.path.join(self.root, "")
         self._baselines: list[Baseline] | None = None
 
     def doit_config(self) -> dict[str, Any]:
@@ -86,7 +100,8 @@ class Pipeline:
     def baselines(self) -> list[Baseline]:
         if self._baselines is None:
             self.project.work_dir.mkdir(parents=True, exist_ok=True)
-            self._baselines = load_all(self.project)
+            wanted = {baseline for baseline, _ in _ONLY_PAIR}
+            self._baselines = [b for b in load_all(self.project) if not wanted or b.name in wanted]
         return self._baselines
 
     def _action(self, stage: str, targets: list[str] | None = None,
@@ -95,7 +110,7 @@ class Pipeline:
 
     def toolchain(self) -> dict[str, Any]:
         return {"doc": "check gcc, cc1, as and ld against toolchain.lock", "actions": self._action("toolchain"),
-                "targets": [self._path(self.project.toolchain_state)], "uptodate": [False]}
+                "targets": [self._path(self.project.toolchain_state)], "uptodate": [_toolchain_unchanged(self.project)]}
 
     def lock_toolchain(self) -> dict[str, Any]:
         return {"basename": "lock-toolchain", "doc": "rewrite toolchain.lock from this machine (deliberately)",
@@ -204,11 +219,13 @@ class Pipeline:
         if stage in SANDBOXED_STAGES:  # built with or without the sandbox: a change of mode rebuilds
             config = {**(config or {}), "sandbox": sandbox.mode()}
         paths = [self._path(p) for p in targets]
-        return {"basename": basename, "name": name, "actions": self._action(stage, paths, **arguments),
+        code = cached_identity(stage, self.project.work_dir / ".code-identity.json")
+        return {"basename": basename, "name": name,
+                "actions": self._action(stage, paths, record=self._path(record or targets[0]), **arguments),
                 "file_dep": [self._path(p) for p in inputs], "targets": paths,
                 # `doit clean`: removes the record and outputs listed as targets, so the stage runs again
                 "clean": True,
-                "uptodate": [config_changed({"code": identity(stage), **(config or {})}), *(checks or []),
+                "uptodate": [config_changed({"code": code, **(config or {})}), *(checks or []),
                              _outputs_intact(self.project, basename, record or targets[0], targets)]}
 
     def _build_inputs(self, baseline: Baseline, checkout_record: Path) -> list[Path]:
@@ -219,10 +236,15 @@ class Pipeline:
 
     def _path(self, path: Path) -> str:
         # Relative to the checkout (doit runs tasks from there), so a copied checkout keeps its cache.
+        # Paths made from the project root are inside by their spelling; only others need resolving.
+        if str(path).startswith(self._root_prefix) and ".." not in path.parts:
+            return str(path)[len(self._root_prefix):]
         inside = path.resolve().is_relative_to(self.project.root.resolve())
         return os.path.relpath(path, self.project.root) if inside else str(path)
 
     def _pairs(self) -> list[tuple[str, str]]:
+        if _ONLY_PAIR:
+            return list(_ONLY_PAIR)
         names = [b.name for b in self.baselines]
         wanted = [name for name in os.environ.get(CUMULATIVE_ENV, "").split() if name]
         found = pairs(self.project, names) + cumulative_pairs(self.project, names)
@@ -264,17 +286,21 @@ def _keys_unchanged(keys: SigningKeys) -> Callable[..., bool]:
     return check
 
 
+def _toolchain_unchanged(project: Project) -> Callable[..., bool]:
+    """Probe the toolchain again only when the lock, the record or a checked binary changed since the last probe."""
+
+    def check(task: Any, values: dict[str, Any]) -> bool:  # doit passes both by these names
+        now = toolchain.files_state(project.lock_path, project.toolchain_state)
+        return now is not None and values.get("toolchain_files") == now
+
+    return check
+
+
 def _outputs_intact(project: Project, stage: str, record: Path, targets: list[Path]) -> Callable[..., bool]:
     """Up to date only with the targets as this stage last wrote them and every output its record lists intact."""
 
     def check(task: Any, values: dict[str, Any]) -> bool:  # doit passes both by these names
-        # run_stage saved the digest of the targets it wrote.
-        if values.get("targets_sha256") != integrity.files_digest(targets):
-            return False
-        try:
-            content = read_json(record, f"{stage} record")
-        except XspliceError:
-            return False
-        return isinstance(content, dict) and integrity.outputs_intact(project, stage, content, record.parent)
+        # run_stage saved what integrity.stage_values took right after the stage ran.
+        return integrity.stage_intact(project, stage, record, targets, values)
 
     return check

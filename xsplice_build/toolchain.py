@@ -9,6 +9,7 @@ only when every one of them matches on this machine.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -129,3 +130,17 @@ def _run(argv: list[str]) -> str:
 
 def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def files_state(lock_path: Path, state_path: Path) -> list[object] | None:
+    """What a toolchain check depended on, cheaply: the lock's and the check record's bytes, PATH, and each
+    checked binary's size, mtime, ctime and inode (a reinstalled or replaced binary changes them).
+    None when there is no record yet. The same state since the last full check means the same result."""
+    try:
+        lock, record = lock_path.read_bytes(), state_path.read_bytes()
+        tools = json.loads(record)["tools"]
+        binaries = [os.stat(tools[name]["path"]) for name in TOOLS]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    stats = [[s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino] for s in binaries]
+    return [hashlib.sha256(lock).hexdigest(), hashlib.sha256(record).hexdigest(), os.environ.get("PATH", ""), stats]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..elf import livepatch
 from ..elf.constants import R_X86_64_64, R_X86_64_NONE, R_X86_64_PC32, R_X86_64_PLT32
 
 
@@ -107,7 +108,7 @@ def _bug_frame(number: int) -> SpecialSection:
                           extra=extra, line_mask=((1 << 7) - 1) << 24)
 
 
-HOOK_PREFIX = ".livepatch.hooks."
+HOOK_PREFIX = livepatch.HOOKS_PREFIX
 # Load and unload hooks run when the payload is applied and reverted; pre-apply and pre-revert may veto.
 # (.livepatch.hooks.apply and .revert replace the loader's own patching: not supported here.)
 HOOKS = ("load", "unload", "preapply", "postapply", "prerevert", "postrevert")
