@@ -23,8 +23,10 @@ from xsplice_build.diff.rules import RULES
 pytestmark = pytest.mark.xen
 
 BASELINE = "xen-4.17"
+# A case with a minixen variant too (hook-counter) has an expect.toml that describes the minixen variant:
+# the VM tier proves its xen-4.17 payload.
 CASES = sorted(p.parent.name for p in (REPO / "patches").glob(f"*/{BASELINE}.patch")
-               if (p.parent / "expect.toml").is_file()
+               if (p.parent / "expect.toml").is_file() and not (p.parent / "minixen.patch").is_file()
                and tomllib.loads((p.parent / "expect.toml").read_text()).get("corpus") is True)
 
 
