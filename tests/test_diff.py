@@ -99,10 +99,10 @@ def test_a_relocation_the_loader_does_not_apply_is_refused(tmp_path: Path) -> No
 def test_every_cited_rule_is_in_the_catalogue() -> None:
     import re
 
-    from xsplice_build import payload
-    from xsplice_build.diff import compare, rules
+    from xsplice_build import bringup, payload
+    from xsplice_build.diff import compare, layouts, rules
 
-    text = "".join(Path(module.__file__).read_text() for module in (compare, rules, payload))
+    text = "".join(Path(module.__file__).read_text() for module in (compare, rules, layouts, payload, bringup))
     assert set(re.findall(r"\[rule: ([a-z-]+)\]", text)) <= set(rules.RULES)
     for rule in rules.RULES:  # each is cited somewhere besides the catalogue
         assert text.count(f'"{rule}"') + text.count(f"[rule: {rule}]") >= 2, rule
@@ -175,3 +175,46 @@ def test_alternatives_of_several_objects_travel_in_one_replacement_section(tmp_p
     spans = sorted((targets[n], lengths[n]) for n in range(2))
     assert spans == [(4, 3), (7, 0)]  # a_fix's lfence after a_same's bytes; b_fix's empty one at the end
     assert all(start + length <= replacement.size for start, length in spans)
+
+
+LAYOUT_SOURCE = """
+enum state { IDLE, RUNNING%s };
+struct flags { unsigned int ready:1, %sdirty:1; };
+struct item { int id; %sstruct flags f; enum state s; };
+int item_ready(struct item *i) { return i->f.dirty + i->s; }
+"""
+
+
+def _layout_pair(tmp_path: Path, patched: tuple[str, str, str]) -> tuple[Path, Path]:
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+    original = _compile(tmp_path / "a", "t", LAYOUT_SOURCE % ("", "", ""), "-g")
+    return original, _compile(tmp_path / "b", "t", LAYOUT_SOURCE % patched, "-g")
+
+
+def test_a_moved_bit_field_is_a_layout_change_an_appended_enumerator_is_not(tmp_path: Path) -> None:
+    original, patched = _layout_pair(tmp_path, (", BLOCKED", "busy:1, ", ""))
+    diff = diff_objects(original, patched, "t.o", XEN_X86_64)
+    by_key = {t.key: t for t in diff.types or []}
+    assert by_key["enum state"].status == "compatible"
+    assert by_key["struct flags"].status == "changed"
+    assert "member dirty moved bit 1 -> bit 2" in by_key["struct flags"].differences
+    assert by_key["struct flags"].users == ("item_ready",)
+    assert any("struct flags: layout changed" in r and "[rule: struct-layout]" in r for r in diff.refusals)
+
+
+def test_an_inserted_member_names_its_offsets_and_the_struct_it_moves(tmp_path: Path) -> None:
+    original, patched = _layout_pair(tmp_path, ("", "", "long stamp; "))
+    diff = diff_objects(original, patched, "t.o", XEN_X86_64)
+    assert diff.refusals[0].startswith("t.o: struct item: layout changed (size 0xc -> 0x18; member stamp added at "
+                                       "+0x8 (size 0x8, long int); member f moved +0x4 -> +0x10;")
+    assert "1 changed or new function(s) depend on it (item_ready) [rule: struct-layout]" in diff.refusals[0]
+
+
+def test_objects_without_debug_information_compare_no_types(tmp_path: Path) -> None:
+    for side in ("a", "b"):
+        (tmp_path / side).mkdir()
+    original = _compile(tmp_path / "a", "t", LAYOUT_SOURCE % ("", "", ""))
+    patched = _compile(tmp_path / "b", "t", LAYOUT_SOURCE % ("", "", "long stamp; "))
+    diff = diff_objects(original, patched, "t.o", XEN_X86_64)
+    assert diff.types is None and diff.changed_functions()

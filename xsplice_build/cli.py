@@ -1,8 +1,9 @@
 """`xsplice-build`: the pipeline's engines as commands on files.
 
-    xsplice-build diff ORIG.o PATCHED.o [--explain] [--json] [-o EXTRACT.o]
+    xsplice-build diff ORIG.o PATCHED.o [--explain] [--json] [-o EXTRACT.o] [--types ORIG_G.o PATCHED_G.o]
         The function diff of one object pair, as create-diff-object runs it. Exit 0:
-        something to patch; 3: nothing to patch; 4: unpatchable; 1: bad input.
+        something to patch; 3: nothing to patch; 4: unpatchable; 1: bad input. Struct
+        layouts come from the objects' own DWARF, or from the --types pair (debug compiles).
 
     xsplice-build verify PAYLOAD --image IMAGE [--cert CERT] [--require-code-signing]
         Xen's loader rules, checked offline: one summary line and exit 0, or one line
@@ -41,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("--json", action="store_true", help="print the decisions as JSON")
     diff.add_argument("-o", "--output", type=Path, help="write the extracted code (a relocatable object)")
     diff.add_argument("--profile", default="xen-x86_64", choices=_profile_names())
+    diff.add_argument("--types", nargs=2, type=Path, metavar=("ORIG_DEBUG", "PATCHED_DEBUG"),
+                      help="read struct layouts from these debug compiles of the two units")
     diff.add_argument("--name", help="the object's path in the tree, as the pipeline's reports name it "
                       "(default: PATCHED)")
     diff.set_defaults(run=_diff)
@@ -72,14 +75,14 @@ def _verify(arguments: argparse.Namespace) -> int:
 
 
 def _diff(arguments: argparse.Namespace) -> int:
-    from .diff.engine import conclude, diff_objects
+    from .diff.engine import DebugPair, conclude, diff_objects
     from .diff.profile import profile_named
     from .files import check_replaceable, write_atomic
 
     if arguments.output:
         check_replaceable(arguments.output)  # before any work: a device or directory is never ours to replace
     result = diff_objects(arguments.original, arguments.patched, arguments.name or str(arguments.patched),
-                          profile_named(arguments.profile))
+                          profile_named(arguments.profile), DebugPair(*arguments.types) if arguments.types else None)
     try:
         # The pipeline's own conclusion (pass 5): extraction also resolves the base-image references.
         concluded = conclude([result])

@@ -20,7 +20,7 @@ from doit.cmd_run import Run
 
 from .baseline import DEFAULT_BASELINE, load_baseline, supply_image
 from .console import ProjectCommand, doit_command, opt_baseline, opt_processes
-from .errors import XspliceError
+from .errors import XspliceError, printable
 from .keys import configured_keys, key_mode_warning
 from .lock import hold
 from .patches import CUMULATIVE_ENV, CUMULATIVE_JOIN, build_spec
@@ -117,6 +117,9 @@ class BuildPatch(ProjectCommand, Run):
         report = Report.read(Records(project, baseline, patch).report)
         functions = ", ".join(f["name"] for f in report.functions)
         action = "for Xen's REPLACE action; " if report.action == "replace" else ""
+        for warning in report.warnings:
+            if "[rule: bring-up-only]" in warning:
+                print(printable(f"xsplice: warning: {warning}"), flush=True)  # names come from the objects
         print(f"xsplice: payload {out.relative_to(project.root) / report.payload} "
               f"(signed; {action}replaces {functions}; depends on build-id {report.depends_build_id})")
 

@@ -110,11 +110,16 @@ class PatchedRecord(StageRecord):
     fixes: list[str]
     action: str  # apply, or replace (a cumulative payload)
     applied: list[dict[str, Any]]  # every patch applied, in order: path, sha256, role (stacked-under or fix)
+    # object -> original (path relative to the checkout, or None), patched, original_sha256, patched_sha256:
+    # the debug compiles the struct-layout rule reads (debuginfo.py); objects with their own DWARF are not listed
+    debug: dict[str, dict[str, str | None]]
 
     def outputs(self, project: Project, record_dir: Path) -> dict[Path, str]:
         listed = {kept_object(record_dir, change["object"]): change["patched_sha256"] for change in self.changed}
         listed.update({project.root / change["original_file"]: change["original_sha256"]
                        for change in self.changed if change.get("original_file")})
+        listed.update({project.root / entry[side]: entry[f"{side}_sha256"] for entry in self.debug.values()
+                       for side in ("original", "patched") if entry[side]})
         return listed
 
 

@@ -73,9 +73,10 @@ class Layout:
     readable: tuple[Path, ...]
     writable: tuple[Path, ...]
     covered: tuple[Path, ...]
+    files: tuple[Path, ...] = ()  # single files outside the checkout, read-only (a supplied base image)
 
 
-def layout(project: Project, writable: Iterable[Path]) -> Layout:
+def layout(project: Project, writable: Iterable[Path], files: Iterable[Path] = ()) -> Layout:
     """The directories one stage of `project` sees; refuses a key kept where the sandbox cannot hide it."""
     extra = [path for path in [*_python_dirs(), *_toolchain_dirs(project)]
              if not any(path.resolve().is_relative_to(system) for system in _system_dirs())]
@@ -83,7 +84,8 @@ def layout(project: Project, writable: Iterable[Path]) -> Layout:
     writable = [path.resolve() for path in writable]
     writable += _cache_dirs()
     covered = [project.root / "keys", *_key_dirs(project, [*readable, *writable])]
-    return Layout(tuple(_existing(readable)), tuple(writable), tuple(covered))
+    shown = tuple(sorted({path.resolve() for path in files if path.resolve().is_file()}))
+    return Layout(tuple(_existing(readable)), tuple(writable), tuple(covered), shown)
 
 
 def bwrap_command(sandbox: Layout, cwd: Path) -> list[str]:
@@ -100,6 +102,8 @@ def bwrap_command(sandbox: Layout, cwd: Path) -> list[str]:
         argv += ["--ro-bind", str(directory), str(directory)]
     for directory in sandbox.writable:
         argv += ["--bind", str(directory), str(directory)]
+    for file in sandbox.files:
+        argv += ["--ro-bind", str(file), str(file)]
     for directory in (*_ETC_SECRET_DIRS, *(str(path.resolve()) for path in sandbox.covered)):
         # A symlinked keys/ is covered where it leads (a mount cannot go on a link).
         if Path(directory).is_dir():
@@ -110,8 +114,10 @@ def bwrap_command(sandbox: Layout, cwd: Path) -> list[str]:
     return [*argv, "--chdir", str(cwd)]
 
 
-def run_stage(project: Project, part: Callable[..., Any], arguments: dict[str, str], writable: list[Path]) -> Any:
-    """Run `part` (a function of a sandboxed_* module) on `project` in a sandbox; returns what it returns."""
+def run_stage(project: Project, part: Callable[..., Any], arguments: dict[str, str], writable: list[Path],
+              files: Iterable[Path] = ()) -> Any:
+    """Run `part` (a function of a sandboxed_* module) on `project` in a sandbox; returns what it returns.
+    `files` are files outside the checkout it may read (a base image the user supplied)."""
     for directory in writable:
         directory.mkdir(parents=True, exist_ok=True)
     if not (project.root / "keys").is_symlink():
@@ -121,7 +127,7 @@ def run_stage(project: Project, part: Callable[..., Any], arguments: dict[str, s
     _check_available()
     name = f"{part.__module__}:{part.__name__}"
     child = [sys.executable, "-m", "xsplice_build.sandbox", name, str(project.root), json.dumps(arguments)]
-    argv = [*bwrap_command(layout(project, writable), project.root), "--", *child]
+    argv = [*bwrap_command(layout(project, writable, files), project.root), "--", *child]
     result = subprocess.run(argv, env=_environment(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
                             check=False)
     return _answer(name, result)

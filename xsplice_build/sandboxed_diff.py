@@ -11,8 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from .baseline import load_baseline
-from .diff.engine import conclude, diff_pairs
+from .bringup import ImageReferences, bring_up_warning
+from .diff.engine import DebugPair, conclude, diff_pairs
 from .diff.explain import explain_record, render
+from .diff.extract import PatchedFunction
+from .diff.profile import TargetProfile
+from .elf.reader import read_elf_file
 from .errors import NothingToPatch, Unpatchable
 from .files import sha256_bytes, write_atomic, write_json
 from .layout import apply_layout
@@ -33,7 +37,9 @@ def diff_objects(project: Project, baseline: str, patch: str) -> dict[str, Any]:
         if change.get("original_file"):  # an object the stack changed: diffed against the stack's version
             original = project.root / change["original_file"]
         pairs.append((change["object"], original, kept_object(records.patch_dir, change["object"])))
-    diffs = diff_pairs(pairs, apply_layout(definition.target(), layout))
+    debug = {name: DebugPair(project.root / entry["original"] if entry["original"] else None,
+                             project.root / entry["patched"]) for name, entry in patched.debug.items()}
+    diffs = diff_pairs(pairs, apply_layout(definition.target(), layout), debug)
     try:
         result = conclude(diffs)  # extraction resolves the base-image references the explanation lists
     except (NothingToPatch, Unpatchable) as refusal:
@@ -41,11 +47,26 @@ def diff_objects(project: Project, baseline: str, patch: str) -> dict[str, Any]:
         where = records.explain_text.relative_to(project.root)
         raise refusal.with_note(f"every decision is in {where}") from None
     explained = [explain_record(diff) for diff in diffs]
+    _add_bring_up_warnings(project, records, definition.target(), result.functions, explained)
     _write_explanation(project, records, patch, explained)
     write_atomic(records.extract, result.extract)
     return DiffRecord(functions=[asdict(function) for function in result.functions], objects=explained,
                       extract_sha256=sha256_bytes(result.extract),
                       defined=[asdict(symbol) for symbol in result.defined]).to_json()
+
+
+def _add_bring_up_warnings(project: Project, records: Records, profile: TargetProfile,
+                           functions: list[PatchedFunction], explained: list[dict[str, Any]]) -> None:
+    """Each patched function that only CPU bring-up runs, found from the base image's callers and tables."""
+    image = project.root / BaseRecord.read(records.build_base).image
+    references = ImageReferences(read_elf_file(image), profile)
+    by_object = {record["object"]: record for record in explained}
+    for record in explained:
+        record["bring_up"] = []
+    for function in functions:
+        warning = bring_up_warning(references, function.name)
+        if warning is not None:
+            by_object[function.object]["bring_up"].append(f"{function.object}: {warning}")
 
 
 def _write_explanation(project: Project, records: Records, patch: str, explained: list[dict[str, Any]]) -> None:

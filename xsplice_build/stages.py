@@ -124,7 +124,10 @@ def stage_build_patched(project: Project, baseline: str, patch: str) -> None:
 def stage_diff(project: Project, baseline: str, patch: str) -> None:
     records = Records(project, baseline, patch)
     files.remove_temporaries(records.patch_dir)  # the stages of one pair run one after another
-    found = run_stage(project, sandboxed_diff.diff_objects, {"baseline": baseline, "patch": patch}, [records.patch_dir])
+    # The bring-up check reads the base image, which may be one the user supplied outside the checkout.
+    image = project.root / BaseRecord.read(records.build_base).image
+    found = run_stage(project, sandboxed_diff.diff_objects, {"baseline": baseline, "patch": patch}, [records.patch_dir],
+                      [image])
     owned_file(records.extract, records.patch_dir, "extracted code")  # the payload stage reads it unsandboxed
     DiffRecord.from_json(found, "the sandboxed diff").write(records.diff)
 
@@ -220,7 +223,7 @@ def _report(project: Project, definition: Baseline, records: Records, patch: str
                     "old_addr": f"{f['old_addr']:#x}", "object": f["object"]} for f in payload.functions],
         new_functions=new_functions,
         objects_changed=[entry["object"] for entry in diff.objects],
-        warnings=[w for entry in diff.objects for w in entry["warnings"]],
+        warnings=[w for entry in diff.objects for w in entry["warnings"] + entry.get("bring_up", [])],
         ignored=[i for entry in diff.objects for i in entry["ignored"]],
         payload_build_id=payload.build_id,
         unsigned_payload_sha256=sha256_bytes(unsigned),

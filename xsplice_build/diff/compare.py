@@ -11,7 +11,8 @@ alone it would keep reading the old table.
 from __future__ import annotations
 
 from ..elf.constants import R_X86_64_PC32, R_X86_64_PLT32, SHF_MERGE, SHF_STRINGS, relocation_name
-from ..elf.model import ElfFile, Rela, Section
+from ..elf.model import ElfFile, Rela, Section, Symbol
+from .correlate import normalise
 from .lines import entries_by_owner, immediate_lines
 from .state import Kind, ObjectDiff, SectionState, Status
 
@@ -37,8 +38,8 @@ def compare(diff: ObjectDiff) -> None:
     _propagate_changed_cold_parts(diff)
 
 
-def relocation_target(elf: ElfFile, rela: Rela, key_of: dict[int, str]) -> Target:
-    """What a relocation points at, in terms that survive recompilation."""
+def relocation_target(elf: ElfFile, rela: Rela, key_of: dict[int, str], source: Section | None = None) -> Target:
+    """What a relocation points at, in terms that survive recompilation (`source`: the code it patches)."""
     symbol = elf.symbols[rela.symbol]
     if symbol.is_undefined:
         return ("external", symbol.name, rela.addend)
@@ -49,12 +50,41 @@ def relocation_target(elf: ElfFile, rela: Rela, key_of: dict[int, str]) -> Targe
         return ("unknown", section.name, symbol.value + rela.addend)
     if is_strings(section):
         return ("string", string_at(section, string_offset(rela, symbol.value)))
-    return ("section", key_of[section.index], symbol.value + rela.addend)
+    offset = symbol.value + rela.addend
+    # By the variable or function the address falls in, never by its offset in the section: a table
+    # of pointers into .init.text points at the same functions when another one moves them.
+    named = elf.symbol_containing(section.index, referenced_offset(rela, symbol.value, source))
+    if named is not None:
+        return ("section", key_of[section.index], normalise(named.name), offset - named.value)
+    return ("section", key_of[section.index], offset)
 
 
 def string_offset(rela: Rela, symbol_value: int) -> int:
     # A RIP-relative reference stores target - 4 (the displacement ends its instruction).
     return symbol_value + rela.addend + (4 if rela.type in _PC_RELATIVE else 0)
+
+
+# x86 instructions with a RIP-relative operand followed by an immediate: the displacement is relative
+# to the end of the immediate, so the address it names lies that many bytes past symbol + addend + 4.
+# Keyed by opcode (the byte before the ModRM byte): the immediate's size.
+_TRAILING_IMMEDIATE = {0x80: 1, 0x83: 1, 0xC6: 1, 0xC0: 1, 0xC1: 1, 0x6B: 1, 0x81: 4, 0xC7: 4, 0x69: 4}
+_TEST_IMMEDIATE = {0xF6: 1, 0xF7: 4}  # only with ModRM reg field 0 (test $imm, mem)
+_OPERAND_SIZE_PREFIX = 0x66
+
+
+def referenced_offset(rela: Rela, symbol_value: int, source: Section | None) -> int:
+    """The offset in the target section a relocation names: for a RIP-relative reference in code,
+    past the instruction's end (and any immediate after the displacement), not where it ends."""
+    offset = string_offset(rela, symbol_value)
+    if source is None or rela.type not in _PC_RELATIVE or rela.offset < 2:
+        return offset
+    modrm, opcode = source.data[rela.offset - 1], source.data[rela.offset - 2]
+    if modrm & 0xC7 != 0x05:  # not a RIP-relative memory operand: a branch or a plain displacement
+        return offset
+    size = _TRAILING_IMMEDIATE.get(opcode) or (_TEST_IMMEDIATE.get(opcode, 0) if modrm & 0x38 == 0 else 0)
+    if size == 4 and _OPERAND_SIZE_PREFIX in source.data[max(0, rela.offset - 4):rela.offset - 2]:
+        size = 2
+    return offset + size
 
 
 def string_at(section: Section, offset: int) -> bytes:
@@ -69,6 +99,8 @@ def describe_target(target: Target) -> str:
     kind, *rest = target
     if kind == "string":
         return f"string {rest[0].decode('utf-8', 'backslashreplace')!r}"
+    if kind == "section" and len(rest) == 3:
+        return f"{rest[1]}{rest[2]:+#x} in {rest[0]}"
     if kind == "section":
         return f"{rest[0]}+{rest[1]:#x}"
     return f"{rest[0]}{rest[1]:+#x}" if len(rest) > 1 and isinstance(rest[1], int) else str(rest[0])
@@ -84,10 +116,14 @@ def _differences(diff: ObjectDiff, state: SectionState, original_key_of: dict[in
     assert old is not None
     if state.kind is Kind.STRINGS:
         return [] if new.data == old.data else ["string literals differ"]
+    if state.kind is Kind.DATA:
+        by_variable = _variable_differences(diff, state, original_key_of, patched_key_of)
+        if by_variable is not None:
+            return by_variable
     reasons = []
-    old_relocations = [(r.offset, r.type, relocation_target(diff.original, r, original_key_of))
+    old_relocations = [(r.offset, r.type, relocation_target(diff.original, r, original_key_of, old))
                        for r in old.relocations]
-    new_relocations = [(r.offset, r.type, relocation_target(diff.patched, r, patched_key_of))
+    new_relocations = [(r.offset, r.type, relocation_target(diff.patched, r, patched_key_of, new))
                        for r in new.relocations]
     same_relocations = old_relocations == new_relocations
     if new.size != old.size:
@@ -106,6 +142,66 @@ def _differences(diff: ObjectDiff, state: SectionState, original_key_of: dict[in
     if not same_relocations:
         reasons.append(_relocation_difference(old_relocations, new_relocations))
     return reasons
+
+
+def _variable_differences(diff: ObjectDiff, state: SectionState, original_key_of: dict[int, str],
+                          patched_key_of: dict[int, str]) -> list[str] | None:
+    """Data compared one variable at a time (by name, then size, bytes and relocation targets), or None
+    when the section's bytes are not all named variables: each variable of .bss.percpu or
+    .data.read_mostly is unchanged whatever its offset in the section, and removing one is no change."""
+    assert state.twin is not None
+    old = _variables(diff.original, state.twin)
+    new = _variables(diff.patched, state.section)
+    if old is None or new is None:
+        return None
+    old_contents = _contents(diff.original, state.twin, old, original_key_of)
+    new_contents = _contents(diff.patched, state.section, new, patched_key_of)
+    changes: dict[str, tuple[str, str]] = {}
+    for name, symbol in new.items():
+        before = old.get(name)
+        if before is None:
+            changes[name] = ("new", f"new variable {symbol.name} at +{symbol.value:#x} in {state.name}")
+        elif before.size != symbol.size:
+            changes[name] = ("resized", f"size {before.size:#x} -> {symbol.size:#x}")
+        elif old_contents[name] != new_contents[name]:
+            changes[name] = ("changed", _content_difference(old_contents[name], new_contents[name]))
+    for name in sorted(old.keys() - new.keys()):
+        changes[name] = ("removed", f"removed from {state.name}")
+        diff.ignored.append(f"{diff.label}: {old[name].name}: variable removed from {state.name}; the base image "
+                            "keeps it, and no patched code refers to it")
+    state.variable_changes = changes
+    return [f"{name}: {why}" for name, (status, why) in changes.items() if status in ("resized", "changed")]
+
+
+def _variables(elf: ElfFile, section: Section) -> dict[str, Symbol] | None:
+    named = [s for s in elf.variables_in(section.index) if s.is_object]
+    by_name = {normalise(s.name): s for s in named}
+    if not named or len(by_name) != len(named):
+        return None
+    return by_name
+
+
+Contents = tuple[bytes, list[tuple[int, int, Target]]]
+
+
+def _contents(elf: ElfFile, section: Section, variables: dict[str, Symbol], key_of: dict[int, str]) -> dict[str,
+                                                                                                           Contents]:
+    """Each variable's bytes, and its relocations by offset in the variable, type and target."""
+    contents: dict[str, Contents] = {name: (bytes(section.data[s.value:s.value + s.size]), [])
+                                     for name, s in variables.items()}
+    for rela in section.relocations:
+        owner = elf.symbol_containing(section.index, rela.offset)
+        if owner is not None and normalise(owner.name) in contents:
+            contents[normalise(owner.name)][1].append(
+                (rela.offset - owner.value, rela.type, relocation_target(elf, rela, key_of)))
+    return contents
+
+
+def _content_difference(old: Contents, new: Contents) -> str:
+    if old[0] != new[0]:
+        first = next((i for i, (a, b) in enumerate(zip(old[0], new[0], strict=True)) if a != b), 0)
+        return f"bytes differ from +{first:#x}"
+    return _relocation_difference(old[1], new[1])
 
 
 def _relocation_difference(old: list[tuple[int, int, Target]], new: list[tuple[int, int, Target]]) -> str:

@@ -6,7 +6,8 @@ fields (see state.py):
 1. correlate  pair each patched section with its original (numbers normalised);
 2. compare    bytes and relocations, by what they point at; rodata changes reach users;
 3. include    changed and new functions, then what they need; special-section entries;
-4. verify     the rules a live patch must keep, every refusal gathered;
+4. verify     the rules a live patch must keep, every refusal gathered; with the translation
+              unit's DWARF (the objects' own, or a debug compile of it), the struct layouts too;
 5. extract    the included sections of all objects linked into one relocatable object.
 """
 
@@ -21,14 +22,16 @@ from pathlib import Path
 from ..elf.model import ElfFile
 from ..elf.reader import check_relocatable, read_elf, read_elf_file
 from ..elf.writer import write_relocatable
-from ..errors import NothingToPatch, Unpatchable
+from ..errors import ElfError, NothingToPatch, Unpatchable
 from .compare import compare
 from .correlate import correlate
 from .extract import DefinedSymbol, Extract, PatchedFunction
 from .include import include
+from .layouts import check_struct_layouts
 from .profile import TargetProfile
 from .rules import verify
 from .state import ObjectDiff
+from .types import TypeTable, has_dwarf, read_types
 
 EMPTY_OBJECT_LABEL = "(new file)"
 
@@ -41,17 +44,22 @@ class PatchDiff:
     defined: list[DefinedSymbol]
 
 
-def diff_objects(original: Path | None, patched: Path, label: str, profile: TargetProfile) -> ObjectDiff:
-    """Run passes 1-4 on one object pair; refusals are recorded, not raised."""
+def diff_objects(original: Path | None, patched: Path, label: str, profile: TargetProfile,
+                 debug: DebugPair | None = None) -> ObjectDiff:
+    """Run passes 1-4 on one object pair; refusals are recorded, not raised.
+
+    `debug` is the pair whose DWARF describes the units' types (a debug compile of each);
+    without it, the objects' own DWARF when both carry it.
+    """
     with _collector_paused():
         # Each file under its own name, so that a refusal names the file at fault (the original too).
         original_elf = read_elf_file(original) if original else _empty_like(label)
         patched_elf = read_elf_file(patched, label)
-        return diff_elves(original_elf, patched_elf, label, profile)
+        return diff_elves(original_elf, patched_elf, label, profile, _type_tables(original, patched, debug, label))
 
 
-
-def diff_elves(original_elf: ElfFile, patched_elf: ElfFile, label: str, profile: TargetProfile) -> ObjectDiff:
+def diff_elves(original_elf: ElfFile, patched_elf: ElfFile, label: str, profile: TargetProfile,
+               types: tuple[TypeTable, TypeTable] | None = None) -> ObjectDiff:
     """Passes 1-4 on two objects already read (the fuzzer feeds them from memory)."""
     check_relocatable(original_elf)
     check_relocatable(patched_elf)
@@ -59,8 +67,31 @@ def diff_elves(original_elf: ElfFile, patched_elf: ElfFile, label: str, profile:
     correlate(diff)
     compare(diff)
     include(diff)
+    if types is not None:  # first: a moved member explains the changed data and code that follow from it
+        diff.types = check_struct_layouts(diff, *types)
     verify(diff)
     return diff
+
+
+@dataclass(frozen=True)
+class DebugPair:
+    """Objects with debug information of the original and the patched translation unit."""
+
+    original: Path | None
+    patched: Path
+
+
+def _type_tables(original: Path | None, patched: Path, debug: DebugPair | None,
+                 label: str) -> tuple[TypeTable, TypeTable] | None:
+    if debug is None:
+        if not has_dwarf(patched) or (original is not None and not has_dwarf(original)):
+            return None
+        debug = DebugPair(original, patched)
+    try:
+        old = read_types(debug.original) if debug.original is not None else TypeTable()
+        return old, read_types(debug.patched)
+    except ValueError as error:
+        raise ElfError(f"{label}: {error}") from None
 
 
 @contextmanager
@@ -81,9 +112,12 @@ def diff_patch(pairs: list[tuple[str, Path | None, Path]], profile: TargetProfil
     return conclude(diff_pairs(pairs, profile))
 
 
-def diff_pairs(pairs: list[tuple[str, Path | None, Path]], profile: TargetProfile) -> list[ObjectDiff]:
+def diff_pairs(pairs: list[tuple[str, Path | None, Path]], profile: TargetProfile,
+               debug: dict[str, DebugPair] | None = None) -> list[ObjectDiff]:
     """Passes 1-4 on every object pair, in a stable order; nothing is raised for refusals."""
-    return [diff_objects(original, patched, label, profile) for label, original, patched in sorted(pairs)]
+    debug = debug or {}
+    return [diff_objects(original, patched, label, profile, debug.get(label))
+            for label, original, patched in sorted(pairs)]
 
 
 def conclude(diffs: list[ObjectDiff]) -> PatchDiff:

@@ -29,7 +29,18 @@ def explain_record(diff: ObjectDiff) -> dict[str, Any]:
         "ignored": list(diff.ignored),
         "warnings": list(diff.warnings),
         "refusals": list(diff.refusals),
+        "types": _types_record(diff),
     }
+
+
+def _types_record(diff: ObjectDiff) -> dict[str, Any] | None:
+    """The struct-layout comparison: every aggregate that differs, and how many were the same."""
+    if diff.types is None:
+        return None
+    return {"same": sum(1 for t in diff.types if t.status == "same"),
+            "new": [t.key for t in diff.types if t.status == "new"],
+            "differ": [{"type": t.key, "status": t.status, "differences": list(t.differences),
+                        "used_by": list(t.users)} for t in diff.types if t.status in ("changed", "compatible")]}
 
 
 def render(record: dict[str, Any]) -> list[str]:
@@ -53,15 +64,29 @@ def render(record: dict[str, Any]) -> list[str]:
     if record["not_diffed"]:
         lines.append(f"  not diffed  {len(record['not_diffed'])} sections: debug information, notes, relocation "
                      "and symbol tables (never carried)")
+    lines.extend(_render_types(record.get("types")))
     for text in record["ignored"]:
         lines.append(f"  ignored     {text}")
-    for text in record["warnings"]:
+    for text in record["warnings"] + record.get("bring_up", []):
         lines.append(f"  warning     {text}")
     for text in record["refusals"]:
         lines.append(f"  refused     {text}")
     return lines
 
 
+
+
+def _render_types(types: dict[str, Any] | None) -> list[str]:
+    if types is None:
+        return ["  types       not compared: no debug information for this object"]
+    lines = []
+    for item in types["differ"]:
+        users = f"; used by {', '.join(item['used_by'])}" if item["used_by"] else "; used by no changed or new function"
+        lines.append(f"  type        {item['type']} {item['status']}: {'; '.join(item['differences'])}{users}")
+    if types["new"]:
+        lines.append(f"  type        new in the patched unit (no old layout to keep): {', '.join(types['new'])}")
+    lines.append(f"  types       {types['same']} aggregate(s) with the same layout in both units")
+    return lines
 
 
 def _special_record(diff: ObjectDiff, special: SectionState) -> dict[str, Any]:

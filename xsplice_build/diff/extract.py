@@ -14,11 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..elf.constants import STB_GLOBAL, STB_LOCAL, STT_FUNC, STT_NOTYPE, STT_OBJECT
-from ..elf.model import Rela
+from ..elf.model import Rela, Symbol
 from ..elf.writer import OutRela, OutSection, OutSymbol, section_symbol, symbol_order, write_relocatable
 from ..errors import XspliceError
+from .compare import referenced_offset
+from .correlate import normalise
 from .include import base_reference, kept_special_entries
-from .state import Kind, ObjectDiff, SectionState
+from .state import Kind, ObjectDiff, SectionState, Status
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,12 @@ class Extract:
             out, base = placed
             return OutRela(offset, rela.type, self._section_symbol(out), base + symbol.value + rela.addend)
         target = diff.state_of(symbol.shndx)
+        variable = _base_variable(diff, target, symbol, rela, state) if target is not None else None
+        if variable is not None:
+            # Variables compared one by one: the base image's variable of that name, wherever it sits.
+            name, at = variable
+            diff.base_references.add(name)
+            return OutRela(offset, rela.type, self._external(name), symbol.value + rela.addend - at)
         name = base_reference(diff, target) if target is not None else None
         if target is None or name is None or target.anchor is None:
             what = target.label if target else f"section {symbol.shndx}"
@@ -195,3 +203,18 @@ class Extract:
             merged.data += special.section.data[start:start + layout.entry_size]
             merged.relocations.extend(self._relocation(diff, special, rela, base + rela.offset - start, out_of)
                                       for rela in by_entry.get(start, []))
+
+
+def _base_variable(diff: ObjectDiff, target: SectionState, symbol: Symbol, rela: Rela,
+                   source: SectionState) -> tuple[str, int] | None:
+    """(base-image name, offset in the patched section) of the unchanged variable a reference falls in."""
+    if target.variable_changes is None or target.twin is None or target.status is not Status.SAME:
+        return None
+    variable = diff.patched.symbol_containing(symbol.shndx, referenced_offset(rela, symbol.value, source.section))
+    original = next((s for s in diff.original.variables_in(target.twin.index)
+                     if normalise(s.name) == normalise(variable.name)), None) if variable is not None else None
+    if variable is None or original is None:
+        # Its variables may sit elsewhere in the base image's section: an offset alone names nothing.
+        raise XspliceError(f"{diff.label}: {source.label}+{rela.offset:#x}: refers to {target.name}"
+                           f"{symbol.value + rela.addend:+#x}, which is in no variable of the base image")
+    return original.xen_name, variable.value

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections import deque
 
 from ..elf.model import Rela
+from .compare import referenced_offset
+from .correlate import normalise
 from .state import Kind, ObjectDiff, SectionState, Status
 
 
@@ -110,3 +112,7 @@ def _follow(diff: ObjectDiff, source: SectionState, rela: Rela, take) -> None:  
     elif target.kind is Kind.DATA and target.status is Status.NEW:
         # Decided by the rules pass (a new variable): recorded here so the refusal can name its user.
         target.reasons.append(f"new data used by {source.label}")
+    elif target.kind is Kind.DATA and target.variable_changes:
+        variable = diff.patched.symbol_containing(symbol.shndx, referenced_offset(rela, symbol.value, source.section))
+        if variable is not None and target.variable_changes.get(normalise(variable.name), ("",))[0] == "new":
+            target.new_variable_users.setdefault(variable.name, []).append(source.label)

@@ -21,6 +21,8 @@ from .profile import SpecialSection, TargetProfile
 _CALL_OPCODES = (0xE8, 0xE9)  # call rel32, jmp rel32 (a tail call)
 _IMMEDIATE_SIZE = 4
 _CALL_WINDOW = 32  # bytes after the mov in which its consumer must be the first call
+_JMP_REL8, _JMP_REL32 = 0xEB, 0xE9
+_MAX_JUMPS = 3  # jumps followed from the mov to a call block shared by several lines
 _MAX_LINE = 1 << 20
 
 
@@ -67,13 +69,36 @@ def _line_at(old: Section, new: Section, elf: ElfFile, profile: TargetProfile, f
 
 
 def _next_call(section: Section, elf: ElfFile, after: int) -> str | None:
-    """The name the first call or tail call after `after` (within a short window) goes to."""
+    """The name the first call or tail call after `after` (within a short window) goes to.
+
+    When the instruction right after the mov is a jump within the function (gcc shares one
+    `call printk` between several lines that set their line and jump to it), the walk follows
+    it, a few jumps at most, and looks for the call where it lands.
+    """
+    relocated = {rela.offset for rela in section.relocations}
+    for _ in range(_MAX_JUMPS):
+        landing = _local_jump(section, after, relocated)
+        if landing is None:
+            break
+        after = landing
     for rela in sorted(section.relocations, key=lambda r: r.offset):
         if rela.offset <= after or rela.offset > after + _CALL_WINDOW:
             continue
         if section.data[rela.offset - 1] in _CALL_OPCODES:
             return elf.symbols[rela.symbol].name
     return None
+
+
+def _local_jump(section: Section, at: int, relocated: set[int]) -> int | None:
+    """Where an unconditional jump at `at` lands in the same function, or None if there is none."""
+    data = section.data
+    if at + 2 <= len(data) and data[at] == _JMP_REL8:
+        landing = at + 2 + int.from_bytes(data[at + 1:at + 2], "little", signed=True)
+    elif at + 5 <= len(data) and data[at] == _JMP_REL32 and at + 1 not in relocated:
+        landing = at + 5 + int.from_bytes(data[at + 1:at + 5], "little", signed=True)
+    else:
+        return None
+    return landing if 0 <= landing < len(data) else None
 
 
 Describe = Callable[[Rela], tuple[object, ...]]

@@ -63,6 +63,10 @@ class TargetProfile:
     hook_sections: tuple[str, ...] = ()
     # Hooks that hold one pointer each (LIVEPATCH_ASSIGN_SINGLE_HOOK); the others are arrays.
     single_hooks: tuple[str, ...] = ()
+    # CPU bring-up and resume hooks (fnmatch patterns on plain names): a patched function reached only from
+    # these functions, or pointed at only by these tables, takes no effect on CPUs already online.
+    bring_up_functions: tuple[str, ...] = ()
+    bring_up_tables: tuple[str, ...] = ()
 
     def jump_room(self, first_bytes: bytes) -> tuple[int, int]:
         """(patch offset, bytes the old function needs) for a function starting with `first_bytes`.
@@ -140,6 +144,11 @@ XEN_X86_64 = TargetProfile(
     line_immediate_opcodes=frozenset(range(0xB8, 0xC0)),
     hook_sections=tuple(f"{HOOK_PREFIX}{hook}" for hook in HOOKS),
     single_hooks=tuple(f"{HOOK_PREFIX}{hook}" for hook in HOOKS[2:]),
+    # xen/arch/x86/smpboot.c, cpu/common.c, acpi/power.c: where a CPU is brought up or resumed; the
+    # vendor tables (amd_cpu_dev, intel_cpu_dev, ...) whose c_init/c_early_init identify_cpu calls.
+    bring_up_functions=("start_secondary", "identify_cpu", "early_cpu_init", "cpu_callback", "cpu_up",
+                        "enter_state", "*_resume", "init_secondary*", "cpu_init"),
+    bring_up_tables=("*_cpu_dev",),
     ignored_section_prefixes=(".debug_", ".comment", ".note.GNU-stack", ".note.gnu.property", ".eh_frame",
                               ".group", ".discard", ".rela", ".symtab", ".strtab", ".shstrtab",
                               ".llvm_addrsig"),

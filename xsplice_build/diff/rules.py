@@ -18,6 +18,8 @@ RULES = {
     "jump-room": "refused: the old function is shorter than the patching jump (after ENDBR64 under CET)",
     "changed-data": "refused: initialized or zeroed data of the running hypervisor changed",
     "data-layout": "refused: existing data changed size (a structure's layout changed)",
+    "struct-layout": "refused: a struct, union or enum that changed or new code uses changed its layout "
+                     "(a note when no such code uses it)",
     "new-data": "refused: a changed function needs a variable the base image does not have",
     "relocation-type": "refused: included code needs a relocation the target's loader does not apply",
     "unsupported-table": "refused: a patched function has entries in a table the target's loader ignores",
@@ -26,6 +28,8 @@ RULES = {
     "init-only": "ignored with a warning: only init code changed, which ran at boot and is freed",
     "hooks-unsupported": "refused: a hook section the baseline's loader does not run (or holds one pointer only)",
     "line-only": "not patched: the only difference is a __LINE__ value (a bug frame, a printk argument)",
+    "bring-up-only": "warning: a patched function runs only at CPU bring-up or resume (from the base image's "
+                     "callers and tables), so CPUs already online keep the old behaviour",
 }
 
 
@@ -96,10 +100,20 @@ def _changed_data(diff: ObjectDiff, state: SectionState) -> None:
         diff.warnings.append(
             f"{diff.label}: {state.label}: change to init-only data ignored (used at boot only) [rule: init-only]")
         return
+    if state.variable_changes is not None:
+        shared = len(diff.patched.variables_in(state.section.index)) > 1
+        for name, (status, why) in state.variable_changes.items():
+            if status in ("resized", "changed"):
+                _refuse_data(diff, f"{name} in {state.name}" if shared else name, status == "resized", why)
+        return
     resized = state.twin is not None and state.twin.size != state.section.size
-    rule, what = ("data-layout", "changed layout of existing data") if resized else ("changed-data", "changed data")
+    _refuse_data(diff, _data_label(diff, state), resized, "; ".join(state.reasons))
+
+
+def _refuse_data(diff: ObjectDiff, what: str, resized: bool, why: str) -> None:
+    rule, change = ("data-layout", "changed layout of existing data") if resized else ("changed-data", "changed data")
     diff.refusals.append(
-        f"{diff.label}: {_data_label(diff, state)}: {what} ({'; '.join(state.reasons)}) [rule: {rule}]; "
+        f"{diff.label}: {what}: {change} ({why}) [rule: {rule}]; "
         "the running hypervisor owns this state and a payload cannot rewrite or resize it: keep the "
         "data as it is and change the code that uses it")
 
@@ -145,9 +159,14 @@ def _target_name(elf: ElfFile, index: int) -> str:
 def _new_data(diff: ObjectDiff, state: SectionState) -> None:
     # Not supported: a variable in the payload starts from its initializer, and vanishes on revert
     # while patched code may still be running with pointers into it.
-    if state.kind is not Kind.DATA or state.status is not Status.NEW or not state.reasons:
+    if state.kind is not Kind.DATA or diff.profile.is_init_section(state.name):
         return
-    if diff.profile.is_init_section(state.name):
+    for name, users in sorted(state.new_variable_users.items()):
+        diff.refusals.append(
+            f"{diff.label}: {name}: new variable (in {state.name}, which the base image has without it) used by "
+            f"{', '.join(sorted(set(users)))} [rule: new-data]; a payload's variables start fresh and are lost on "
+            "revert: use existing state, or a constant")
+    if state.status is not Status.NEW or not state.reasons:
         return
     users = ", ".join(reason.removeprefix("new data used by ") for reason in state.reasons)
     diff.refusals.append(

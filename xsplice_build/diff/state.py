@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..elf.constants import SHF_ALLOC, SHF_MERGE, SHF_STRINGS, SHT_GROUP, SHT_NOBITS
 from ..elf.model import ElfFile, Section, Symbol
@@ -49,6 +50,10 @@ class SectionState:
     included: bool = False
     why: str = ""  # why it was included, for --explain
     parent: SectionState | None = None  # the function a .cold part belongs to
+    # Data compared variable by variable (compare): normalised name -> (status, why), for each
+    # variable that is new, removed, resized or changed; and the included code using each new one.
+    variable_changes: dict[str, tuple[str, str]] | None = None
+    new_variable_users: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -74,6 +79,9 @@ class ObjectDiff:
     refusals: list[str] = field(default_factory=list)
     # Symbols of the base image the included code needs, by the name the base image gives them.
     base_references: set[str] = field(default_factory=set)
+    # Each aggregate of the translation unit compared by the struct-layout rule (layouts.TypeComparison);
+    # None when neither side had debug information to compare.
+    types: list[Any] | None = None
 
     def state_of(self, section_index: int) -> SectionState | None:
         return self.states.get(section_index)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from .constants import (
@@ -134,6 +135,7 @@ class ElfFile:
     symtab_index: int | None
     program_headers: list[tuple[int, int, int, int, int, int, int, int]] = field(default_factory=list)
     _by_section: dict[int, list[Symbol]] | None = field(default=None, repr=False)
+    _extents: dict[int, list[Symbol]] = field(default_factory=dict, repr=False)
 
     def section_named(self, name: str) -> Section | None:
         for section in self.sections:
@@ -158,6 +160,25 @@ class ElfFile:
                     index.setdefault(symbol.shndx, []).append(symbol)
             self._by_section = index
         return self._by_section.get(section_index, [])
+
+    def variables_in(self, section_index: int) -> list[Symbol]:
+        """The named objects and functions of a section (what its bytes are), by offset."""
+        if section_index not in self._extents:
+            self._extents[section_index] = sorted(
+                (s for s in self.symbols_in(section_index)
+                 if (s.is_object or s.is_function) and s.name and not s.name.startswith(".L")),
+                key=lambda s: (s.value, -s.size, s.index))
+        return self._extents[section_index]
+
+    def symbol_containing(self, section_index: int, offset: int) -> Symbol | None:
+        """The named object or function whose bytes hold `offset` of the section, if one does."""
+        symbols = self.variables_in(section_index)
+        # The last symbol starting at or before `offset` (the largest of those at one address first).
+        position = bisect.bisect_right(symbols, offset, key=lambda s: s.value)
+        for symbol in reversed(symbols[max(0, position - 4):position]):
+            if offset < symbol.value + max(symbol.size, 1):
+                return symbol
+        return None
 
     def defined_symbols(self) -> list[Symbol]:
         return [s for s in self.symbols[1:] if not s.is_undefined and not s.is_special_index and s.name]

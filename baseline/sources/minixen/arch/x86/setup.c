@@ -12,6 +12,7 @@
 
 void trap_init(void);
 void setup_dom0(void);
+void start_secondary(unsigned int vendor, unsigned int family);
 int handle_request(char *line, char *buf, size_t size, size_t *len);
 
 #define FRAMING_DRAIN_MAX (1UL << 20)
@@ -200,6 +201,7 @@ noreturn void start_xen(unsigned long *stack)
 {
     apply_alternatives(__alt_instructions, __alt_instructions_end, arch_livepatch_text_write);
     trap_init();
+    start_secondary(1, 0x19);
     banner();
     setup_dom0();
     if ( stack[0] == 3 && !strcmp((char *)stack[2], "--socket") )
