@@ -91,5 +91,6 @@ def test_diff_json_is_the_pipelines_explanation_with_its_base_image_references(b
                                 check=True)
     printed = json.loads(result.stdout)
     pipeline = json.loads(built_once.work("minixen", "patches", "XSA-131", "diff.explain.json").read_text())
-    assert printed == pipeline["objects"][0]
+    # bring_up needs the base image's callers and tables (stage_diff adds it); two objects alone cannot say.
+    assert printed == {key: value for key, value in pipeline["objects"][0].items() if key != "bring_up"}
     assert printed["base_references"]  # resolved by extraction: once left empty here
