@@ -12,6 +12,7 @@ import dataclasses
 import os
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from . import __version__, files, provenance, sandboxed_base, sandboxed_build, sandboxed_diff, toolchain
 from .baseline import Baseline, load_baseline, supplied_image
@@ -247,6 +248,20 @@ def _path_for_report(path: Path, report_dir: Path) -> str:
     return os.path.relpath(resolved, report_dir.resolve()) if resolved.is_relative_to(root) else str(resolved)
 
 
+def _apply_below(vm: Any, project: Project, baseline: str, patch: str, below: tuple[str, ...]) -> Any:
+    """Load and apply the payloads a stacked payload goes on top of, oldest first, as an operator would.
+
+    Its probes expect them applied, and Xen accepts it only on top of the payload applied last.
+    Returns the first refusal (naming the payload below), or None when the stack is in place.
+    """
+    for earlier in below:
+        payload = Records(project, baseline, earlier).signed.read_bytes()
+        for verdict in (vm.upload(earlier, payload), vm.apply(earlier)):
+            if not verdict.ok:
+                return dataclasses.replace(verdict, reason=f"{earlier} (below {patch}): {verdict.reason}")
+    return None
+
+
 def stage_prove(project: Project, baseline: str, patch: str) -> None:
     """Load, apply and revert the signed payload on the baseline's real hypervisor in a VM, probing each phase.
 
@@ -261,8 +276,13 @@ def stage_prove(project: Project, baseline: str, patch: str) -> None:
     signed = records.signed.read_bytes()
     probes_path = probe_file(project, patch, baseline)
     probes = load_probes(probes_path) if probes_path.is_file() else []
+    below = build_spec(project, patch, baseline).stack
     with xen_vm.for_stage(project, baseline) as vm:
-        verdict = vm.prove(patch, signed, probes)
+        try:
+            verdict = _apply_below(vm, project, baseline, patch, below) or vm.prove(patch, signed, probes)
+        finally:
+            for earlier in reversed(below):  # Xen reverts only the payload applied last
+                vm.clean(earlier)
         build_id = vm.build_id
     if not verdict.ok:
         raise PayloadRejected(verdict.reason)

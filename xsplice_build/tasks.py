@@ -201,7 +201,10 @@ class Pipeline:
                 continue
             records = Records(self.project, baseline, patch)
             probes = probe_file(self.project, patch, baseline)
-            inputs = [records.signed, runtime_path(self.project, baseline), *([probes] if probes.is_file() else [])]
+            below = [Records(self.project, baseline, earlier).signed
+                     for earlier in build_spec(self.project, patch, baseline).stack]  # applied first
+            inputs = [records.signed, *below, runtime_path(self.project, baseline),
+                      *([probes] if probes.is_file() else [])]
             task = self._subtask("prove", f"{baseline}/{patch}", inputs, [records.proof], baseline=baseline,
                                  patch=patch)
             # One VM serves every proof of a run (booted by the first); doit tears it down after the last.
