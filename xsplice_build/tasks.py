@@ -36,7 +36,6 @@ from .project import Project
 from .provenance import code_identity
 from .records import Records
 from .vm_runtime import has_runtime, runtime_path
-from .xen_vm import stop_stage_vm
 
 # Set by `doit build-patch` before dodo.py is loaded: plan only that pair and its baseline, the
 # tasks it runs (planning every pair of every baseline was a third of a no-op build's time).
@@ -207,8 +206,10 @@ class Pipeline:
                       *([probes] if probes.is_file() else [])]
             task = self._subtask("prove", f"{baseline}/{patch}", inputs, [records.proof], baseline=baseline,
                                  patch=patch)
-            # One VM serves every proof of a run (booted by the first); doit tears it down after the last.
-            yield {**task, "teardown": [(stop_stage_vm, [self.root])]}
+            # One VM serves every proof of a run (booted by the first). No doit teardown stops it: with -n N a
+            # worker runs its tasks' teardowns when it runs out of work, stopping the VM under another
+            # worker's proof; the nightly stops it after the run (release_commands), a bare run leaves it up.
+            yield task
 
     def _subtask(self, basename: str, name: str, inputs: list[Path], targets: list[Path],
                  record: Path | None = None, config: dict[str, str] | None = None,
