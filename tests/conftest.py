@@ -99,14 +99,32 @@ PIPELINE_FIXTURES = frozenset({"checkout", "checkout_project", "built", "built_o
 PIPELINE_CALLS = ("copy_checkout(", ".doit(", '"doit"')
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def _runs_the_pipeline(function: object) -> bool:
     import inspect
 
+    try:
+        source = inspect.getsource(function)  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return False
+    return any(call in source for call in PIPELINE_CALLS)
+
+
+def _fixture_closure_runs_the_pipeline(item: pytest.Item) -> bool:
+    """Whether any fixture the test uses, directly or through other fixtures, is or calls the pipeline.
+
+    A module fixture of a test file (e.g. one that builds a chain of payloads) counts as much as the shared ones.
+    """
+    names = set(getattr(item, "fixturenames", ()))
+    if names & PIPELINE_FIXTURES:
+        return True
+    definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    return any(_runs_the_pipeline(definition.func) for name in names for definition in definitions.get(name, ()))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("fast") or item.get_closest_marker("xen") or item.get_closest_marker("vm"):
             continue
         function = getattr(item, "function", None)
-        source = inspect.getsource(function) if function is not None else ""
-        if not set(getattr(item, "fixturenames", ())) & PIPELINE_FIXTURES and not any(
-                call in source for call in PIPELINE_CALLS):
+        if not _fixture_closure_runs_the_pipeline(item) and not (function and _runs_the_pipeline(function)):
             item.add_marker(pytest.mark.fast)
