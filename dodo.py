@@ -1,12 +1,12 @@
 """The pipeline's doit tasks: one generator per stage, a subtask per baseline or (baseline, patch).
 
-`doit build-patch [--baseline NAME] PATCH` (xsplice_build.doit_commands) runs the sign
+`doit build-patch [--baseline NAME] PATCH` (xsplice_build.commands.doit_commands) runs the sign
 subtask of one pair and everything it depends on; `doit list` shows the stages.
 """
 
 from pathlib import Path
 
-from xsplice_build.tasks import Pipeline
+from xsplice_build.pipeline.tasks import Pipeline
 
 PIPELINE = Pipeline(Path(__file__).resolve().parent)
 DOIT_CONFIG = PIPELINE.doit_config()

@@ -24,8 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from xsplice_build.baseline import load_all  # noqa: E402
 from xsplice_build.project import Project, copy_sources  # noqa: E402
+from xsplice_build.target.baseline import load_all  # noqa: E402
 
 DONE = re.compile(r"^xsplice: done (\S+) \(([\d.]+) s\)", re.MULTILINE)
 

@@ -18,7 +18,7 @@ Targets:
              mutated patched object
     toml     the baseline definition, probe file and toolchain lock loaders on TOML bytes
     protocol the request protocol against a running minixen: fuzzed names and upload bodies
-             through the client (hypervisor.Connection), and raw bytes on a connection of their
+             through the client (vm/channel.py's Connection), and raw bytes on a connection of their
              own; the image must keep running and answer in step (a body never read as requests)
     loader   minixen's loader on mutated payloads that pass `verify` (verify.link_payload), re-signed
              with the development key: upload, apply, list, revert and unload on a running image,
@@ -224,9 +224,9 @@ def _elf_target(root: Path) -> Callable[[bytes], None]:
 
 def _verify_target(root: Path) -> Callable[[bytes], None]:
     from xsplice_build.diff.profile import XEN_X86_64
-    from xsplice_build.image import BaseImage
-    from xsplice_build.layout import apply_layout, baseline_layout, func_layout
-    from xsplice_build.verify import link_payload, payload_area
+    from xsplice_build.runtime.verify import link_payload, payload_area
+    from xsplice_build.target.image import BaseImage
+    from xsplice_build.target.layout import apply_layout, baseline_layout, func_layout
 
     image_path = root / "work" / "minixen" / "base" / "tree" / "xen-syms"
     image = BaseImage.load(image_path)
@@ -245,14 +245,14 @@ def _verify_target(root: Path) -> Callable[[bytes], None]:
 
 
 def _sign_target(root: Path) -> Callable[[bytes], None]:
-    from xsplice_build import sign
+    from xsplice_build.stages import sign
 
     certificate = root / "keys" / "development" / "signing_cert.pem"
     return lambda data: sign.verify(data, certificate, "fuzz.livepatch") and None
 
 
 def _split_target(root: Path) -> Callable[[bytes], None]:
-    from xsplice_build import sign
+    from xsplice_build.stages import sign
 
     return lambda data: sign.split(data, "fuzz.livepatch") and None
 
@@ -279,11 +279,11 @@ def _diff_target(root: Path) -> Callable[[bytes], None]:
 
 
 def _toml_target(root: Path) -> Callable[[bytes], None]:
-    from xsplice_build.baseline import load_baseline
     from xsplice_build.errors import XspliceError
-    from xsplice_build.probes import load_probes
     from xsplice_build.project import Project
-    from xsplice_build.toolchain import read_lock
+    from xsplice_build.stages.toolchain import read_lock
+    from xsplice_build.target.baseline import load_baseline
+    from xsplice_build.vm.probes import load_probes
 
     # A checkout-shaped directory of its own, under the checkout's work/ (never its baseline/).
     scratch = root / "work" / "fuzz" / "toml-scratch"
@@ -352,7 +352,7 @@ class RunningImage:
     def connect(self):  # type: ignore[no-untyped-def]
         import socket
 
-        from xsplice_build.hypervisor import Connection
+        from xsplice_build.vm.channel import Connection
 
         self.ensure()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -370,7 +370,7 @@ def _status(status: int) -> str:
 def _protocol_target(root: Path) -> Callable[[bytes], None]:
     import atheris
 
-    from xsplice_build.hypervisor import HypervisorError
+    from xsplice_build.vm.channel import HypervisorError
 
     image = RunningImage(root)
     build_id = _answer_value(image, "build_id")
@@ -438,12 +438,12 @@ def _answer_value(image: RunningImage, key: str) -> str:
 
 
 def _loader_target(root: Path) -> Callable[[bytes], None]:
-    from xsplice_build import sign
     from xsplice_build.diff.profile import XEN_X86_64
     from xsplice_build.errors import XspliceError
-    from xsplice_build.image import BaseImage
-    from xsplice_build.layout import apply_layout, baseline_layout, func_layout
-    from xsplice_build.verify import link_payload, payload_area
+    from xsplice_build.runtime.verify import link_payload, payload_area
+    from xsplice_build.stages import sign
+    from xsplice_build.target.image import BaseImage
+    from xsplice_build.target.layout import apply_layout, baseline_layout, func_layout
 
     image_path = root / "work" / "minixen" / "base" / "tree" / "xen-syms"
     base_image = BaseImage.load(image_path)

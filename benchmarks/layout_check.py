@@ -29,14 +29,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from xsplice_build.baseline import load_baseline  # noqa: E402
-from xsplice_build.build import SPLIT_SECTIONS_FLAGS, run_build  # noqa: E402
-from xsplice_build.debuginfo import debug_objects  # noqa: E402
 from xsplice_build.diff.engine import DebugPair, diff_pairs  # noqa: E402
 from xsplice_build.diff.profile import profile_named  # noqa: E402
 from xsplice_build.files import copy_tree, read_json, remove_tree  # noqa: E402
 from xsplice_build.project import Project  # noqa: E402
-from xsplice_build.stages import Records, _tools  # noqa: E402
+from xsplice_build.stages.build import SPLIT_SECTIONS_FLAGS, run_build  # noqa: E402
+from xsplice_build.stages.debuginfo import debug_objects  # noqa: E402
+from xsplice_build.stages.steps import Records, _tools  # noqa: E402
+from xsplice_build.target.baseline import load_baseline  # noqa: E402
 
 HEADER = "xen/include/xen/sched.h"
 CHANGES = {

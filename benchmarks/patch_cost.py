@@ -33,11 +33,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from xsplice_build.baseline import load_baseline  # noqa: E402
-from xsplice_build.build import apply_patch, run_build  # noqa: E402
 from xsplice_build.files import read_json, sync_tree  # noqa: E402
 from xsplice_build.project import Project, copy_sources  # noqa: E402
-from xsplice_build.stages import _tools  # noqa: E402
+from xsplice_build.stages.build import apply_patch, run_build  # noqa: E402
+from xsplice_build.stages.steps import _tools  # noqa: E402
+from xsplice_build.target.baseline import load_baseline  # noqa: E402
 
 
 def warm_copy(checkout: Path, work: Path, destination: Path) -> Path:

@@ -26,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from xsplice_build.layout import compile_flags, kbuild_command  # noqa: E402
 from xsplice_build.project import copy_sources  # noqa: E402
+from xsplice_build.target.layout import compile_flags, kbuild_command  # noqa: E402
 
 DOIT = Path(sys.executable).parent / "doit"
 

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from xsplice_build.project import copy_sources  # noqa: E402
-from xsplice_build.sandbox import UNSANDBOXED_ENV  # noqa: E402
+from xsplice_build.stages.sandbox import UNSANDBOXED_ENV  # noqa: E402
 
 DOIT = Path(sys.executable).parent / "doit"
 MODES = {"sandboxed": {}, "unsandboxed": {UNSANDBOXED_ENV: "1"}}

@@ -23,11 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from xsplice_build.probes import load_probes, probe_file
 from xsplice_build.project import Project, copy_sources
-from xsplice_build.sign import split
-from xsplice_build.vm_runtime import boot_files, load_runtime
-from xsplice_build.xen_vm import XenVM
+from xsplice_build.stages.sign import split
+from xsplice_build.vm.probes import load_probes, probe_file
+from xsplice_build.vm.vm_runtime import boot_files, load_runtime
+from xsplice_build.vm.xen_vm import XenVM
 
 REPO = Path(__file__).resolve().parents[1]
 BASELINE = "xen-4.17"

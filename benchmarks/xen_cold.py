@@ -26,8 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from xsplice_build.baseline import load_baseline  # noqa: E402
 from xsplice_build.project import Project, copy_sources  # noqa: E402
+from xsplice_build.target.baseline import load_baseline  # noqa: E402
 
 
 def cold_build_patch(scratch: Path, baseline: str, patch: str, number: int) -> tuple[float, Path]:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from xsplice_build import sign
 from xsplice_build.elf.constants import (
     ET_EXEC,
     R_X86_64_32,
@@ -51,7 +50,8 @@ from xsplice_build.elf.reader import read_elf
 from xsplice_build.elf.relink import to_output
 from xsplice_build.elf.structs import EHDR, NHDR, RELA, SHDR, SYM, read_field, write_field
 from xsplice_build.elf.writer import OutRela, OutSection, OutSymbol, section_symbol, write_relocatable
-from xsplice_build.image import BaseImage
+from xsplice_build.stages import sign
+from xsplice_build.target.image import BaseImage
 
 
 @dataclass(frozen=True)

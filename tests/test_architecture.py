@@ -1,5 +1,6 @@
-"""The direction of imports docs/design.md documents: commands -> release/runtime -> pipeline -> stages ->
-diff/target -> elf -> foundation. A module imports its own layer or lower ones, never a higher one."""
+"""The direction of imports docs/design.md documents, by subpackage: commands -> release, runtime -> pipeline ->
+stages -> vm -> target -> diff -> elf -> foundation (the package's top-level modules). A module imports its own
+layer or lower ones, never a higher one; siblings of one layer never import each other."""
 
 from __future__ import annotations
 
@@ -7,47 +8,69 @@ import pytest
 
 from xsplice_build.code_identity import package_imports, third_party_imports
 
-# Lowest first; every module of the package is in exactly one layer (a new module must be placed).
+# The package's top-level modules: everything else builds on them ("" is the package's __init__.py).
+FOUNDATION = {"", "errors", "files", "project", "schema", "patches", "lock", "code_identity", "console", "records",
+              "keys"}
+# Lowest first: each layer's subpackages. Every module is in exactly one layer: a top-level module must be in
+# FOUNDATION, a subpackage in one layer (a new one must be placed here and in docs/design.md).
 LAYERS: dict[str, set[str]] = {
-    "foundation": {"", "errors", "files", "project", "schema", "patches", "lock", "code_identity",
-                   "console", "records", "keys"},
-    "elf": {"elf", "elf.constants", "elf.structs", "elf.model", "elf.reader", "elf.writer", "elf.notes",
-            "elf.relink", "elf.compare", "elf.livepatch", "elf.dynamic", "elf.debug"},
-    "diff/target": {"diff", "diff.state", "diff.profile", "diff.correlate", "diff.compare", "diff.lines",
-                    "diff.include", "diff.rules", "diff.extract", "diff.explain", "diff.engine", "diff.types",
-                    "diff.layouts", "layout", "image", "baseline", "bringup"},
-    "stages": {"stages", "checkout", "toolchain", "build", "patch_rules", "payload", "sign", "keyscan", "sandbox",
-               "sandboxed_base", "sandboxed_build", "sandboxed_diff", "channel", "probes", "vm_runtime", "xen_vm",
-               "cpio", "provenance", "debuginfo"},
-    "pipeline": {"tasks", "runner", "reporter", "integrity", "loader"},
-    "release/runtime": {"release", "audit", "payload_store", "cluster", "cluster_worker", "verify", "hypervisor"},
-    "commands": {"cli", "xen_xsplice", "doit_commands", "release_commands"},
+    "foundation": {""},
+    "elf": {"elf"},
+    "diff": {"diff"},
+    "target": {"target"},
+    "vm": {"vm"},
+    "stages": {"stages"},
+    "pipeline": {"pipeline"},
+    "release/runtime": {"release", "runtime"},
+    "commands": {"commands"},
 }
 ORDER = list(LAYERS)
-LAYER_OF = {module: layer for layer, modules in LAYERS.items() for module in modules}
+LAYER_OF_PACKAGE = {package: layer for layer, packages in LAYERS.items() for package in packages}
 # The doit wiring: only these import doit; a data store (records, releases, the payload store) never does.
-# console: the doit commands' boundary names doit's database error to say what to delete.
-DOIT_WIRING = {"tasks", "runner", "reporter", "loader", "doit_commands", "release_commands", "console"}
+DOIT_WIRING = {"pipeline.tasks", "pipeline.runner", "pipeline.reporter", "pipeline.loader",
+               "commands.doit_commands", "commands.release_commands"}
+DASK = {"release.cluster", "release.cluster_worker"}
+
+
+def package_of(module: str) -> str:
+    """The subpackage a module belongs to ("" for a top-level module)."""
+    return module.split(".")[0] if "." in module or module in LAYER_OF_PACKAGE else ""
+
+
+def layer_of(module: str) -> str:
+    return LAYER_OF_PACKAGE[package_of(module)]
 
 
 @pytest.mark.fast
 def test_every_module_has_a_layer() -> None:
     modules = set(package_imports())
-    assert modules - set(LAYER_OF) == set(), "place the new module in a layer (here and in docs/design.md)"
-    assert set(LAYER_OF) - modules == set(), "a module in LAYERS no longer exists"
+    top_level = {module for module in modules if package_of(module) == ""}
+    assert top_level == FOUNDATION, "place the new top-level module in FOUNDATION (and docs/design.md)"
+    packages = {package_of(module) for module in modules}
+    assert packages - set(LAYER_OF_PACKAGE) == set(), "place the new subpackage in a layer (and docs/design.md)"
+    assert set(LAYER_OF_PACKAGE) - packages == set(), "a subpackage in LAYERS no longer exists"
 
 
 @pytest.mark.fast
 def test_imports_go_down_the_layers_only() -> None:
-    upward = sorted(f"{module} ({LAYER_OF[module]}) imports {imported} ({LAYER_OF[imported]})"
+    upward = sorted(f"{module} ({layer_of(module)}) imports {imported} ({layer_of(imported)})"
                     for module, imports in package_imports().items() for imported in imports
-                    if ORDER.index(LAYER_OF[imported]) > ORDER.index(LAYER_OF[module]))
+                    if ORDER.index(layer_of(imported)) > ORDER.index(layer_of(module)))
     assert upward == []
 
 
 @pytest.mark.fast
+def test_siblings_of_a_layer_do_not_import_each_other() -> None:
+    # release and runtime share a layer: neither builds on the other.
+    across = sorted(f"{module} imports {imported}" for module, imports in package_imports().items()
+                    for imported in imports if layer_of(module) == layer_of(imported) != "foundation"
+                    and package_of(module) != package_of(imported))
+    assert across == []
+
+
+@pytest.mark.fast
 def test_no_command_imports_another() -> None:
-    commands = LAYERS["commands"]
+    commands = {module for module in package_imports() if package_of(module) == "commands"}
     assert {module: imports & commands for module, imports in package_imports().items()
             if module in commands and imports & commands} == {}
 
@@ -56,13 +79,14 @@ def test_no_command_imports_another() -> None:
 def test_only_the_doit_wiring_imports_doit_and_only_the_cluster_imports_dask() -> None:
     imports = third_party_imports()
     assert {module for module, names in imports.items() if "doit" in names} <= DOIT_WIRING
-    assert {module for module, names in imports.items() if "distributed" in names or "dask" in names} <= \
-        {"cluster", "cluster_worker"}
+    assert {module for module, names in imports.items() if "distributed" in names or "dask" in names} <= DASK
 
 
 @pytest.mark.fast
 def test_no_data_store_imports_the_doit_wiring() -> None:
-    # The payload store's key once came from tasks.py; the records, the release and the store are plain data.
-    stores = {"payload_store", "release", "integrity", "stages"}
+    # The payload store's key once came from tasks.py; the records, the stages, the release and the store are
+    # plain data.
+    stores = {module for module in package_imports() if package_of(module) in {"", "stages"}} | \
+        {"release.manifest", "release.payload_store", "pipeline.integrity"}
     assert {module: imports & DOIT_WIRING for module, imports in package_imports().items()
             if module in stores and imports & DOIT_WIRING} == {}

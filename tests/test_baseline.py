@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from conftest import Checkout
 
-from xsplice_build.baseline import load_baseline
 from xsplice_build.errors import ConfigError
 from xsplice_build.project import Project
+from xsplice_build.target.baseline import load_baseline
 
 
 def test_the_bundled_definition_loads(checkout: Checkout) -> None:

@@ -8,10 +8,10 @@ import git
 import pytest
 from conftest import Checkout, copy_checkout
 
-from xsplice_build.baseline import load_baseline
-from xsplice_build.checkout import checkout, directory_commits
 from xsplice_build.errors import ConfigError
 from xsplice_build.project import Project
+from xsplice_build.stages.checkout import checkout, directory_commits
+from xsplice_build.target.baseline import load_baseline
 
 
 def test_checkout_gives_a_clean_tree_at_the_pinned_commit(checkout_project: Project) -> None:

@@ -16,7 +16,7 @@ import pytest
 from conftest import BIN, Checkout, copy_checkout
 from distributed import Client, LocalCluster
 
-from xsplice_build.cluster import _refusal
+from xsplice_build.release.cluster import _refusal
 
 MINIXEN = ("--baseline", "minixen", "--baseline", "minixen-1.1")
 PAIRS = 10  # 5 advisory variants, the stacked chain's 3 and its 2 cumulative payloads
@@ -115,7 +115,7 @@ def test_a_worker_with_another_assembler_never_contributes(one_machine: Checkout
             assert {worker for _, _, worker, _, _ in jobs(result.stdout)} == good
             assert release_files(checkout) == release_files(one_machine)
             # The check inside every job: sources whose toolchain.lock is not the coordinator's are refused.
-            from xsplice_build.cluster_worker import WrongToolchain, pack_sources, run_job
+            from xsplice_build.release.cluster_worker import WrongToolchain, pack_sources, run_job
 
             archive, digest = pack_sources(checkout.root)
             future = client.submit(run_job, "minixen", "XSA-131", archive, digest, "0" * 64, None, pure=False)
@@ -138,8 +138,8 @@ def test_an_unreachable_scheduler_and_a_store_without_one_are_refused_in_one_lin
 
 
 def test_the_coordinator_refuses_a_result_built_against_another_lock_or_code() -> None:
-    from xsplice_build.payload_store import stages_code
-    from xsplice_build.release import Pair
+    from xsplice_build.release.manifest import Pair
+    from xsplice_build.release.payload_store import stages_code
 
     pair, lock = Pair("minixen", "XSA-131"), "1" * 64
     result = {"toolchain_lock_sha256": "0" * 64, "code_sha256": stages_code(), "worker": "tcp://10.0.0.9:4000",

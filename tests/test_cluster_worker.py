@@ -11,12 +11,12 @@ from pathlib import Path
 
 import psutil
 
-from xsplice_build.cluster_worker import claim_slot, install_sources, pack_sources
+from xsplice_build.release.cluster_worker import claim_slot, install_sources, pack_sources
 
 _DYING_OWNER = """
 import os, subprocess, sys
 from pathlib import Path
-from xsplice_build.cluster_worker import claim_slot
+from xsplice_build.release.cluster_worker import claim_slot
 slot = claim_slot(Path(sys.argv[1]))
 slot.checkout.mkdir(parents=True, exist_ok=True)
 # A build left running, in its own process group and holding the slot's lock, as a job's doit is.

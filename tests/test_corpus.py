@@ -116,10 +116,10 @@ def test_case_outcome(corpus: dict[str, Built], case: str) -> None:
 
 def _entry_sizes(checkout: Checkout) -> dict[str, int]:
     """Each special section's entry size as the pipeline used it: the target profile with the image's layouts."""
-    from xsplice_build.baseline import load_baseline
     from xsplice_build.diff.profile import profile_named
-    from xsplice_build.layout import apply_layout
     from xsplice_build.project import Project
+    from xsplice_build.target.baseline import load_baseline
+    from xsplice_build.target.layout import apply_layout
 
     layout = json.loads(checkout.work("minixen", "base.json").read_text())["layout"]
     profile = apply_layout(profile_named(load_baseline(Project(checkout.root), "minixen").profile), layout)

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from xsplice_build.baseline import load_baseline
-from xsplice_build.debuginfo import debug_objects
 from xsplice_build.diff.types import has_dwarf, read_types
 from xsplice_build.errors import BuildError
 from xsplice_build.project import Project
+from xsplice_build.stages.debuginfo import debug_objects
+from xsplice_build.target.baseline import load_baseline
 
 
 def _tree(root: Path, member: str) -> Path:

@@ -99,8 +99,9 @@ def test_a_relocation_the_loader_does_not_apply_is_refused(tmp_path: Path) -> No
 def test_every_cited_rule_is_in_the_catalogue() -> None:
     import re
 
-    from xsplice_build import bringup, payload
     from xsplice_build.diff import compare, layouts, rules
+    from xsplice_build.stages import payload
+    from xsplice_build.target import bringup
 
     text = "".join(Path(module.__file__).read_text() for module in (compare, rules, layouts, payload, bringup))
     assert set(re.findall(r"\[rule: ([a-z-]+)\]", text)) <= set(rules.RULES)

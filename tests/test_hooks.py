@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import BIN, Checkout, copy_checkout, one_line_failure
 
-from xsplice_build import hypervisor
-from xsplice_build.hypervisor import RunDir
 from xsplice_build.project import Project
+from xsplice_build.runtime import hypervisor
+from xsplice_build.vm.channel import RunDir
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,13 @@ from pathlib import Path
 import pytest
 from conftest import BIN, REPO, Checkout, copy_checkout, one_line_failure
 
-from xsplice_build import hypervisor
 from xsplice_build.elf.reader import read_elf
 from xsplice_build.elf.structs import SHDR
 from xsplice_build.errors import ConfigError
 from xsplice_build.files import ELF_LIMIT
-from xsplice_build.hypervisor import PAYLOAD_NAME_SIZE, RunDir, check_payload_name
 from xsplice_build.project import Project
+from xsplice_build.runtime import hypervisor
+from xsplice_build.vm.channel import PAYLOAD_NAME_SIZE, HypervisorError, RunDir, check_payload_name
 
 FAULTS = REPO / "tests" / "fault_injection"
 SOURCE = """
@@ -544,7 +544,7 @@ def test_a_request_that_breaks_the_framing_ends_the_connection(running: Checkout
 def test_the_client_never_sends_a_line_the_framing_would_split(running: Checkout) -> None:
     with RunDir.of(Project(running.root)).connect() as connection:
         for line in ("livepatch get x\nquit", "info\0", "a" * 4096, ""):
-            with pytest.raises(hypervisor.HypervisorError, match="not sent"):
+            with pytest.raises(HypervisorError, match="not sent"):
                 connection.request(line)
         assert connection.request("info").rc == 0
 
@@ -557,8 +557,8 @@ def test_verify_refuses_a_special_section_of_type_null(built_once: Checkout) -> 
     from payload_edits import unsigned_payload
 
     from xsplice_build.errors import PayloadRejected
-    from xsplice_build.image import BaseImage
-    from xsplice_build.verify import link_payload, payload_area
+    from xsplice_build.runtime.verify import link_payload, payload_area
+    from xsplice_build.target.image import BaseImage
 
     data = unsigned_payload(built_once.out("regression-test") / "regression-test.livepatch")
     # As found: its relocation section's type mutated too (to one nothing reads), so only verify's own rule is left.

@@ -249,8 +249,8 @@ def test_a_build_killed_midway_leaves_the_previous_payload_and_no_lock(built: Ch
 def test_a_patch_name_that_could_leave_patches_is_refused_before_use(checkout: Checkout, name: str) -> None:
     from xsplice_build.errors import ConfigError
     from xsplice_build.patches import patch_file
-    from xsplice_build.probes import probe_file
     from xsplice_build.project import Project
+    from xsplice_build.vm.probes import probe_file
 
     project = Project(checkout.root)
     for use in (lambda: patch_file(project, name, "minixen"), lambda: probe_file(project, name, "minixen"),

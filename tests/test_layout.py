@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import Checkout
 
 from xsplice_build.diff.profile import XEN_X86_64
-from xsplice_build.layout import apply_layout, baseline_layout, func_layout, read_structs
+from xsplice_build.target.layout import apply_layout, baseline_layout, func_layout, read_structs
 
 
 def test_bug_frame_sizes_come_from_the_images_dwarf(built_once: Checkout) -> None:

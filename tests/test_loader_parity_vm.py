@@ -4,7 +4,7 @@ Every case of tests/payload_edits.CASES is made from a good xen-4.17 payload and
 running hypervisor through xen-livepatch (payload_edits.judge_on): one boot for all the cases Xen
 survives, then one boot for each case the table says crashes it, which must panic in the function
 the table names. verify and minixen run the same table in test_verify.py and test_xen_xsplice.py.
-Runs where the VM runtime (xsplice_build.xen_vm) is present.
+Runs where the VM runtime (xsplice_build.vm.xen_vm) is present.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import pytest
 from conftest import REPO, Checkout, copy_checkout
 from payload_edits import CASES, Case, Good, judge_on, unsigned_payload
 
-from xsplice_build.hypervisor import RunDir
-from xsplice_build.image import BaseImage
 from xsplice_build.project import Project
+from xsplice_build.target.image import BaseImage
+from xsplice_build.vm.channel import RunDir
 
 pytestmark = pytest.mark.vm
-xen_vm = pytest.importorskip("xsplice_build.xen_vm", reason="no VM runtime (xsplice_build.xen_vm) in this checkout")
+xen_vm = pytest.importorskip("xsplice_build.vm.xen_vm", reason="no VM runtime (xsplice_build.vm) in this checkout")
 
 BASELINE = "xen-4.17"
 GOOD = "domctl-iomem-empty-range"

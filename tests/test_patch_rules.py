@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from xsplice_build.build import apply_patch
 from xsplice_build.errors import PatchError
+from xsplice_build.stages.build import apply_patch
 
 CANARY = "int canary = 1;\n"
 

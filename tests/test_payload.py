@@ -13,7 +13,7 @@ from elftools.elf.relocation import RelocationSection
 from xsplice_build.elf.livepatch import BUILD_ID, DEPENDS, FUNCS, XEN_4_17_FUNC, XEN_DEPENDS
 from xsplice_build.elf.notes import image_build_id
 from xsplice_build.elf.reader import read_elf_file
-from xsplice_build.sign import split
+from xsplice_build.stages.sign import split
 
 
 def _payload(built: Checkout, patch: str) -> ELFFile:
@@ -85,7 +85,7 @@ def test_the_payload_stage_refuses_what_the_loader_refuses_for_its_size_alone() 
     from xsplice_build.elf.livepatch import MAX_PAYLOAD_SIZE, MAX_SECTIONS
     from xsplice_build.elf.writer import OutSection, write_relocatable
     from xsplice_build.errors import XspliceError
-    from xsplice_build.payload import check_loader_limits
+    from xsplice_build.stages.payload import check_loader_limits
 
     def sections(count: int, size: int = 0) -> bytes:
         # The writer adds the null section, .symtab, .strtab and .shstrtab.

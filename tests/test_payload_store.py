@@ -6,8 +6,8 @@ from pathlib import Path
 
 from conftest import Checkout
 
-from xsplice_build.payload_store import StoredResult, lookup, put, store_key
 from xsplice_build.project import Project
+from xsplice_build.release.payload_store import StoredResult, lookup, put, store_key
 
 LOCK = "a" * 64
 

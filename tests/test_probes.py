@@ -8,8 +8,8 @@ import pytest
 from conftest import REPO
 
 from xsplice_build.errors import ConfigError
-from xsplice_build.probes import PHASES, load_probes, probe_file
 from xsplice_build.project import Project
+from xsplice_build.vm.probes import PHASES, load_probes, probe_file
 
 
 def test_bundled_probes_load_and_cover_each_phase() -> None:

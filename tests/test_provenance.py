@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from conftest import REPO, Checkout
 
-from xsplice_build import provenance
 from xsplice_build.errors import SignatureError
 from xsplice_build.project import Project
-from xsplice_build.sign import configured_keys, load_keys
-from xsplice_build.stages import Records, stage_sign
+from xsplice_build.stages import provenance
+from xsplice_build.stages.sign import configured_keys, load_keys
+from xsplice_build.stages.steps import Records, stage_sign
 
 
 def _documented_check() -> str:

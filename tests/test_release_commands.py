@@ -11,7 +11,7 @@ import pytest
 from conftest import Checkout, copy_checkout
 
 from xsplice_build.files import sha256_bytes, sha256_file
-from xsplice_build.sign import split
+from xsplice_build.stages.sign import split
 
 PAIRS = {("minixen", "XSA-131"), ("minixen", "regression-test"), ("minixen-1.1", "XSA-131"),
          ("minixen-1.1", "regression-test"), ("minixen-1.1", "version-code"),

@@ -25,10 +25,10 @@ from conftest import REPO, Checkout, one_line_failure
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from xsplice_build import keyscan, sandbox
 from xsplice_build.errors import BuildError, PayloadRejected
-from xsplice_build.keyscan import SigningKeyBytes, find_key_material, refuse_key_material
 from xsplice_build.project import Project
+from xsplice_build.stages import keyscan, sandbox
+from xsplice_build.stages.keyscan import SigningKeyBytes, find_key_material, refuse_key_material
 
 MINIXEN = REPO / "baseline" / "sources" / "minixen"
 TRIGGER = "    case XEN_DOMCTL_max_vcpus:\n"
@@ -385,7 +385,7 @@ def test_the_scan_names_a_file_offset_outside_sections(payload: bytes) -> None:
 
 def test_the_sign_stage_refuses_a_payload_with_key_material(built: Checkout) -> None:
     # As a cluster coordinator signs a payload a worker sent: the stage itself, on the file it is given.
-    from xsplice_build import stages
+    from xsplice_build.stages import steps as stages
 
     unsigned = built.work("minixen", "patches", "XSA-131", "XSA-131.livepatch.unsigned")
     planted, _ = _planted(unsigned.read_bytes(), ".text.do_domctl", OTHER_KEYS["der-pkcs8"]())

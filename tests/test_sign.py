@@ -11,7 +11,7 @@ import pytest
 from conftest import Checkout
 
 from xsplice_build.errors import ConfigError, SignatureError
-from xsplice_build.sign import (
+from xsplice_build.stages.sign import (
     MARKER,
     MODULE_SIGNATURE,
     REQUIRE_CODE_SIGNING_ENV,

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from conftest import BIN, Checkout, copy_checkout, one_line_failure
 
-from xsplice_build import hypervisor
 from xsplice_build.elf.notes import parse_build_id_note
 from xsplice_build.elf.reader import read_elf
-from xsplice_build.hypervisor import RunDir
 from xsplice_build.project import Project
-from xsplice_build.sign import split
+from xsplice_build.runtime import hypervisor
+from xsplice_build.stages.sign import split
+from xsplice_build.vm.channel import RunDir
 
 CHAIN = ("stack-1", "stack-2", "stack-3")
 CUMULATIVE = "stack-1+stack-2+stack-3"

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from xsplice_build import toolchain
 from xsplice_build.errors import ConfigError, ToolchainMismatch
+from xsplice_build.stages import toolchain
 
 
 def test_probe_fingerprints_the_four_tools() -> None:

@@ -9,9 +9,9 @@ import pytest
 from conftest import Checkout
 from payload_edits import CASES, Case, Good, resign, unsigned_payload
 
-from xsplice_build import sign
-from xsplice_build.image import BaseImage
-from xsplice_build.verify import link_payload
+from xsplice_build.runtime.verify import link_payload
+from xsplice_build.stages import sign
+from xsplice_build.target.image import BaseImage
 
 
 def _verify(checkout: Checkout, payload: Path, *extra: str) -> subprocess.CompletedProcess[str]:

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from xsplice_build import cpio
 from xsplice_build.elf.dynamic import dependencies
 from xsplice_build.errors import ConfigError
-from xsplice_build.hypervisor import Answer
 from xsplice_build.project import Project
-from xsplice_build.vm_runtime import load_runtime, runtime_path
-from xsplice_build.xen_vm import CONSOLE_MARK, _read_answer, _verdict
+from xsplice_build.vm import cpio
+from xsplice_build.vm.channel import Answer
+from xsplice_build.vm.vm_runtime import load_runtime, runtime_path
+from xsplice_build.vm.xen_vm import CONSOLE_MARK, _read_answer, _verdict
 
 
 def test_the_archive_is_what_cpio_unpacks_and_the_same_bytes_every_time(tmp_path: Path) -> None:

@@ -20,8 +20,8 @@ from elftools.elf.relocation import RelocationSection
 
 from xsplice_build.elf.livepatch import ALT_INSTR, ALT_INSTRUCTIONS, ALT_REPLACEMENT
 from xsplice_build.elf.reader import read_elf, read_elf_file
-from xsplice_build.image import BaseImage
-from xsplice_build.sign import split
+from xsplice_build.stages.sign import split
+from xsplice_build.target.image import BaseImage
 
 pytestmark = pytest.mark.xen
 

@@ -22,12 +22,12 @@ import pytest
 from conftest import BIN, REPO, Checkout, copy_checkout
 from payload_edits import other_build_id, resign, unknown_symbol, unsigned_payload
 
-from xsplice_build.baseline import load_baseline
 from xsplice_build.patches import patch_names
-from xsplice_build.probes import load_probes, probe_file
 from xsplice_build.project import Project
-from xsplice_build.vm_runtime import boot_files, initramfs, load_runtime, unpacked_root
-from xsplice_build.xen_vm import XenVM
+from xsplice_build.target.baseline import load_baseline
+from xsplice_build.vm.probes import load_probes, probe_file
+from xsplice_build.vm.vm_runtime import boot_files, initramfs, load_runtime, unpacked_root
+from xsplice_build.vm.xen_vm import XenVM
 
 pytestmark = pytest.mark.vm
 

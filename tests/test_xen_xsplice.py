@@ -12,14 +12,14 @@ import pytest
 from conftest import BIN, Checkout, copy_checkout
 from payload_edits import CASES, Case, Good, other_build_id, resign, unsigned_payload
 
-from xsplice_build import hypervisor
 from xsplice_build.elf.reader import read_elf
-from xsplice_build.hypervisor import RunDir
-from xsplice_build.image import BaseImage
 from xsplice_build.patches import patch_names
-from xsplice_build.probes import probe_file
 from xsplice_build.project import Project
-from xsplice_build.verify import link_payload
+from xsplice_build.runtime import hypervisor
+from xsplice_build.runtime.verify import link_payload
+from xsplice_build.target.image import BaseImage
+from xsplice_build.vm.channel import Connection, RunDir
+from xsplice_build.vm.probes import probe_file
 
 
 def xen(checkout: Checkout, *args: str) -> subprocess.CompletedProcess[str]:
@@ -174,7 +174,7 @@ def _good(checkout: Checkout) -> Good:
                 BaseImage.load(checkout.work("minixen", "base", "tree", "xen-syms")))
 
 
-def _minixen_verdict(connection: hypervisor.Connection, payload: bytes) -> tuple[str, str]:
+def _minixen_verdict(connection: Connection, payload: bytes) -> tuple[str, str]:
     """Straight to the loader, past the tool's checks. Accepted means it also applies, serves a
     request through the patched dispatcher (XSA-131's fix refuses 64 vCPUs), reverts and unloads."""
     answer = connection.request(f"livepatch upload parity {len(payload)}", payload)

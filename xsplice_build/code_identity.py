@@ -1,8 +1,8 @@
 """The code a stage runs, computed from this package's sources: what makes its cached results stale.
 
-A stage is a function `stage_NAME` of stages.py. Its code is the part of stages.py it
+A stage is a function `stage_NAME` of stages/steps.py. Its code is the part of stages/steps.py it
 reaches (that function and the helpers, records and imported names it uses, followed
-through stages.py), then the import closure of every module of this package those names
+through stages/steps.py), then the import closure of every module of this package those names
 come from (imports inside functions count: they run too), with the `__init__.py` of each
 package on the way, and the package data files a module names (the xsplice-cc wrapper).
 Computed, never listed: a hand-kept list once left the payload stage without
@@ -27,7 +27,8 @@ from .files import write_atomic
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE = PACKAGE_DIR.name
-RUNNER = "stages"  # the module whose `stage_NAME` functions are the stages
+RUNNER = "stages.steps"  # the module whose `stage_NAME` functions are the stages
+RUNNER_FILE = RUNNER.replace(".", "/") + ".py"
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,12 @@ class Sources:
 
 
 def stage_modules(stage: str, root: Path = PACKAGE_DIR) -> list[str]:
-    """The files (relative to the package) whose content is stage `stage`'s code, stages.py included."""
+    """The files (relative to the package) whose content is stage `stage`'s code, stages/steps.py included."""
     return _files(Sources.of(root), stage)
 
 
 def stage_identity(stage: str, root: Path = PACKAGE_DIR) -> str:
-    """sha256 over the code stage `stage` runs: the stages.py functions it reaches, then whole modules."""
+    """sha256 over the code stage `stage` runs: the stages/steps.py functions it reaches, then whole modules."""
     return _identity(Sources.of(root), stage)
 
 
@@ -65,7 +66,8 @@ def identities(root: Path = PACKAGE_DIR) -> dict[str, str]:
 
 
 def _files(sources: Sources, stage: str) -> list[str]:
-    closure = _import_closure(sources, _reached_modules(sources, stage))
+    # the runner's own packages too: importing stages/steps.py runs stages/__init__.py
+    closure = _import_closure(sources, _reached_modules(sources, stage) | set(_packages_of(RUNNER)))
     files = {sources.modules[name] for name in closure} | {sources.modules[RUNNER]}
     for name in closure:
         files |= _named_data(sources, name)
@@ -76,7 +78,7 @@ def _identity(sources: Sources, stage: str) -> str:
     digest = hashlib.sha256()
     digest.update(_runner_part(sources, stage).encode())
     for name in _files(sources, stage):
-        if name == f"{RUNNER}.py":
+        if name == RUNNER_FILE:
             continue  # only the part of it the stage reaches, above
         digest.update(name.encode() + b"\0" + (sources.root / name).read_bytes() + b"\0")
     return digest.hexdigest()
@@ -123,16 +125,16 @@ def _sources_state(root: Path) -> str:
 
 
 def stages(root: Path = PACKAGE_DIR) -> list[str]:
-    """Every stage stages.py defines, by name (`build_base` for `stage_build_base`)."""
+    """Every stage stages/steps.py defines, by name (`build_base` for `stage_build_base`)."""
     tree = _parse(Sources.of(root).modules[RUNNER])
     return sorted(node.name.removeprefix("stage_") for node in tree.body
                   if isinstance(node, ast.FunctionDef) and node.name.startswith("stage_"))
 
 
-# ---- inside stages.py: what one stage function reaches -------------------------------------------------------
+# ---- inside stages/steps.py: what one stage function reaches -------------------------------------------------------
 
 def _runner_definitions(sources: Sources) -> tuple[dict[str, ast.AST], dict[str, str], str]:
-    """stages.py's top-level definitions by name, its imported names -> package module, and its text."""
+    """stages/steps.py's top-level definitions by name, its imported names -> package module, and its text."""
     file = sources.modules[RUNNER]
     text = file.read_text()
     tree = _parse_text(text, str(file))
@@ -152,11 +154,11 @@ def _runner_definitions(sources: Sources) -> tuple[dict[str, ast.AST], dict[str,
 
 
 def _reached(sources: Sources, stage: str) -> tuple[list[ast.AST], set[str]]:
-    """The stages.py definitions `stage_<stage>` reaches and the package modules of the names it uses."""
+    """The stages/steps.py definitions `stage_<stage>` reaches and the package modules of the names it uses."""
     definitions, imported, _text = _runner_definitions(sources)
     start = f"stage_{stage}"
     if start not in definitions:
-        raise KeyError(f"{RUNNER}.py has no {start}")
+        raise KeyError(f"{RUNNER_FILE} has no {start}")
     seen: dict[str, ast.AST] = {}
     modules: set[str] = set()
     queue = [start]

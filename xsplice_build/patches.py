@@ -104,10 +104,6 @@ class BuildSpec:
     def action(self) -> str:
         return "replace" if len(self.fixes) > 1 else "apply"
 
-    @property
-    def depends_on(self) -> str | None:
-        """The advisory whose payload this one's .livepatch.depends names (None: the hypervisor)."""
-        return self.stack[-1] if self.stack else None
 
 
 def after(project: Project, name: str) -> str | None:

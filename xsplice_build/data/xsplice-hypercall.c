@@ -6,7 +6,7 @@
  *   xsplice-hypercall iomem-permission DOMID FIRST_MFN NR_MFNS ALLOW
  *       XEN_DOMCTL_iomem_permission (public/domctl.h, interface version 0x15 in Xen 4.17)
  *
- * Built static by xsplice_build/vm_runtime.py and placed in dom0's /bin.
+ * Built static by xsplice_build/vm/vm_runtime.py and placed in dom0's /bin.
  */
 #include <errno.h>
 #include <fcntl.h>

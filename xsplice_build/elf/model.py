@@ -10,7 +10,6 @@ from .constants import (
     SHF_EXECINSTR,
     SHF_WRITE,
     SHN_ABS,
-    SHN_COMMON,
     SHN_LORESERVE,
     SHN_UNDEF,
     SHT_NOBITS,
@@ -91,10 +90,6 @@ class Symbol:
     @property
     def is_absolute(self) -> bool:
         return self.shndx == SHN_ABS
-
-    @property
-    def is_common(self) -> bool:
-        return self.shndx == SHN_COMMON
 
     @property
     def is_local(self) -> bool:

@@ -1,0 +1,1 @@
+"""A built payload against its base image: Xen's loader rules offline, a running base image (minixen)."""
