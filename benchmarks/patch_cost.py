@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from xsplice_build.files import read_json, sync_tree  # noqa: E402
 from xsplice_build.project import Project, copy_sources  # noqa: E402
 from xsplice_build.stages.build import apply_patch, run_build  # noqa: E402
-from xsplice_build.stages.steps import _tools  # noqa: E402
+from xsplice_build.stages.sandboxed_build import recorded_tools  # noqa: E402
 from xsplice_build.target.baseline import load_baseline  # noqa: E402
 
 
@@ -82,7 +82,7 @@ def limit(root: Path, scratch: Path, baseline: str, patch: str) -> float:
         os.utime(source_of(tree, obj), (now, now))
     flags = "-ffunction-sections -fdata-sections" if definition.build.split_sections == "wrapper" else ""
     start = time.perf_counter()
-    run_build(definition, tree, _tools(project), flags, scratch / "limit.log", prepare=False,
+    run_build(definition, tree, recordedrecorded_tools(project), flags, scratch / "limit.log", prepare=False,
               bin_dir=root / "work" / baseline / "bin")
     return time.perf_counter() - start
 
@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "work", help="a warm work/ for this checkout's code")
     parser.add_argument("--against", type=Path, help="another checkout (with .venv) to time the same way")
     parser.add_argument("--against-work", type=Path, help="its warm work/ (default: its own)")
+    parser.add_argument("--in-place", action="store_true",
+                        help="run in this checkout's own work/ (a copied Xen tree recompiles everything once)")
     arguments = parser.parse_args()
     doit = REPO / ".venv" / "bin" / "doit"
     with tempfile.TemporaryDirectory(prefix="xsplice-cost-") as temporary:
