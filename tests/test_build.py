@@ -92,7 +92,11 @@ def test_a_header_fix_reuses_the_untouched_objects_and_the_payload_is_the_same(b
     reusing.doit("build-patch", "inline-header", env={"XSPLICE_REUSE_VERIFY": str(proof)})
     patched_tree = reusing.work("minixen", "patched", "0")
     # Each reused object was compiled as well (proof mode): the same bytes as the compiler's.
-    assert proof.read_text().splitlines() == [f"identical {patched_tree / 'common' / 'kernel.o'}"]
+    # The helper was asked about the three units make rebuilt (none of their C files changed): it took the
+    # original of the one whose preprocessed text is the same and left the two that differ to the compiler.
+    assert sorted(proof.read_text().splitlines()) == [f"compiled {patched_tree / 'common' / 'event.o'}",
+                                                      f"compiled {patched_tree / 'common' / 'event_fifo.o'}",
+                                                      f"identical {patched_tree / 'common' / 'kernel.o'}"]
     patched = json.loads(reusing.work("minixen", "patches", "inline-header", "patched.json").read_text())
     assert patched["recompiled"] == ["common/event.o", "common/event_fifo.o", "common/kernel.o"]
     assert [c["object"] for c in patched["changed"]] == ["common/event.o", "common/event_fifo.o"]
@@ -105,6 +109,18 @@ def test_a_header_fix_reuses_the_untouched_objects_and_the_payload_is_the_same(b
     compiling.doit("build-patch", "inline-header", env={"XSPLICE_NO_REUSE": "1"})
     assert _unsigned(reusing, "inline-header") == _unsigned(compiling, "inline-header")
     assert json.loads(compiling.work("minixen", "patches", "inline-header", "patched.json").read_text()) == patched
+
+
+def test_a_file_the_patch_edits_is_compiled_without_asking_the_reuse_helper(built_once: Checkout,
+                                                                           tmp_path: Path) -> None:
+    # XSA-131 edits common/domctl.c: its object can never be the original's, and starting the helper (a
+    # Python process) would cost about what compiling a small file does, so the wrapper compiles at once.
+    checkout = copy_checkout(tmp_path / "checkout", built_once.root, with_state=True)
+    proof = checkout.work("minixen", "patches", "XSA-131", "reuse-proof.log")
+    checkout.doit("build-patch", "XSA-131", env={"XSPLICE_REUSE_VERIFY": str(proof)})
+    patched = json.loads(checkout.work("minixen", "patches", "XSA-131", "patched.json").read_text())
+    assert patched["recompiled"] == ["common/domctl.o"]
+    assert not proof.exists()  # the helper logs every object it is asked about
 
 
 def test_a_patched_tree_is_reset_to_the_original_before_each_build(built_once: Checkout, tmp_path: Path) -> None:
