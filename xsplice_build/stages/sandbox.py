@@ -15,18 +15,26 @@ the diff) therefore runs as a child process under bwrap:
   secrets in /etc covered likewise, and an environment of named variables only.
 
 The child computes the stage's result; the parent, once the sandbox and every process in it
-has ended, checks the files it names and writes the stage's record. What the sandbox does not
-isolate is in docs/security.md.
+has ended, checks the files it names and writes the stage's record. A stage may name the part
+that comes next in the same pair (the diff after build-patched): the child then stays, imports
+that part while the first one waits on make, and runs it when the next stage asks with the same
+arguments and the same view of the machine, so one sandbox and one Python start serve both.
+The next part's view is the first one's, which already shows it everything it reads; the
+parent reads what the second part made only once the sandbox has ended. What the sandbox does
+not isolate is in docs/security.md.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import importlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,23 +122,145 @@ def bwrap_command(sandbox: Layout, cwd: Path) -> list[str]:
     return [*argv, "--chdir", str(cwd)]
 
 
+@dataclass(frozen=True)
+class Part:
+    """A sandboxed part by name ("xsplice_build.sandboxed_diff:diff_objects"), its arguments and what it needs
+    to write and read; a stage names the part that follows it this way (by name: the first stage's code is
+    not the second's)."""
+
+    name: str
+    arguments: dict[str, str]
+    writable: tuple[Path, ...]
+    files: tuple[Path, ...] = ()
+
+    @staticmethod
+    def of(part: Callable[..., Any], arguments: dict[str, str], writable: Iterable[Path],
+           files: Iterable[Path] = ()) -> Part:
+        return Part(f"{part.__module__}:{part.__name__}", arguments, tuple(writable), tuple(files))
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """A running sandbox; once its first part answered, it waits to run the next one (or to be told to end)."""
+
+    process: subprocess.Popen[str]
+    stderr: Any  # a temporary file: a chatty part never blocks on a pipe nobody reads
+
+
+_KEPT: dict[tuple[str, str, Layout], _Kept] = {}
+_KEPT_LOCK = threading.Lock()
+ANSWER = "xsplice-sandbox-answer "  # the line that carries a part's result, after whatever the part printed
+
+
 def run_stage(project: Project, part: Callable[..., Any], arguments: dict[str, str], writable: list[Path],
-              files: Iterable[Path] = ()) -> Any:
+              files: Iterable[Path] = (), then: Part | None = None) -> Any:
     """Run `part` (a function of a sandboxed_* module) on `project` in a sandbox; returns what it returns.
-    `files` are files outside the checkout it may read (a base image the user supplied)."""
-    for directory in writable:
+    `files` are files outside the checkout it may read (a base image the user supplied). With `then`, the
+    sandbox stays after answering, to run that part when a later call asks for it (see the module's text)."""
+    for directory in [*writable, *(then.writable if then else ())]:
         directory.mkdir(parents=True, exist_ok=True)
     if not (project.root / "keys").is_symlink():
         (project.root / "keys").mkdir(mode=0o700, exist_ok=True)  # covered even if a key appears mid-build
     if disabled():
         return part(project, **arguments)
     _check_available()
-    name = f"{part.__module__}:{part.__name__}"
-    child = [sys.executable, "-m", "xsplice_build.stages.sandbox", name, str(project.root), json.dumps(arguments)]
-    argv = [*bwrap_command(layout(project, writable, files), project.root), "--", *child]
-    result = subprocess.run(argv, env=_environment(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                            check=False)
-    return _answer(name, result)
+    this = Part.of(part, arguments, writable, files)
+    kept = _take_kept(_key(project, this))
+    if kept is not None:
+        return _finish(kept, this.name, ask=True)
+    shown = layout(project, [*writable, *(then.writable if then else ())], [*files, *(then.files if then else ())])
+    child = [sys.executable, "-m", __name__, this.name, str(project.root), json.dumps(arguments)]
+    if then is not None:
+        child += [then.name, json.dumps(then.arguments)]
+    argv = [*bwrap_command(shown, project.root), "--", *child]
+    stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed when the sandbox has ended: _finish, _stop)
+    process = subprocess.Popen(argv, env=_environment(), stdin=subprocess.PIPE if then else subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=stderr, text=True)
+    running = _Kept(process, stderr)
+    if then is None:
+        return _finish(running, this.name, ask=False)
+    answer = _read_answer(running)
+    if answer is None or "result" not in answer:  # a refusal or a failure: no next part
+        return _finish(running, this.name, ask=False, answer=answer)
+    key = _key(project, then)
+    with _KEPT_LOCK:
+        replaced = _KEPT.pop(key, None)
+        _KEPT[key] = running
+    if replaced is not None:
+        _stop(replaced)
+    return answer["result"]
+
+
+def _key(project: Project, part: Part) -> tuple[str, str, Layout]:
+    return part.name, json.dumps(part.arguments, sort_keys=True), layout(project, part.writable, part.files)
+
+
+def _take_kept(key: tuple[str, str, Layout]) -> _Kept | None:
+    with _KEPT_LOCK:
+        kept = _KEPT.pop(key, None)
+    if kept is not None and kept.process.poll() is not None:  # it ended meanwhile: start afresh
+        _stop(kept)
+        return None
+    return kept
+
+
+def _read_answer(running: _Kept) -> dict[str, Any] | None:
+    assert running.process.stdout is not None
+    for line in running.process.stdout:
+        if line.startswith(ANSWER):
+            try:
+                answer = json.loads(line[len(ANSWER):])
+            except ValueError:
+                return None
+            return answer if isinstance(answer, dict) else None
+    return None
+
+
+def _finish(running: _Kept, name: str, ask: bool, answer: dict[str, Any] | None = None) -> Any:
+    """Ask for the next part (`ask`) or read the only answer; wait until the sandbox has ended; return."""
+    process = running.process
+    try:
+        if ask:
+            assert process.stdin is not None
+            process.stdin.write("run\n")
+            process.stdin.flush()
+        if ask or answer is None:
+            answer = _read_answer(running)
+        if process.stdin is not None:
+            process.stdin.close()
+        assert process.stdout is not None
+        process.stdout.read()
+    except (BrokenPipeError, OSError):
+        answer = None
+    process.wait()
+    running.stderr.seek(0)
+    stderr = running.stderr.read()
+    running.stderr.close()
+    return _answer(name, process.returncode, answer, stderr)
+
+
+def _stop(kept: _Kept) -> None:
+    """End a kept sandbox nobody asked again: it exits when its input closes."""
+    try:
+        if kept.process.stdin is not None:
+            kept.process.stdin.close()
+    except OSError:
+        pass
+    try:
+        kept.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        kept.process.kill()
+        kept.process.wait()
+    kept.stderr.close()
+
+
+@atexit.register
+def _stop_all_kept() -> None:
+    with _KEPT_LOCK:
+        kept = list(_KEPT.values())
+        _KEPT.clear()
+    for each in kept:
+        _stop(each)
 
 
 def owned_file(path: Path, directory: Path, what: str) -> Path:
@@ -160,20 +290,15 @@ def _check_available() -> None:
                          "signing key")
 
 
-def _answer(name: str, result: subprocess.CompletedProcess[str]) -> Any:
-    lines = result.stdout.strip().splitlines()
-    try:
-        answer = json.loads(lines[-1]) if lines else None
-    except ValueError:
-        answer = None
-    if result.returncode == 0 and isinstance(answer, dict) and "result" in answer:
+def _answer(name: str, returncode: int, answer: dict[str, Any] | None, stderr: str) -> Any:
+    if returncode == 0 and isinstance(answer, dict) and "result" in answer:
         return answer["result"]
-    if result.returncode == 0 and isinstance(answer, dict) and "error" in answer:
+    if returncode == 0 and isinstance(answer, dict) and "error" in answer:
         raise _rebuilt_error(answer["error"])
-    if result.stderr.startswith("bwrap:"):
-        raise BuildError(f"the build sandbox failed: {result.stderr.strip().splitlines()[0]}")
+    if stderr.startswith("bwrap:"):
+        raise BuildError(f"the build sandbox failed: {stderr.strip().splitlines()[0]}")
     # Not a refusal: a bug, or the child killed. Keep what it printed, as a traceback would be kept.
-    raise RuntimeError(f"sandboxed {name} exited {result.returncode}:\n{result.stderr[-4000:]}")
+    raise RuntimeError(f"sandboxed {name} exited {returncode}:\n{stderr[-4000:]}")
 
 
 def _rebuilt_error(error: dict[str, Any]) -> XspliceError:
@@ -250,20 +375,35 @@ def _existing(paths: Iterable[Path]) -> list[Path]:
     return unique
 
 
-def _child(name: str, root: str, arguments: str) -> int:
-    """Inside the sandbox: run the part, print its result (or refusal) as the last line."""
+def _sandboxed_part(name: str) -> Callable[..., Any]:
     module, _, function = name.partition(":")
     if not module.startswith(f"{__package__}.sandboxed_"):
         raise ValueError(f"not a sandboxed part: {name}")
     part: Callable[..., Any] = getattr(importlib.import_module(module), function)
+    return part
+
+
+def _run_part(part: Callable[..., Any], root: str, arguments: str) -> bool:
+    """Run one part and print its result (or refusal) on the answer line; True when it gave a result."""
     try:
         answer: dict[str, Any] = {"result": part(Project(Path(root)), **json.loads(arguments))}
     except XspliceError as error:
         answer = {"error": {"class": type(error).__name__, "message": error.message,
                             "refusals": getattr(error, "refusals", [])}}
-    sys.stdout.write("\n" + json.dumps(answer) + "\n")
+    sys.stdout.write("\n" + ANSWER + json.dumps(answer) + "\n")
+    sys.stdout.flush()
+    return "result" in answer
+
+
+def _child(name: str, root: str, arguments: str, then: str = "", then_arguments: str = "") -> int:
+    """Inside the sandbox: run the part; with a next part, wait for the parent to ask for it (or end)."""
+    part = _sandboxed_part(name)
+    if then:  # its code loads while the first part waits on the build (after the first's: no import races)
+        threading.Thread(target=_sandboxed_part, args=(then,), daemon=True).start()
+    if _run_part(part, root, arguments) and then and sys.stdin.readline().strip() == "run":
+        _run_part(_sandboxed_part(then), root, then_arguments)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_child(*sys.argv[1:4]))
+    sys.exit(_child(*sys.argv[1:6]))

@@ -10,6 +10,7 @@ the same signature bytes, so a signed release can be rebuilt bit for bit.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import struct
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -71,8 +73,7 @@ def load_keys(keys: SigningKeys) -> tuple[rsa.RSAPrivateKey, x509.Certificate, l
     certificate_bytes = read_input(keys.certificate, "signing certificate", KEY_LIMIT, missing)
     try:
         mode = keys.key.stat().st_mode
-        key = serialization.load_pem_private_key(key_bytes, password=None)
-        certificate = x509.load_pem_x509_certificate(certificate_bytes)
+        key, certificate = _parsed(key_bytes, certificate_bytes)
     except (ValueError, TypeError, OSError) as error:
         # Never echo the key file's content: only say which file could not be read.
         raise ConfigError(f"{keys.key} or {keys.certificate}: not a PEM private key and certificate "
@@ -83,6 +84,20 @@ def load_keys(keys: SigningKeys) -> tuple[rsa.RSAPrivateKey, x509.Certificate, l
         raise ConfigError(f"{keys.certificate}: does not belong to the private key {keys.key}")
     warning = _mode_warning(keys.key, mode)
     return key, certificate, [warning] if warning else []
+
+
+# The keys this process has parsed and checked, by the sha256 of their files' bytes: checking an RSA key
+# (which load_pem_private_key does) takes about a tenth of a second, and a build-patch checks it while the
+# sandboxed build runs (stages._warm_later_stages), then signs with it.
+_PARSED: dict[bytes, tuple[PrivateKeyTypes, x509.Certificate]] = {}
+
+
+def _parsed(key_bytes: bytes, certificate_bytes: bytes) -> tuple[PrivateKeyTypes, x509.Certificate]:
+    digest = hashlib.sha256(hashlib.sha256(key_bytes).digest() + certificate_bytes).digest()
+    if digest not in _PARSED:
+        _PARSED[digest] = (serialization.load_pem_private_key(key_bytes, password=None),
+                           x509.load_pem_x509_certificate(certificate_bytes))
+    return _PARSED[digest]
 
 
 def sign(payload: bytes, key: rsa.RSAPrivateKey, certificate: x509.Certificate) -> bytes:

@@ -8,33 +8,27 @@ about doit.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib
 import os
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .. import __version__, files
-from ..diff.extract import PatchedFunction
-from ..diff.profile import profile_named
-from ..elf.notes import image_build_id
-from ..elf.reader import read_elf_file
-from ..errors import BuildError, PayloadRejected
+from ..errors import BuildError, PayloadRejected, XspliceError
 from ..files import relative, sha256_bytes, sha256_file, write_atomic, write_json
 from ..patches import build_spec
 from ..project import Project
 from ..records import BaseRecord, CheckoutRecord, DiffRecord, OrigRecord, PatchedRecord, PayloadRecord, Records, Report
 from ..target.baseline import Baseline, load_baseline, supplied_image
-from ..target.image import BaseImage
-from ..target.layout import func_layout
-from . import provenance, sandboxed_base, sandboxed_build, sandboxed_diff, toolchain
-from .build import check_expected_build_id, compiler_link
-from .checkout import checkout
-from .keyscan import SigningKeyBytes, refuse_key_material
-from .payload import Stack, make_payload
-from .sandbox import owned_file, run_stage
-from .sandboxed_build import recorded_tools
-from .sign import configured_keys, load_keys, make_development_keys, sign
+from . import toolchain
+from .sandbox import Part, owned_file, run_stage
+
+# Each stage imports what only it needs where it runs (a warm build-patch starts one process that runs
+# the pair's four stages: none of them should load the checkout's git, the base build or the others' code).
 
 
 def stage_toolchain(project: Project) -> None:
@@ -47,17 +41,27 @@ def stage_lock_toolchain(project: Project) -> None:
 
 
 def stage_dev_keys(project: Project) -> None:
+    from .sign import configured_keys, make_development_keys
+
     keys = configured_keys(project.root)
     if keys.development and not (keys.key.is_file() and keys.certificate.is_file()):
         make_development_keys(keys)
 
 
 def stage_checkout(project: Project, baseline: str) -> None:
+    from .checkout import checkout
+
     result = checkout(project, load_baseline(project, baseline))
     CheckoutRecord(**asdict(result)).write(Records(project, baseline).checkout)
 
 
 def stage_build_base(project: Project, baseline: str) -> None:
+    from . import sandboxed_base
+    from .build import check_expected_build_id, compiler_link
+    from ..elf.notes import image_build_id
+    from ..elf.reader import read_elf_file
+    from .sandboxed_build import recorded_tools
+
     definition = load_baseline(project, baseline)
     records = Records(project, baseline)
     compiler_link(records.bin, definition, recorded_tools(project))  # made here: bin/ is read-only in the sandbox
@@ -80,6 +84,9 @@ def stage_build_base(project: Project, baseline: str) -> None:
 
 def _trusted_image(definition: Baseline, rebuilt: Path, build_id: str) -> Path:
     """The image payloads depend on: the user's own xen-syms, once the baseline rebuilds to its build-id."""
+    from ..elf.notes import image_build_id
+    from ..elf.reader import read_elf_file
+
     supplied = supplied_image(definition.name)
     if supplied is None:
         return rebuilt
@@ -92,6 +99,10 @@ def _trusted_image(definition: Baseline, rebuilt: Path, build_id: str) -> Path:
 
 
 def stage_build_orig(project: Project, baseline: str) -> None:
+    from . import sandboxed_build
+    from .build import compiler_link
+    from .sandboxed_build import recorded_tools
+
     definition = load_baseline(project, baseline)
     records = Records(project, baseline)
     if definition.build.split_sections == "base":
@@ -105,27 +116,67 @@ def stage_build_orig(project: Project, baseline: str) -> None:
 
 
 def stage_build_patched(project: Project, baseline: str, patch: str) -> None:
+    from . import sandboxed_build
+    from .build import compiler_link
+    from .sandboxed_build import recorded_tools
+
     records = Records(project, baseline, patch)
     files.remove_temporaries(records.patch_dir)  # the stages of one pair run one after another
     compiler_link(records.bin, load_baseline(project, baseline), recorded_tools(project))  # see stage_build_base
+    # The diff comes next: its sandbox is this one, kept (sandbox.py). Unless the base record is not there yet
+    # (a parallel nightly), which the diff reads.
+    diff = _diff_part(project, baseline, patch) if records.build_base.is_file() else None
+    warming = threading.Thread(target=_warm_later_stages, args=(project,), daemon=True)
+    warming.start()
     # The kept patched trees (build.patched_tree) are written too.
     built = run_stage(project, sandboxed_build.build_patched, {"baseline": baseline, "patch": patch},
-                      [records.patch_dir, records.base / "patched"])
+                      [records.patch_dir, records.base / "patched"], then=diff)
+    warming.join()  # nothing imports in two threads at once once this stage is over
     PatchedRecord.from_json(built, "the sandboxed build-patched").write(records.patched)
 
 
+# What the stages after build-patched load, by name: loaded while the sandboxed build runs, where this process
+# only waits. By name because the build's result does not depend on that code (its identity stays the build's).
+_LATER_MODULES = tuple(f"{__package__}.{name}" for name in ("sandboxed_diff", "payload", "keyscan", "provenance", "sign"))
+
+
+def _warm_later_stages(project: Project) -> None:
+    """Load the later stages' code and check the signing key (RSA key checks take a tenth of a second)."""
+    for name in _LATER_MODULES:
+        importlib.import_module(name)
+    sign_module = importlib.import_module(f"{__package__}.sign")
+    with contextlib.suppress(XspliceError):  # the sign stage says it, if it runs
+        sign_module.load_keys(sign_module.configured_keys(project.root))
+
+
+def _diff_part(project: Project, baseline: str, patch: str) -> Part:
+    """The diff's sandboxed part, what it writes and what it reads outside the checkout: the bring-up check
+    reads the base image, which may be one the user supplied. Named here (not by its function) for
+    build-patched, which keeps its sandbox for it."""
+    records = Records(project, baseline, patch)
+    image = project.root / BaseRecord.read(records.build_base).image
+    return Part(f"{__package__}.sandboxed_diff:diff_objects", {"baseline": baseline, "patch": patch},
+                (records.patch_dir,), (image,))
+
+
 def stage_diff(project: Project, baseline: str, patch: str) -> None:
+    from . import sandboxed_diff
+
     records = Records(project, baseline, patch)
     files.remove_temporaries(records.patch_dir)  # the stages of one pair run one after another
-    # The bring-up check reads the base image, which may be one the user supplied outside the checkout.
-    image = project.root / BaseRecord.read(records.build_base).image
-    found = run_stage(project, sandboxed_diff.diff_objects, {"baseline": baseline, "patch": patch}, [records.patch_dir],
-                      [image])
+    part = _diff_part(project, baseline, patch)
+    found = run_stage(project, sandboxed_diff.diff_objects, part.arguments, list(part.writable), part.files)
     owned_file(records.extract, records.patch_dir, "extracted code")  # the payload stage reads it unsandboxed
     DiffRecord.from_json(found, "the sandboxed diff").write(records.diff)
 
 
 def stage_payload(project: Project, baseline: str, patch: str) -> None:
+    from ..diff.extract import PatchedFunction
+    from ..diff.profile import profile_named
+    from ..target.image import BaseImage
+    from ..target.layout import func_layout
+    from .payload import make_payload
+
     definition = load_baseline(project, baseline)
     records = Records(project, baseline, patch)
     files.remove_temporaries(records.patch_dir)  # the stages of one pair run one after another
@@ -147,8 +198,11 @@ def stage_payload(project: Project, baseline: str, patch: str) -> None:
                             records.payload).write(records.payload)
 
 
-def _stack(project: Project, baseline: str, names: tuple[str, ...], base_build_id: bytes) -> Stack:
-    """What the payloads under this one provide, oldest first, from their payload and diff records."""
+def _stack(project: Project, baseline: str, names: tuple[str, ...], base_build_id: bytes) -> Any:
+    """What the payloads under this one provide (a payload.Stack), oldest first, from their payload and diff
+    records."""
+    from .payload import Stack
+
     depends, replaced, added = base_build_id, {}, {}
     for name in names:
         records = Records(project, baseline, name)
@@ -171,6 +225,10 @@ def _stack(project: Project, baseline: str, names: tuple[str, ...], base_build_i
 
 def stage_sign(project: Project, baseline: str, patch: str) -> list[str]:
     """Sign and publish to out/; returns warnings (a loosely protected key) for the user."""
+    from . import provenance
+    from .keyscan import SigningKeyBytes, refuse_key_material
+    from .sign import configured_keys, load_keys, sign
+
     definition = load_baseline(project, baseline)
     records = Records(project, baseline, patch)
     files.remove_temporaries(records.out_dir)
