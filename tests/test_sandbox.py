@@ -10,6 +10,7 @@ there (so the sandboxed run passing is not luck).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from xsplice_build.errors import BuildError, PayloadRejected
 from xsplice_build.project import Project
+from xsplice_build.records import Records
 from xsplice_build.stages import keyscan, sandbox
 from xsplice_build.stages.keyscan import SigningKeyBytes, find_key_material, refuse_key_material
 
@@ -431,3 +433,32 @@ class _Connections:
 
 def _listener() -> _Connections:
     return _Connections()
+
+
+# ---- build-patched keeps its sandbox for the diff -------------------------------------------------------------
+
+def _patched_then_diff(checkout: Checkout, fresh_diff: bool) -> bytes:
+    from xsplice_build.stages import steps as stages
+
+    project = Project(checkout.root)
+    shutil.rmtree(checkout.work("minixen", "patches", "XSA-131"))
+    stages.stage_build_patched(project, "minixen", "XSA-131")
+    kept = list(sandbox._KEPT)
+    assert [(name, json.loads(arguments)) for name, arguments, _view in kept] == [
+        ("xsplice_build.stages.sandboxed_diff:diff_objects", {"baseline": "minixen", "patch": "XSA-131"})]
+    if fresh_diff:
+        sandbox._stop_all_kept()  # the diff then starts a sandbox of its own, as a diff rerun alone does
+    stages.stage_diff(project, "minixen", "XSA-131")
+    assert sandbox._KEPT == {}
+    records = Records(project, "minixen", "XSA-131")
+    return records.diff.read_bytes() + records.extract.read_bytes()
+
+
+def test_the_diff_in_the_kept_build_sandbox_gives_what_a_sandbox_of_its_own_gives(built: Checkout) -> None:
+    assert _patched_then_diff(built, fresh_diff=False) == _patched_then_diff(built, fresh_diff=True)
+    # The diff's part is named for build-patched; the name is the diff stage's function.
+    from xsplice_build.stages import sandboxed_diff
+    from xsplice_build.stages import steps as stages
+
+    assert stages._diff_part(Project(built.root), "minixen", "XSA-131").name == \
+        sandbox.Part.of(sandboxed_diff.diff_objects, {}, ()).name

@@ -17,20 +17,23 @@ the diff) therefore runs as a child process under bwrap:
 The child computes the stage's result; the parent, once the sandbox and every process in it
 has ended, checks the files it names and writes the stage's record. A stage may name the part
 that comes next in the same pair (the diff after build-patched): the child then stays, imports
-that part while the first one waits on make, and runs it when the next stage asks with the same
-arguments and the same view of the machine, so one sandbox and one Python start serve both.
-The next part's view is the first one's, which already shows it everything it reads; the
-parent reads what the second part made only once the sandbox has ended. What the sandbox does
+that part while the first one waits on make, kills every other process in the sandbox once the
+first part has answered (what a patch's build left running never sees the next part), and runs
+the next part when the next stage asks with the same arguments and the same view of the
+machine: one sandbox and one Python start serve both. The parent reads what the second part
+made only once the sandbox has ended. What the sandbox does
 not isolate is in docs/security.md.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import importlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -400,9 +403,21 @@ def _child(name: str, root: str, arguments: str, then: str = "", then_arguments:
     part = _sandboxed_part(name)
     if then:  # its code loads while the first part waits on the build (after the first's: no import races)
         threading.Thread(target=_sandboxed_part, args=(then,), daemon=True).start()
-    if _run_part(part, root, arguments) and then and sys.stdin.readline().strip() == "run":
-        _run_part(_sandboxed_part(then), root, then_arguments)
+    if _run_part(part, root, arguments) and then:
+        _end_other_processes()
+        if sys.stdin.readline().strip() == "run":
+            _run_part(_sandboxed_part(then), root, then_arguments)
     return 0
+
+
+def _end_other_processes() -> None:
+    """Kill every other process of this sandbox, so nothing the first part started (a patch's build, which may
+    leave a process behind on purpose) outlives it into the next part: the next part then runs as in a fresh
+    sandbox. Only as the sandbox's first process (pid 2 under bwrap's pid 1, in a PID namespace of its own),
+    where kill(-1) reaches no process outside it."""
+    if os.getpid() == 2 and os.getppid() == 1:
+        with contextlib.suppress(ProcessLookupError):  # none left
+            os.kill(-1, signal.SIGKILL)
 
 
 if __name__ == "__main__":
