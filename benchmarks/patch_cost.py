@@ -82,7 +82,7 @@ def limit(root: Path, scratch: Path, baseline: str, patch: str) -> float:
         os.utime(source_of(tree, obj), (now, now))
     flags = "-ffunction-sections -fdata-sections" if definition.build.split_sections == "wrapper" else ""
     start = time.perf_counter()
-    run_build(definition, tree, recordedrecorded_tools(project), flags, scratch / "limit.log", prepare=False,
+    run_build(definition, tree, recorded_tools(project), flags, scratch / "limit.log", prepare=False,
               bin_dir=root / "work" / baseline / "bin")
     return time.perf_counter() - start
 

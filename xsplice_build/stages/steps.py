@@ -56,10 +56,10 @@ def stage_checkout(project: Project, baseline: str) -> None:
 
 
 def stage_build_base(project: Project, baseline: str) -> None:
-    from . import sandboxed_base
-    from .build import check_expected_build_id, compiler_link
     from ..elf.notes import image_build_id
     from ..elf.reader import read_elf_file
+    from . import sandboxed_base
+    from .build import check_expected_build_id, compiler_link
     from .sandboxed_build import recorded_tools
 
     definition = load_baseline(project, baseline)
@@ -137,7 +137,8 @@ def stage_build_patched(project: Project, baseline: str, patch: str) -> None:
 
 # What the stages after build-patched load, by name: loaded while the sandboxed build runs, where this process
 # only waits. By name because the build's result does not depend on that code (its identity stays the build's).
-_LATER_MODULES = tuple(f"{__package__}.{name}" for name in ("sandboxed_diff", "payload", "keyscan", "provenance", "sign"))
+_LATER_MODULES = tuple(f"{__package__}.{name}"
+                       for name in ("sandboxed_diff", "payload", "keyscan", "provenance", "sign"))
 
 
 def _warm_later_stages(project: Project) -> None:
