@@ -14,6 +14,9 @@ checkout's, where the baseline was built), and with --against a copy of another 
   limit         the baseline's own make, in a copy of the original build tree with the patch applied
                 where only the translation units whose object really changed (patched.json) are newer
                 than their objects: their compiles and the link, nothing else
+  no-op         the same `doit build-patch` again, everything up to date (doit's start, planning, checks)
+  sandbox       one sandbox with a Python that does nothing (a sandboxed stage's start)
+  floor         no-op + sandbox + limit: what a build through doit cannot go below
 It prints each median and the paired ratios (median over rounds) to the limit.
 """
 
@@ -36,6 +39,7 @@ sys.path.insert(0, str(REPO))
 from xsplice_build.files import read_json, sync_tree  # noqa: E402
 from xsplice_build.project import Project, copy_sources  # noqa: E402
 from xsplice_build.stages.build import apply_patch, run_build  # noqa: E402
+from xsplice_build.stages.sandbox import bwrap_command, layout  # noqa: E402
 from xsplice_build.stages.sandboxed_build import recorded_tools  # noqa: E402
 from xsplice_build.target.baseline import load_baseline  # noqa: E402
 
@@ -52,6 +56,22 @@ def build_patch(root: Path, doit: Path, baseline: str, patch: str, env: dict[str
     start = time.perf_counter()
     subprocess.run([str(doit), "build-patch", "--baseline", baseline, patch], cwd=root, check=True,
                    capture_output=True, env={**os.environ, **env})
+    return time.perf_counter() - start
+
+
+def no_op(root: Path, doit: Path, baseline: str, patch: str) -> float:
+    """The pair's `doit build-patch` with everything up to date: doit's start, planning and checks."""
+    start = time.perf_counter()
+    subprocess.run([str(doit), "build-patch", "--baseline", baseline, patch], cwd=root, check=True,
+                   capture_output=True)
+    return time.perf_counter() - start
+
+
+def sandboxed_start(root: Path, scratch: Path) -> float:
+    """One sandbox with a Python in it that does nothing: what a sandboxed stage costs before its work."""
+    argv = [*bwrap_command(layout(Project(root), [scratch]), root), "--", sys.executable, "-c", "pass"]
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True)
     return time.perf_counter() - start
 
 
@@ -120,8 +140,13 @@ def main() -> None:
                         "limit": lambda p=patch: limit(root, scratch, arguments.baseline, p)}
                 if other:
                     runs["against"] = lambda p=patch: build_patch(other[0], other[1], arguments.baseline, p, {})
+                runs["no-op"] = lambda p=patch: no_op(root, doit, arguments.baseline, p)
+                runs["sandbox"] = lambda: sandboxed_start(root, scratch)
                 for name, run in runs.items():
                     figures.setdefault((patch, name), []).append(run())
+                # What no build through doit can go below: its no-op, one sandboxed start, the compile and link.
+                figures.setdefault((patch, "floor"), []).append(
+                    sum(figures[(patch, name)][-1] for name in ("no-op", "sandbox", "limit")))
         report(arguments, figures, root)
 
 
@@ -133,7 +158,7 @@ def report(arguments: argparse.Namespace, figures: dict[tuple[str, str], list[fl
         print(f"  {patch}: touches {', '.join(record['touched'])}; make recompiled {len(record['recompiled'])}, "
               f"{len(record['changed'])} changed")
         limits = figures[(patch, "limit")]
-        for name in ("build-patch", "no-reuse", "against", "limit"):
+        for name in ("build-patch", "no-reuse", "against", "limit", "no-op", "sandbox", "floor"):
             values = figures.get((patch, name))
             if not values:
                 continue
