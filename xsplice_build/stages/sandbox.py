@@ -17,8 +17,8 @@ the diff) therefore runs as a child process under bwrap:
 The child computes the stage's result; the parent, once the sandbox and every process in it
 has ended, checks the files it names and writes the stage's record. A stage may name the part
 that comes next in the same pair (the diff after build-patched): the child then stays, imports
-that part while the first one waits on make, kills every other process in the sandbox once the
-first part has answered (what a patch's build left running never sees the next part), and runs
+that part once the first has answered (while the parent writes the record), kills every other
+process in the sandbox then (what a patch's build left running never sees the next part), and runs
 the next part when the next stage asks with the same arguments and the same view of the
 machine: one sandbox and one Python start serve both. The parent reads what the second part
 made only once the sandbox has ended. What the sandbox does
@@ -156,10 +156,13 @@ ANSWER = "xsplice-sandbox-answer "  # the line that carries a part's result, aft
 
 
 def run_stage(project: Project, part: Callable[..., Any], arguments: dict[str, str], writable: list[Path],
-              files: Iterable[Path] = (), then: Part | None = None) -> Any:
+              files: Iterable[Path] = (), then: Part | None = None,
+              meanwhile: Callable[[], None] | None = None) -> Any:
     """Run `part` (a function of a sandboxed_* module) on `project` in a sandbox; returns what it returns.
     `files` are files outside the checkout it may read (a base image the user supplied). With `then`, the
-    sandbox stays after answering, to run that part when a later call asks for it (see the module's text)."""
+    sandbox stays after answering, to run that part when a later call asks for it (see the module's text).
+    `meanwhile` runs in a thread of this process once the sandbox is started (this thread only waits then:
+    started earlier, it would hold the interpreter while this one starts the sandbox); joined before return."""
     for directory in [*writable, *(then.writable if then else ())]:
         directory.mkdir(parents=True, exist_ok=True)
     if not (project.root / "keys").is_symlink():
@@ -179,12 +182,23 @@ def run_stage(project: Project, part: Callable[..., Any], arguments: dict[str, s
     stderr = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed when the sandbox has ended: _finish, _stop)
     process = subprocess.Popen(argv, env=_environment(), stdin=subprocess.PIPE if then else subprocess.DEVNULL,
                                stdout=subprocess.PIPE, stderr=stderr, text=True)
-    running = _Kept(process, stderr)
+    helper = threading.Thread(target=meanwhile, daemon=True) if meanwhile else None
+    if helper is not None:
+        helper.start()
+    try:
+        return _first_answer(project, _Kept(process, stderr), this.name, then)
+    finally:
+        if helper is not None:
+            helper.join()
+
+
+def _first_answer(project: Project, running: _Kept, name: str, then: Part | None) -> Any:
+    """The started sandbox's answer; kept for `then` when it gave a result."""
     if then is None:
-        return _finish(running, this.name, ask=False)
+        return _finish(running, name, ask=False)
     answer = _read_answer(running)
     if answer is None or "result" not in answer:  # a refusal or a failure: no next part
-        return _finish(running, this.name, ask=False, answer=answer)
+        return _finish(running, name, ask=False, answer=answer)
     key = _key(project, then)
     with _KEPT_LOCK:
         replaced = _KEPT.pop(key, None)
@@ -400,11 +414,11 @@ def _run_part(part: Callable[..., Any], root: str, arguments: str) -> bool:
 
 def _child(name: str, root: str, arguments: str, then: str = "", then_arguments: str = "") -> int:
     """Inside the sandbox: run the part; with a next part, wait for the parent to ask for it (or end)."""
-    part = _sandboxed_part(name)
-    if then:  # its code loads while the first part waits on the build (after the first's: no import races)
-        threading.Thread(target=_sandboxed_part, args=(then,), daemon=True).start()
-    if _run_part(part, root, arguments) and then:
+    if _run_part(_sandboxed_part(name), root, arguments) and then:
         _end_other_processes()
+        # Its code loads while the parent writes the first record and doit comes to the next stage (a thread
+        # loading it during the first part held the interpreter the first part needed).
+        _sandboxed_part(then)
         if sys.stdin.readline().strip() == "run":
             _run_part(_sandboxed_part(then), root, then_arguments)
     return 0

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import importlib
 import os
-import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -126,12 +125,11 @@ def stage_build_patched(project: Project, baseline: str, patch: str) -> None:
     # The diff comes next: its sandbox is this one, kept (sandbox.py). Unless the base record is not there yet
     # (a parallel nightly), which the diff reads.
     diff = _diff_part(project, baseline, patch) if records.build_base.is_file() else None
-    warming = threading.Thread(target=_warm_later_stages, args=(project,), daemon=True)
-    warming.start()
-    # The kept patched trees (build.patched_tree) are written too.
+    # The kept patched trees (build.patched_tree) are written too. While the build runs, this process loads
+    # the later stages' code and checks the key (the thread is joined: no two threads import after this).
     built = run_stage(project, sandboxed_build.build_patched, {"baseline": baseline, "patch": patch},
-                      [records.patch_dir, records.base / "patched"], then=diff)
-    warming.join()  # nothing imports in two threads at once once this stage is over
+                      [records.patch_dir, records.base / "patched"], then=diff,
+                      meanwhile=lambda: _warm_later_stages(project))
     PatchedRecord.from_json(built, "the sandboxed build-patched").write(records.patched)
 
 
