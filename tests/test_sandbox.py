@@ -462,3 +462,17 @@ def test_the_diff_in_the_kept_build_sandbox_gives_what_a_sandbox_of_its_own_give
 
     assert stages._diff_part(Project(built.root), "minixen", "XSA-131").name == \
         sandbox.Part.of(sandboxed_diff.diff_objects, {}, ()).name
+
+
+def test_at_most_two_sandboxes_wait_for_their_diffs_and_an_ended_one_starts_anew(built: Checkout) -> None:
+    from xsplice_build.stages import steps as stages
+
+    project = Project(built.root)
+    patches = ["XSA-131", "inline-header", "string-literal"]
+    for patch in patches:  # as a run that builds every pair before their diffs
+        stages.stage_build_patched(project, "minixen", patch)
+    assert [json.loads(arguments)["patch"] for _name, arguments, _view in sandbox._KEPT] == patches[1:]
+    for patch in patches:  # XSA-131's sandbox was ended: its diff runs in one of its own
+        stages.stage_diff(project, "minixen", patch)
+        assert Records(project, "minixen", patch).diff.is_file()
+    assert sandbox._KEPT == {}

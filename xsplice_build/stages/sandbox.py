@@ -152,6 +152,7 @@ class _Kept:
 
 _KEPT: dict[tuple[str, str, Layout], _Kept] = {}
 _KEPT_LOCK = threading.Lock()
+_KEPT_MAX = 2  # sandboxes waiting at once (each an idle Python); one more ends the oldest, whose diff then starts anew
 ANSWER = "xsplice-sandbox-answer "  # the line that carries a part's result, after whatever the part printed
 
 
@@ -201,10 +202,12 @@ def _first_answer(project: Project, running: _Kept, name: str, then: Part | None
         return _finish(running, name, ask=False, answer=answer)
     key = _key(project, then)
     with _KEPT_LOCK:
-        replaced = _KEPT.pop(key, None)
+        ended = [_KEPT.pop(key)] if key in _KEPT else []
         _KEPT[key] = running
-    if replaced is not None:
-        _stop(replaced)
+        while len(_KEPT) > _KEPT_MAX:  # the oldest first: a run that builds many pairs before their diffs
+            ended.append(_KEPT.pop(next(iter(_KEPT))))
+    for each in ended:
+        _stop(each)
     return answer["result"]
 
 
