@@ -101,10 +101,18 @@ def limit(root: Path, scratch: Path, baseline: str, patch: str) -> float:
     for obj in changed:
         os.utime(source_of(tree, obj), (now, now))
     flags = "-ffunction-sections -fdata-sections" if definition.build.split_sections == "wrapper" else ""
-    start = time.perf_counter()
-    run_build(definition, tree, recorded_tools(project), flags, scratch / "limit.log", prepare=False,
-              bin_dir=root / "work" / baseline / "bin")
-    return time.perf_counter() - start
+    # The PATH a sandboxed build sees: only the system directories are there (Xen's build picks python3 from
+    # PATH, and another one changes its recorded commands: everything would be rebuilt).
+    path = os.environ["PATH"]
+    os.environ["PATH"] = os.pathsep.join(entry for entry in path.split(os.pathsep)
+                                         if entry.startswith(("/usr/", "/bin", "/sbin")))
+    try:
+        start = time.perf_counter()
+        run_build(definition, tree, recorded_tools(project), flags, scratch / "limit.log", prepare=False,
+                  bin_dir=root / "work" / baseline / "bin")
+        return time.perf_counter() - start
+    finally:
+        os.environ["PATH"] = path
 
 
 def main() -> None:
