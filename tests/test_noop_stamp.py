@@ -128,6 +128,8 @@ def test_any_change_the_checks_read_goes_the_normal_way(built: Checkout, change:
     after = build_patch(built)
     assert not after.from_stamp
     assert [stage for stage in expected if stage not in after.started] == [], after.stdout
+    if after.started:
+        assert stamps(built) == []  # a run that executed stages is no verdict on the next: that one decides
     if after.code == 0 and not after.started and expected == []:
         # doit's own verdict: still a no-op (doit orders independent tasks as a set iterates: lines compared as such)
         assert sorted(after.stdout.splitlines()) == sorted(before.stdout.splitlines())
@@ -169,7 +171,9 @@ def test_the_package_code_is_part_of_the_stamp(built: Checkout, tmp_path: Path) 
     _touch(module)
     touched = build_patch(built, env)
     assert not touched.from_stamp and touched.started == [], touched.stdout
-    stamped(built, env)  # (that run rewrote the stages' code identity cache: a stamp after the next one)
+    # That run rewrote what it read (the stages' code identities, kept by the sources' stat): no verdict kept.
+    assert stamps(built) == []
+    stamped(built, env)
     module.write_text(module.read_text() + "\n# a change of the payload stage's code\n")
     changed = build_patch(built, env)
     assert not changed.from_stamp
@@ -239,6 +243,34 @@ def test_a_terminal_gets_the_no_op_lines_a_terminal_got(built: Checkout) -> None
     assert "doit" in first_modules and "doit" not in second_modules
     assert second == first
     assert sorted(first.replace("\r\n", "\n").splitlines()) == sorted(plain.stdout.splitlines())
+
+
+def test_a_closed_stdout_is_refused_as_without_a_stamp(built: Checkout) -> None:
+    stamped(built)
+    result = subprocess.run(f"exec >&- ; exec {BIN / 'doit'} build-patch XSA-131", shell=True, cwd=built.root,
+                            stderr=subprocess.PIPE, text=True, check=False, timeout=600, env=_environment(built))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["xsplice: error: standard output closed; redirect to a file or /dev/null "
+                                          "instead of closing"]
+
+
+def test_a_reader_that_goes_away_gets_what_it_gets_without_a_stamp(built: Checkout) -> None:
+    def reader_gone() -> tuple[int, str]:
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        try:
+            result = subprocess.run([str(BIN / "doit"), "build-patch", "XSA-131"], cwd=built.root,
+                                    env=_environment(built), stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                    check=False, timeout=600)
+        finally:
+            os.close(write_end)
+        return result.returncode, result.stderr
+
+    stamped(built)
+    with_stamp = reader_gone()  # the stamp's lines cannot be written: the normal way says what it always says
+    assert stamps(built) == []
+    assert with_stamp == reader_gone()
+    assert with_stamp[0] != 0 and "broken pipe" in with_stamp[1]
 
 
 @pytest.mark.parametrize("arguments", [["list"], ["help"], ["help", "build-patch"], ["clean", "-n"],

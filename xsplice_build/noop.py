@@ -142,7 +142,7 @@ def stamp_dir(start: Path | None = None) -> Path | None:
 
 def replay(argv: list[str]) -> int | None:
     """Print what the stamped no-op printed and return 0, when this run is that no-op; else None."""
-    directory = stamp_dir()
+    directory = stamp_dir() if _streams_open() else None
     if directory is None:
         return None
     try:
@@ -150,14 +150,28 @@ def replay(argv: list[str]) -> int | None:
         if stamp["key"] != command_key(argv):
             return None
         lock = _try_shared_lock(stamp["lock"])
-        if lock is None:
-            return None
+    except _DOUBT:
+        return None
+    if lock is None:
+        return None
+    try:
         if any(_measure(kind, path) != value for kind, path, value in stamp["entries"]):
-            os.close(lock)
             return None
         return _print(stamp["output"])
     except _DOUBT:
         return None
+    finally:
+        os.close(lock)  # the normal way, in this process, takes it exclusively
+
+
+def _streams_open() -> bool:
+    """stdout and stderr open: else the normal way refuses the run in one line (console.run_command)."""
+    try:
+        os.fstat(1)
+        os.fstat(2)
+    except OSError:
+        return False
+    return sys.stdout is not None and sys.stderr is not None
 
 
 def _try_shared_lock(path: str) -> int | None:
@@ -172,8 +186,6 @@ def _try_shared_lock(path: str) -> int | None:
 
 
 def _print(output: str) -> int | None:
-    for number in (1, 2):
-        os.fstat(number)  # a closed stream: the normal way refuses it in one line (console.run_command)
     sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]  # as console.run_command
     try:
         sys.stdout.write(output)
@@ -271,7 +283,7 @@ _ACTIVE: list[Recording] = []
 
 def record(argv: list[str]) -> Recording:
     """Start recording this process's run of `argv` (before doit is imported), removing its old stamp."""
-    directory = stamp_dir()
+    directory = stamp_dir() if _streams_open() else None
     recording = Recording(argv, directory)
     if directory is not None:
         _remove(directory / recording.name)
