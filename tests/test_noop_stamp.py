@@ -33,7 +33,7 @@ class Run:
 
     @property
     def from_stamp(self) -> bool:
-        assert "xsplice_build.launcher" in self.modules  # the project's `doit` ran
+        assert "xsplice_build.commands.launcher" in self.modules  # the project's `doit` ran
         return not any(name == "doit" or name.startswith("doit.") for name in self.modules)
 
     @property
@@ -167,7 +167,7 @@ def test_the_package_code_is_part_of_the_stamp(built: Checkout, tmp_path: Path) 
     shutil.copytree(REPO / "xsplice_build", copy, ignore=shutil.ignore_patterns("__pycache__"))
     env = {"PYTHONPATH": str(copy.parent)}
     stamped(built, env)
-    module = copy / "payload.py"
+    module = copy / "stages" / "payload.py"
     _touch(module)
     touched = build_patch(built, env)
     assert not touched.from_stamp and touched.started == [], touched.stdout
