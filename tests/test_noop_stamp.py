@@ -45,8 +45,8 @@ def _environment(checkout: Checkout, extra: dict[str, str] | None = None) -> dic
     return {**os.environ, "XSPLICE_ROOT": str(checkout.root), **(extra or {})}
 
 
-def _command(*arguments: str) -> list[str]:
-    return [sys.executable, "-X", "importtime", str(BIN / "doit"), "build-patch", "XSA-131", *arguments]
+def _command() -> list[str]:
+    return [sys.executable, "-X", "importtime", str(BIN / "doit"), "build-patch", "XSA-131"]
 
 
 def _modules(importtime: str) -> set[str]:
@@ -116,6 +116,8 @@ CHANGES: list[tuple[str, Callable[[Checkout], None], list[str]]] = [
     ("edited pristine source", lambda c: (c.work("minixen", "src", "common", "domctl.c")).write_text("/* */\n"),
      ["checkout:minixen"]),
     ("touched toolchain lock", lambda c: _touch(c.root / "toolchain.lock"), []),
+    # A file appearing where the run looked and found none: doit reads its configuration from doit.cfg too.
+    ("new doit.cfg", lambda c: (c.root / "doit.cfg").write_text("[GLOBAL]\n"), []),
 ]
 
 

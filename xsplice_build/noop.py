@@ -202,7 +202,6 @@ class Recording:
     """What one normal `doit build-patch` run reads and prints, kept as a stamp if it turns out a pure no-op."""
 
     def __init__(self, argv: list[str], directory: Path | None) -> None:
-        self.argv = argv
         self.key = command_key(argv)
         self.name = stamp_name(argv)
         self.directory = directory
@@ -249,7 +248,7 @@ class Recording:
             target.mkdir(mode=0o700, exist_ok=True)
             if self.directory is None or not os.path.samefile(target, self.directory):
                 self.spoil("the stamps of another checkout were found first")
-            stamp = self._stamp({str(path) for path in locks}, locks) if self.spoiled is None else None
+            stamp = self._stamp(locks) if self.spoiled is None else None
         except _DOUBT:
             stamp = None
         if stamp is not None:
@@ -257,9 +256,11 @@ class Recording:
         else:
             _remove(target / self.name)
 
-    def _stamp(self, locks: set[str], held: list[Path]) -> dict[str, Any] | None:
-        if len(held) != 1:
-            return None  # the one checkout lock lock.hold took
+    def _stamp(self, locks: list[Path]) -> dict[str, Any] | None:
+        """The stamp: every path read, fingerprinted now; None when one changed since the run began."""
+        if len(locks) != 1:
+            return None  # the one checkout lock lock.hold took, which a replay must find free
+        lock = str(locks[0])
         reads = dict(self.reads)
         for module in list(sys.modules.values()):
             source = getattr(module, "__file__", None)
@@ -269,13 +270,13 @@ class Recording:
             reads[("list", os.path.abspath(entry or "."))] = None
         entries = []
         for kind, path in sorted(reads):
-            if path in locks or path.startswith(str(self.directory) + os.sep):
-                continue
+            if path == lock or path.startswith(str(self.directory) + os.sep):
+                continue  # written by every build (its pid), or the stamps themselves: not inputs
             value, newest = _scanned(path) if kind == "scan" else (_measure(kind, path), 0)
             if max((newest, *_times(value))) >= self.clock:  # type: ignore[operator]
                 return None  # changed while this run read it: the verdict may be about the older content
             entries.append([kind, path, value])
-        return {"key": self.key, "lock": str(held[0]), "entries": entries, "output": "".join(self.output)}
+        return {"key": self.key, "lock": lock, "entries": entries, "output": "".join(self.output)}
 
 
 _ACTIVE: list[Recording] = []
@@ -375,7 +376,7 @@ def _note_open(recording: Recording, path: Any) -> None:
 
 def _watched(name: str, function: Any) -> Any:
     def watched(path: Any, *arguments: Any, **options: Any) -> Any:
-        if _ACTIVE:
+        if _ACTIVE and _ORIGINAL:
             follow = options.get("follow_symlinks", True) and name != "lstat"
             _ACTIVE[0].note("stat" if follow else "lstat", path, options.get("dir_fd"))
         return function(path, *arguments, **options)
