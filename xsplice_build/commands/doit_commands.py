@@ -115,7 +115,7 @@ class BuildPatch(ProjectCommand, Run):
         project = Project.find()
         out = project.patch_out(baseline, patch)
         report = Report.read(Records(project, baseline, patch).report)
-        functions = ", ".join(f["name"] for f in report.functions)
+        functions = ", ".join(function.name for function in report.functions)
         action = "for Xen's REPLACE action; " if report.action == "replace" else ""
         for warning in report.warnings:
             if "[rule: bring-up-only]" in warning:

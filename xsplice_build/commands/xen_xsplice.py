@@ -199,7 +199,7 @@ def _boot(project: Project, arguments: argparse.Namespace) -> None:
               f"{vm.build_id}) in {vm.record['boot_seconds']} s; console {vm.run_dir.log.relative_to(project.root)}")
         return
     pid, record = hypervisor.boot(project, baseline)
-    print(f"{baseline}: booted {record['image']} (pid {pid}, build-id {record['build_id']}); "
+    print(f"{baseline}: booted {record.image} (pid {pid}, build-id {record.build_id}); "
           f"socket {RunDir.of(project).socket.relative_to(project.root)}")
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, files
-from ..diff.extract import PatchedFunction
 from ..diff.profile import profile_named
 from ..elf.notes import image_build_id
 from ..elf.reader import read_elf_file
@@ -132,14 +131,13 @@ def stage_payload(project: Project, baseline: str, patch: str) -> None:
     diff = DiffRecord.read(records.diff)
     base = BaseRecord.read(records.build_base)
     image = BaseImage.load(project.root / base.image)
-    functions = [PatchedFunction(**function) for function in diff.functions]
     profile = profile_named(definition.profile)
     layout = func_layout(base.layout, profile.livepatch_payload_version)
     spec = build_spec(project, patch, baseline)
     stack = _stack(project, baseline, spec.stack, image.build_id)
     # A replacement is uploaded while the payloads it replaces are loaded: its new statics need names of its own.
     private = f"@{patch}" if spec.action == "replace" else None
-    payload = make_payload(records.extract.read_bytes(), functions, image, profile, layout, stack, private)
+    payload = make_payload(records.extract.read_bytes(), diff.functions, image, profile, layout, stack, private)
     write_atomic(records.unsigned, payload.data)
     PayloadRecord.from_json({**payload.record(), "unsigned": records.unsigned.name,
                              "sha256": sha256_bytes(payload.data), "depends_build_id": stack.depends.hex(),
@@ -155,17 +153,17 @@ def _stack(project: Project, baseline: str, names: tuple[str, ...], base_build_i
         payload = PayloadRecord.read(records.payload)
         diff = DiffRecord.read(records.diff)
         depends = bytes.fromhex(payload.build_id)
-        replacing = {function["symbol"] for function in diff.functions}
+        replacing = {function.symbol for function in diff.functions}
         for function in payload.functions:
-            if function["old_addr"]:
-                replaced[function["name"]] = function["new_size"]
+            if function.old_addr:
+                replaced[function.name] = function.new_size
             else:  # a function an earlier payload added, patched again: its latest size
                 for key, (loader_name, _size) in list(added.items()):
-                    if loader_name == function["name"]:
-                        added[key] = (loader_name, function["new_size"])
+                    if loader_name == function.name:
+                        added[key] = (loader_name, function.new_size)
         for symbol in diff.defined:
-            if symbol["name"] not in replacing:
-                added[symbol["xen_name"]] = (symbol["name"], symbol["size"])
+            if symbol.name not in replacing:
+                added[symbol.xen_name] = (symbol.name, symbol.size)
     return Stack(depends, replaced, added)
 
 
@@ -201,7 +199,7 @@ def _report(project: Project, definition: Baseline, records: Records, patch: str
     payload = PayloadRecord.read(records.payload)
     diff = DiffRecord.read(records.diff)
     patched = PatchedRecord.read(records.patched)
-    new_functions = sorted({f"{entry['object']}: {name}" for entry in diff.objects for name in entry["new_functions"]})
+    new_functions = sorted({f"{entry.object}: {name}" for entry in diff.objects for name in entry.new_functions})
     return Report(
         patch=patch,
         baseline=definition.name,
@@ -212,12 +210,11 @@ def _report(project: Project, definition: Baseline, records: Records, patch: str
         base_image=_path_for_report(project.root / base.image, records.out_dir),
         base_image_sha256=base.image_sha256,
         toolchain_lock_sha256=toolchain.lock_digest(project.lock_path),
-        functions=[{"name": f["name"], "old_size": f["old_size"], "new_size": f["new_size"],
-                    "old_addr": f"{f['old_addr']:#x}", "object": f["object"]} for f in payload.functions],
+        functions=[function.reported() for function in payload.functions],
         new_functions=new_functions,
-        objects_changed=[entry["object"] for entry in diff.objects],
-        warnings=[w for entry in diff.objects for w in entry["warnings"] + entry.get("bring_up", [])],
-        ignored=[i for entry in diff.objects for i in entry["ignored"]],
+        objects_changed=[entry.object for entry in diff.objects],
+        warnings=[w for entry in diff.objects for w in entry.warnings + entry.bring_up],
+        ignored=[i for entry in diff.objects for i in entry.ignored],
         payload_build_id=payload.build_id,
         unsigned_payload_sha256=sha256_bytes(unsigned),
         payload_sha256=sha256_bytes(signed),
