@@ -27,7 +27,7 @@ from ..pipeline.runner import doit_database
 from ..pipeline.tasks import plan_only
 from ..project import Project, check_name
 from ..records import Records, Report
-from ..target.baseline import DEFAULT_BASELINE, load_baseline, supply_image
+from ..target.baseline import DEFAULT_BASELINE, load_baseline, supplied_image
 
 opt_image = {
     "name": "image",
@@ -75,15 +75,14 @@ class BuildPatch(ProjectCommand, Run):
         # doit opens its dependency database inside execute: one build at a time may hold it.
         hold(project)
         baseline, patch = self._selection(project, params, args)
-        if params["image"]:
-            supply_image(baseline, Path(params["image"]))
+        image = supplied_image(Path(params["image"])) if params["image"] else None
         os.chdir(project.root)  # run from any directory of the checkout: doit finds dodo.py here
         warning = key_mode_warning(configured_keys(project.root))
         if warning:
             print(f"xsplice: warning: {warning}", flush=True)
         # A stacked payload is applied on top of its stack's: the operator gets all of them.
         stack = build_spec(project, patch, baseline).stack
-        plan_only(baseline, [*stack, patch])
+        plan_only(baseline, [*stack, patch], image)
         with doit_database(project):
             result = super().execute(params, ["toolchain", *(f"sign:{baseline}/{name}" for name in stack),
                                               f"sign:{baseline}/{patch}"])

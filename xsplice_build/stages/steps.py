@@ -23,7 +23,7 @@ from ..files import relative, sha256_bytes, sha256_file, write_atomic, write_jso
 from ..patches import build_spec
 from ..project import Project
 from ..records import BaseRecord, CheckoutRecord, DiffRecord, OrigRecord, PatchedRecord, PayloadRecord, Records, Report
-from ..target.baseline import Baseline, load_baseline, supplied_image
+from ..target.baseline import Baseline, load_baseline
 from ..target.image import BaseImage
 from ..target.layout import func_layout
 from . import provenance, sandboxed_base, sandboxed_build, sandboxed_diff, toolchain
@@ -56,7 +56,8 @@ def stage_checkout(project: Project, baseline: str) -> None:
     CheckoutRecord(**asdict(result)).write(Records(project, baseline).checkout)
 
 
-def stage_build_base(project: Project, baseline: str) -> None:
+def stage_build_base(project: Project, baseline: str, image: str = "") -> None:
+    """The baseline built as shipped; `image`: the one the user runs (--image), used once it proves the same."""
     definition = load_baseline(project, baseline)
     records = Records(project, baseline)
     compiler_link(records.bin, definition, recorded_tools(project))  # made here: bin/ is read-only in the sandbox
@@ -65,21 +66,20 @@ def stage_build_base(project: Project, baseline: str) -> None:
     rebuilt = owned_file(tree / definition.build.image, tree, "image")
     build_id = image_build_id(read_elf_file(rebuilt)).hex()
     check_expected_build_id(definition, build_id)
-    image = _trusted_image(definition, rebuilt, build_id)
+    used = _trusted_image(definition, rebuilt, build_id, Path(image) if image else None)
     BaseRecord(
         tree=relative(tree, project.root),
-        image=relative(image, project.root) if image.resolve().is_relative_to(project.root.resolve())
-        else str(image.resolve()),
-        image_sha256=sha256_file(image),
+        image=relative(used, project.root) if used.resolve().is_relative_to(project.root.resolve())
+        else str(used.resolve()),
+        image_sha256=sha256_file(used),
         build_id=build_id,
         objects=built["objects"],
         layout=built["layout"],
     ).write(records.build_base)
 
 
-def _trusted_image(definition: Baseline, rebuilt: Path, build_id: str) -> Path:
+def _trusted_image(definition: Baseline, rebuilt: Path, build_id: str, supplied: Path | None) -> Path:
     """The image payloads depend on: the user's own xen-syms, once the baseline rebuilds to its build-id."""
-    supplied = supplied_image(definition.name)
     if supplied is None:
         return rebuilt
     theirs = image_build_id(read_elf_file(supplied)).hex()
