@@ -104,6 +104,11 @@ class BuildSpec:
     def action(self) -> str:
         return "replace" if len(self.fixes) > 1 else "apply"
 
+    @property
+    def depends_on(self) -> str | None:
+        """The advisory whose payload this one goes on top of (the stack's last), or None: the image itself."""
+        return self.stack[-1] if self.stack else None
+
 
 
 def after(project: Project, name: str) -> str | None:

@@ -20,7 +20,7 @@ from ..elf.notes import image_build_id
 from ..elf.reader import read_elf_file
 from ..errors import BuildError, PayloadRejected
 from ..files import relative, sha256_bytes, sha256_file, write_atomic, write_json
-from ..patches import build_spec
+from ..patches import BuildSpec, build_spec
 from ..project import Project
 from ..records import BaseRecord, CheckoutRecord, DiffRecord, OrigRecord, PatchedRecord, PayloadRecord, Records, Report
 from ..target.baseline import Baseline, load_baseline
@@ -181,9 +181,9 @@ def stage_sign(project: Project, baseline: str, patch: str) -> list[str]:
     signed = sign(unsigned, key, certificate)
     report = _report(project, definition, records, patch, unsigned, signed, keys.certificate)
     facts = report.to_json()
+    recorded = BuildSpec(patch, tuple(report.stack), tuple(report.fixes))  # as build-patched built it
     statement = provenance.statement(project, baseline, records, facts, {
-        "stack": report.stack, "fixes": report.fixes, "action": report.action,
-        "depends_on": report.stack[-1] if report.stack else None})
+        "stack": report.stack, "fixes": report.fixes, "action": report.action, "depends_on": recorded.depends_on})
     envelope = provenance.envelope_bytes(statement, key)
     report = dataclasses.replace(report, provenance_sha256=sha256_bytes(envelope))
     write_atomic(records.signed, signed)
