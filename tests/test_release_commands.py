@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -144,6 +145,14 @@ def test_audit_of_a_checkout_build_and_of_a_tampered_release(built: Checkout) ->
     payload.write_bytes(bytes(data))
     result = built.doit("audit", "XSA-131", check=False)
     assert result.returncode == 1 and "xsplice: audit minixen/XSA-131: DIFFERENT" in result.stdout
+
+
+def test_audit_of_a_cumulative_payload_asked_for_by_name(built: Checkout) -> None:
+    # Not a chain's cumulative: the audit's rebuild must plan it from its name (runner --cumulative).
+    built.doit("build-patch", "--replace", "XSA-131", "inline-header")
+    result = built.doit("audit", "XSA-131+inline-header")
+    assert "xsplice: audit minixen/XSA-131+inline-header: identical" in result.stdout
+    assert "XSPLICE_CUMULATIVE" not in os.environ
 
 
 def test_an_unknown_baseline_is_refused_in_one_line(checkout: Checkout) -> None:

@@ -22,7 +22,7 @@ from ..console import ProjectCommand, doit_command, opt_baseline, opt_processes
 from ..errors import XspliceError, printable
 from ..keys import configured_keys, key_mode_warning
 from ..lock import hold
-from ..patches import CUMULATIVE_ENV, CUMULATIVE_JOIN, build_spec
+from ..patches import CUMULATIVE_JOIN, build_spec
 from ..pipeline.runner import doit_database
 from ..pipeline.tasks import plan_only
 from ..project import Project, check_name
@@ -101,8 +101,6 @@ class BuildPatch(ProjectCommand, Run):
             baseline = load_baseline(project, params["baseline"]).name
             name = CUMULATIVE_JOIN.join(args)
             build_spec(project, check_name("patch", name), baseline)
-            # The tasks are made after this: they include the cumulative pair named here.
-            os.environ[CUMULATIVE_ENV] = name
             return baseline, name
         patch, baseline = _patch_argument(project, args[0], params["baseline"])
         baseline = load_baseline(project, baseline).name

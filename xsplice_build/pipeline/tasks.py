@@ -21,7 +21,7 @@ from doit.tools import config_changed
 from ..code_identity import cached_identity
 from ..errors import XspliceError
 from ..keys import SigningKeys, configured_keys
-from ..patches import ADVISORY_FILE, CUMULATIVE_ENV, build_spec, cumulative_pairs, pairs, requested, spec_files
+from ..patches import ADVISORY_FILE, build_spec, cumulative_pairs, pairs, requested, spec_files
 from ..project import Project
 from ..records import Records
 from ..stages import sandbox, toolchain
@@ -39,10 +39,13 @@ class Plan:
     `pairs`: plan only these pairs and their baseline, the tasks it runs (planning every pair of
     every baseline was a third of a no-op build's time). `images`: the image the user runs for a
     baseline (--image), which build-base is given and trusts only if the baseline rebuilds to it.
+    `cumulative`: cumulative payloads ("XSA-A+XSA-B") to plan besides every pair and chain (an audit
+    rebuilds those a release holds).
     """
 
     pairs: tuple[tuple[str, str], ...] = ()
     images: tuple[tuple[str, Path], ...] = ()
+    cumulative: tuple[str, ...] = ()
 
 
 _PLAN = [Plan()]  # set by the command before doit loads dodo.py
@@ -51,6 +54,10 @@ _PLAN = [Plan()]  # set by the command before doit loads dodo.py
 def plan_only(baseline: str, patches: list[str], image: Path | None = None) -> None:
     _PLAN[0] = Plan(pairs=tuple((baseline, patch) for patch in patches),
                     images=((baseline, image),) if image is not None else ())
+
+
+def plan_cumulative(names: list[str]) -> None:
+    _PLAN[0] = Plan(cumulative=tuple(names))
 
 
 def run_stage(stage: str, root: str, targets: list[str], record: str = "", certificate: str = "",
@@ -259,9 +266,9 @@ class Pipeline:
         if _PLAN[0].pairs:
             return list(_PLAN[0].pairs)
         names = [b.name for b in self.baselines]
-        wanted = [name for name in os.environ.get(CUMULATIVE_ENV, "").split() if name]
         found = pairs(self.project, names) + cumulative_pairs(self.project, names)
-        return found + [pair for pair in requested(self.project, names, wanted) if pair not in found]
+        return found + [pair for pair in requested(self.project, names, list(_PLAN[0].cumulative))
+                        if pair not in found]
 
     def _patches(self, baseline: str, patch: str) -> list[Path]:
         spec = build_spec(self.project, patch, baseline)
