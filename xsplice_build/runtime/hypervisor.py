@@ -22,14 +22,15 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..files import write_json
 from ..pipeline.runner import run_targets
 from ..project import Project
 from ..records import BaseRecord, Records
 from ..vm.channel import (
+    MINIXEN,
     SOCKET_PATH_MAX,
     HypervisorError,
     RunDir,
+    RunningImage,
     _alive,
 )
 
@@ -76,8 +77,8 @@ def boot(project: Project, baseline: str) -> tuple[int, BaseRecord]:
         process = subprocess.Popen([str(image), "--socket", str(run.socket)], stdin=subprocess.DEVNULL,
                                    stdout=log, stderr=log, start_new_session=True, cwd=project.root)
     run.pid_file.write_text(f"{process.pid}\n")
-    write_json(run.record, {"baseline": baseline, "image": record.image, "build_id": record.build_id,
-                            "pid": process.pid})
+    run.write_running(RunningImage(kind=MINIXEN, baseline=baseline, pid=process.pid, build_id=record.build_id,
+                                   image=record.image))
     _wait_for_socket(run, process)
     return process.pid, record
 
