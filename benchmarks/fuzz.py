@@ -222,7 +222,9 @@ def _elf_target(root: Path) -> Callable[[bytes], None]:
     return lambda data: read_elf(data, "fuzz.o") and None
 
 
-def _verify_target(root: Path) -> Callable[[bytes], None]:
+def _minixen_verifier(root: Path) -> Callable[[bytes], bytes]:
+    """Xen's loader rules offline against the built minixen image: returns the unsigned part it linked
+    (signed seeds are fuzzed past their trailer: the rules see what the signature covers), or raises."""
     from xsplice_build.diff.profile import XEN_X86_64
     from xsplice_build.runtime.verify import link_payload, payload_area
     from xsplice_build.target.image import BaseImage
@@ -235,13 +237,18 @@ def _verify_target(root: Path) -> Callable[[bytes], None]:
     func = func_layout(layout, profile.livepatch_payload_version)
     base = payload_area(image)
 
-    def one_input(data: bytes) -> None:
-        # Signed seeds are fuzzed past their trailer: the loader rules see what the signature covers.
+    def verified(data: bytes) -> bytes:
         end = data.rfind(b"~Module signature appended~")
-        link_payload(data[:end] if end > 0 else data, "fuzz.livepatch", image, base=base, layout=func,
-                     profile=profile)
+        unsigned = data[:end] if end > 0 else data
+        link_payload(unsigned, "fuzz.livepatch", image, base=base, layout=func, profile=profile)
+        return unsigned
 
-    return one_input
+    return verified
+
+
+def _verify_target(root: Path) -> Callable[[bytes], None]:
+    verified = _minixen_verifier(root)
+    return lambda data: verified(data) and None
 
 
 def _sign_target(root: Path) -> Callable[[bytes], None]:
@@ -438,18 +445,10 @@ def _answer_value(image: RunningImage, key: str) -> str:
 
 
 def _loader_target(root: Path) -> Callable[[bytes], None]:
-    from xsplice_build.diff.profile import XEN_X86_64
     from xsplice_build.errors import XspliceError
-    from xsplice_build.runtime.verify import link_payload, payload_area
     from xsplice_build.stages import sign
-    from xsplice_build.target.image import BaseImage
-    from xsplice_build.target.layout import apply_layout, baseline_layout, func_layout
 
-    image_path = root / "work" / "minixen" / "base" / "tree" / "xen-syms"
-    base_image = BaseImage.load(image_path)
-    layout = baseline_layout(image_path, XEN_X86_64)
-    profile = apply_layout(XEN_X86_64, layout)
-    func = func_layout(layout, profile.livepatch_payload_version)
+    verified = _minixen_verifier(root)
     keys = root / "keys" / "development"
     key, certificate, _ = sign.load_keys(sign.SigningKeys(keys / "signing_key.pem", keys / "signing_cert.pem",
                                                           development=True))
@@ -470,11 +469,8 @@ def _loader_target(root: Path) -> Callable[[bytes], None]:
             raise AssertionError(f"the image stopped answering {what}") from None
 
     def one_input(data: bytes) -> None:
-        end = data.rfind(b"~Module signature appended~")
-        unsigned = data[:end] if end > 0 else data
         try:
-            link_payload(unsigned, "fuzz.livepatch", base_image, base=payload_area(base_image), layout=func,
-                         profile=profile)
+            unsigned = verified(data)
         except XspliceError:
             return  # verify refuses it: it never reaches a running image
         tally("verified")

@@ -1,20 +1,30 @@
 """Cold `doit build-patch` on real Xen next to a plain `make -C xen` of the same tree, in one run.
 
     .venv/bin/python benchmarks/xen_cold.py [--rounds 1] [--baseline xen-4.17] [--patch regression-test]
+                                            [--keep DIR]
 
-Setup (not timed): a copy of this checkout's sources with work/sources (the baseline's source
-repository: fetching and unpacking it is not building). Then each round, in alternating order:
-  build-patch   `doit build-patch --baseline B P` from an empty work/ (but sources): checkout, the
-                base build, the patched build, diff, payload and sign
-  make          the baseline's own prepare and build commands (make olddefconfig, make -C xen) with
-                the plain compiler, in a fresh copy of the same pristine tree with the same config
-It prints both medians and the paired ratio build-patch / make.
+Setup (not timed): a copy of this checkout's sources with work/sources, the baseline's cached
+source download (fetching and unpacking it is a network download, not building). Then each
+round, in alternating order:
+  build-patch   `doit build-patch --baseline B P` from an empty work/ (but sources): the checkout
+                from the cached download, the toolchain probe, the base build, the patched build,
+                diff, payload and sign; each stage's time is printed as doit reports it
+  make          the reference: the baseline's own prepare and build commands (make olddefconfig,
+                make -C xen) with the plain compiler, in a fresh copy of the same pristine tree
+                with the same config (the copy is not timed: a user's tree is already there)
+It prints both medians and the paired ratio build-patch / make, for wall time and for CPU time
+(every process each half ran, read from a cgroup of its own): on a machine others share, the wall time of
+each half depends on their load, while the CPU time is what the half itself costs.
+--keep DIR keeps the last build-patch checkout (its work/ holds every stage's output and log).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -29,20 +39,52 @@ sys.path.insert(0, str(REPO))
 from xsplice_build.project import Project, copy_sources  # noqa: E402
 from xsplice_build.target.baseline import load_baseline  # noqa: E402
 
+DONE = re.compile(r"done (\S+) \(([\d.]+) s\)")
 
-def cold_build_patch(scratch: Path, baseline: str, patch: str, number: int) -> tuple[float, Path]:
+
+_CPUACCT = Path("/sys/fs/cgroup/cpuacct")
+
+
+def timed(argv: list[str], **options: object) -> tuple[float, float, subprocess.CompletedProcess[str]]:
+    """Wall and CPU seconds of one command and everything it starts, the build sandbox's processes included.
+
+    CPU is read from a cgroup of its own (cgroup v1 cpuacct, where this machine's root may make one):
+    resource usage of waited-for children misses what runs in a PID namespace (bwrap's). Without
+    that cgroup the CPU figure is NaN.
+    """
+    group = _CPUACCT / f"xsplice-cold-{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        group.mkdir()
+    except OSError:
+        group = None
+    if group is not None:
+        argv = ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"', "sh", *argv]
+    start = time.perf_counter()
+    result = subprocess.run(argv, check=True, capture_output=True, text=True, **options)  # type: ignore[call-overload]
+    wall = time.perf_counter() - start
+    if group is None:
+        return wall, math.nan, result
+    cpu = int((group / "cpuacct.usage").read_text()) / 1e9
+    with contextlib.suppress(OSError):  # a process it left behind still runs: the group goes with the machine
+        group.rmdir()
+    return wall, cpu, result
+
+
+def cold_build_patch(scratch: Path, baseline: str, patch: str, number: int) -> tuple[float, float, Path]:
     root = scratch / f"ours-{number}"
     copy_sources(REPO, root, ("keys",))
     (root / "work").mkdir()
     subprocess.run(["cp", "-a", str(REPO / "work" / "sources"), str(root / "work" / "sources")], check=True)
     env = {key: value for key, value in os.environ.items() if not key.startswith("XSPLICE_")}
-    start = time.perf_counter()
-    subprocess.run([str(REPO / ".venv" / "bin" / "doit"), "build-patch", "--baseline", baseline, patch], cwd=root,
-                   check=True, capture_output=True, env=env)
-    return time.perf_counter() - start, root
+    wall, cpu, result = timed([str(REPO / ".venv" / "bin" / "doit"), "build-patch", "--baseline", baseline, patch],
+                              cwd=root, env=env)
+    for task, seconds in DONE.findall(result.stdout):
+        print(f"    round {number}: {task:<44} {float(seconds):7.1f} s", flush=True)
+    print(f"    round {number}: build-patch {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+    return wall, cpu, root
 
 
-def plain_make(scratch: Path, pristine: Path, baseline: str, number: int) -> float:
+def plain_make(scratch: Path, pristine: Path, baseline: str, number: int) -> tuple[float, float]:
     definition = load_baseline(Project(REPO), baseline)
     tree = scratch / f"make-{number}"
     shutil.copytree(pristine, tree, symlinks=True, ignore=shutil.ignore_patterns(".git"))
@@ -54,13 +96,19 @@ def plain_make(scratch: Path, pristine: Path, baseline: str, number: int) -> flo
     linker = shutil.which("ld") or "ld"
     commands = [definition.build.prepare] if definition.build.prepare else []
     commands.append(definition.build.command)
-    start = time.perf_counter()
+    wall = cpu = 0.0
     for template in commands:
         argv = [word.format(jobs=os.cpu_count() or 1, cc=compiler, ld=linker) for word in template]
-        subprocess.run(argv, cwd=tree, env=env, check=True, capture_output=True)
-    elapsed = time.perf_counter() - start
+        seconds, used, _ = timed(argv, cwd=tree, env=env)
+        wall, cpu = wall + seconds, cpu + used
     shutil.rmtree(tree)
-    return elapsed
+    print(f"    round {number}: make {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+    return wall, cpu
+
+
+def keep_pristine(root: Path, baseline: str, pristine: Path) -> None:
+    if not pristine.exists():
+        shutil.copytree(root / "work" / baseline / "src", pristine, symlinks=True)
 
 
 def main() -> None:
@@ -68,34 +116,39 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--baseline", default="xen-4.17")
     parser.add_argument("--patch", default="regression-test")
+    parser.add_argument("--keep", type=Path, help="move the last build-patch checkout here (to inspect its work/)")
     arguments = parser.parse_args()
-    figures: dict[str, list[float]] = {"build-patch": [], "make": []}
+    walls: dict[str, list[float]] = {"build-patch": [], "make": []}
+    cpus: dict[str, list[float]] = {"build-patch": [], "make": []}
     with tempfile.TemporaryDirectory(prefix="xsplice-cold-") as temporary:
         scratch = Path(temporary)
-        pristine = None
+        pristine = scratch / "pristine"
         for number in range(arguments.rounds):
             order = ["make", "build-patch"] if number % 2 else ["build-patch", "make"]
             for name in order:
                 if name == "build-patch":
-                    elapsed, root = cold_build_patch(scratch, arguments.baseline, arguments.patch, number)
-                    pristine = pristine or scratch / "pristine"
-                    if not pristine.exists():
-                        shutil.copytree(root / "work" / arguments.baseline / "src", pristine, symlinks=True)
-                    shutil.rmtree(root)
-                else:
-                    if pristine is None:  # the tree build-patch checks out, once, untimed
-                        _, root = cold_build_patch(scratch, arguments.baseline, arguments.patch, -1)
-                        pristine = scratch / "pristine"
-                        shutil.copytree(root / "work" / arguments.baseline / "src", pristine, symlinks=True)
+                    wall, cpu, root = cold_build_patch(scratch, arguments.baseline, arguments.patch, number)
+                    keep_pristine(root, arguments.baseline, pristine)
+                    if arguments.keep:
+                        shutil.rmtree(arguments.keep, ignore_errors=True)
+                        shutil.move(root, arguments.keep)
+                    else:
                         shutil.rmtree(root)
-                    elapsed = plain_make(scratch, pristine, arguments.baseline, number)
-                figures[name].append(elapsed)
+                else:
+                    if not pristine.exists():  # the tree build-patch checks out, once, untimed
+                        _, _, root = cold_build_patch(scratch, arguments.baseline, arguments.patch, -1)
+                        keep_pristine(root, arguments.baseline, pristine)
+                        shutil.rmtree(root)
+                    wall, cpu = plain_make(scratch, pristine, arguments.baseline, number)
+                walls[name].append(wall)
+                cpus[name].append(cpu)
     print(f"cold {arguments.baseline}: build-patch {arguments.patch} against make of the same tree, "
           f"{arguments.rounds} round(s)")
-    for name, values in figures.items():
-        print(f"  {name:<12} {statistics.median(values):8.1f} s")
-    ratios = [ours / make for ours, make in zip(figures["build-patch"], figures["make"], strict=True)]
-    print(f"  paired build-patch / make, median of rounds: {statistics.median(ratios):.2f}x")
+    for name in walls:
+        print(f"  {name:<12} {statistics.median(walls[name]):8.1f} s wall {statistics.median(cpus[name]):8.1f} s CPU")
+    for what, figures in (("wall", walls), ("CPU", cpus)):
+        ratios = [ours / make for ours, make in zip(figures["build-patch"], figures["make"], strict=True)]
+        print(f"  paired build-patch / make, {what} time, median of rounds: {statistics.median(ratios):.2f}x")
 
 
 if __name__ == "__main__":

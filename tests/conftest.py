@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from xsplice_build.project import copy_sources
+from xsplice_build.project import Project, copy_sources
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -70,6 +70,42 @@ def one_line_failure(result: subprocess.CompletedProcess[str]) -> str:
     return failures[0]
 
 
+def xen_xsplice(checkout: Checkout, *args: str) -> subprocess.CompletedProcess[str]:
+    """`xen-xsplice ARGS` in the checkout; it never raises: `ok` or `refused` says what was expected."""
+    return subprocess.run([str(BIN / "xen-xsplice"), *args], cwd=checkout.root, capture_output=True, text=True,
+                          env={**os.environ, "XSPLICE_ROOT": str(checkout.root)}, check=False, timeout=120)
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    """The output of a command that must have succeeded."""
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def refused(result: subprocess.CompletedProcess[str]) -> str:
+    """The one line a refused `xen-xsplice` printed on stderr (and no traceback)."""
+    assert result.returncode != 0, result.stdout
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("xen-xsplice: ")
+    return lines[0]
+
+
+def minixen_running(built: Checkout, destination: Path) -> Iterator[Checkout]:
+    """The body of a `running` fixture: a copy of a built checkout with minixen booted in the background
+    (a child of this process), shut down afterwards if it still runs."""
+    from xsplice_build.runtime import hypervisor
+    from xsplice_build.vm.channel import RunDir
+
+    checkout = copy_checkout(destination, built.root, with_state=True)
+    project = Project(checkout.root)
+    hypervisor.boot(project, "minixen")
+    yield checkout
+    if RunDir.of(project).pid() is not None:
+        hypervisor.shutdown(project)
+
+
 @pytest.fixture
 def checkout(tmp_path: Path) -> Checkout:
     """A fresh copy of this checkout: sources only, nothing built."""
@@ -91,11 +127,37 @@ def built(built_once: Checkout, tmp_path: Path) -> Iterator[Checkout]:
     yield copy_checkout(tmp_path / "built", built_once.root, with_state=True)
 
 
+MINIXEN_TIER = ("--baseline", "minixen", "--baseline", "minixen-1.1")  # the baselines a nightly of this tier builds
+CHAIN = ("stack-1", "stack-2", "stack-3")  # patches/stack-N/advisory.toml: each goes on top of the one before
+
+
+@pytest.fixture(scope="session")
+def nightly_once(tmp_path_factory: pytest.TempPathFactory) -> Checkout:
+    """One copy where `doit -n 2 nightly` built the minixen tier's every pair (shared, do not modify): the
+    release the other nightlies (a second one, the audit, the cluster's) must reproduce byte for byte."""
+    checkout = copy_checkout(tmp_path_factory.mktemp("nightly") / "checkout")
+    checkout.doit("-n", "2", "nightly", *MINIXEN_TIER)
+    return checkout
+
+
+@pytest.fixture(scope="session")
+def stacks_built(built_once: Checkout, tmp_path_factory: pytest.TempPathFactory) -> Checkout:
+    """A copy of the built checkout where the stacked chain's tip, the cumulative payloads of the whole chain
+    and of its first two, and the hook payloads were built (shared, do not modify)."""
+    built = copy_checkout(tmp_path_factory.mktemp("stacks") / "checkout", built_once.root, with_state=True)
+    built.doit("build-patch", CHAIN[-1])
+    built.doit("build-patch", "--replace", *CHAIN)
+    built.doit("build-patch", "--replace", *CHAIN[:2])
+    for patch in ("hook-counter", "hook-preapply-fails"):
+        built.doit("build-patch", patch)
+    return built
+
+
 # Fixtures that copy, build, boot or start something through the real pipeline. A test that uses none of them,
 # and copies or runs no checkout itself, is in the fast tier (`pytest -m fast`, run on every change); one that
 # does is there only when marked fast.
 PIPELINE_FIXTURES = frozenset({"checkout", "checkout_project", "built", "built_once", "full_run", "corpus", "running",
-                               "cluster", "nightly_once", "one_machine", "xen"})
+                               "cluster", "nightly_once", "stacks_built", "xen"})
 PIPELINE_CALLS = ("copy_checkout(", ".doit(", '"doit"')
 
 

@@ -10,7 +10,7 @@ from xsplice_build.code_identity import package_imports, third_party_imports
 
 # The package's top-level modules: everything else builds on them ("" is the package's __init__.py).
 FOUNDATION = {"", "errors", "files", "project", "schema", "patches", "lock", "code_identity", "console", "records",
-              "keys"}
+              "keys", "noop"}
 # Lowest first: each layer's subpackages. Every module is in exactly one layer: a top-level module must be in
 # FOUNDATION, a subpackage in one layer (a new one must be placed here and in docs/design.md).
 LAYERS: dict[str, set[str]] = {
@@ -27,8 +27,9 @@ LAYERS: dict[str, set[str]] = {
 ORDER = list(LAYERS)
 LAYER_OF_PACKAGE = {package: layer for layer, packages in LAYERS.items() for package in packages}
 # The doit wiring: only these import doit; a data store (records, releases, the payload store) never does.
+# commands.launcher: the `doit` script itself, which hands every run it does not answer from a stamp to doit.
 DOIT_WIRING = {"pipeline.tasks", "pipeline.runner", "pipeline.reporter", "pipeline.loader",
-               "commands.doit_commands", "commands.release_commands"}
+               "commands.doit_commands", "commands.release_commands", "commands.launcher"}
 DASK = {"release.cluster", "release.cluster_worker"}
 
 

@@ -25,6 +25,19 @@ def test_checkout_gives_a_clean_tree_at_the_pinned_commit(checkout_project: Proj
         repo.close()
 
 
+def test_an_intact_tree_is_kept_and_a_changed_one_checked_out_again(checkout_project: Project) -> None:
+    baseline = load_baseline(checkout_project, "minixen")
+    tree = checkout_project.root / checkout(checkout_project, baseline).tree
+    kept = tree / "common" / "version.c"
+    before = kept.stat()
+    assert checkout(checkout_project, baseline).tree == checkout(checkout_project, baseline).tree
+    assert kept.stat().st_ino == before.st_ino and kept.stat().st_mtime_ns == before.st_mtime_ns
+    (tree / "stray.o").write_bytes(b"left by someone")  # an added file: the tree is not pristine any more
+    kept.write_text(kept.read_text() + "/* edited */\n")
+    checkout(checkout_project, baseline)
+    assert not (tree / "stray.o").exists() and "edited" not in kept.read_text()
+
+
 def test_the_same_files_give_the_same_commit_in_another_directory(checkout_project: Project,
                                                                    tmp_path: Path) -> None:
     other = Project(copy_checkout(tmp_path / "elsewhere").root)

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import BIN, Checkout, copy_checkout
+from conftest import BIN, MINIXEN_TIER, Checkout, copy_checkout
 from distributed import Client, LocalCluster
 
 from xsplice_build.release.cluster import _refusal
 
-MINIXEN = ("--baseline", "minixen", "--baseline", "minixen-1.1")
 PAIRS = 10  # 5 advisory variants, the stacked chain's 3 and its 2 cumulative payloads
 _JOB_RE = re.compile(r"^xsplice: cluster: (\S+) (ok|failed) on (\S+): (built|from the payload store)[^\n]*?"
                      r"(?: \(ran ([^)]*)\))?$", re.MULTILINE)
@@ -28,14 +27,6 @@ def start_cluster(workers: Path, n_workers: int = 2) -> LocalCluster:
     """A real local cluster of worker processes (restarted ones too) claiming their slots under `workers`."""
     return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                         env={"XSPLICE_WORKER_ROOT": str(workers)})
-
-
-@pytest.fixture(scope="module")
-def one_machine(tmp_path_factory: pytest.TempPathFactory) -> Checkout:
-    """The reference: the ordinary one-machine nightly of the minixen tier (shared, do not modify)."""
-    checkout = copy_checkout(tmp_path_factory.mktemp("one-machine") / "checkout")
-    checkout.doit("nightly", *MINIXEN)
-    return checkout
 
 
 @pytest.fixture(scope="module")
@@ -62,15 +53,15 @@ def jobs(output: str) -> list[tuple[str, str, str, str, list[str]]]:
 
 
 def test_the_distributed_nightly_releases_the_same_bytes_and_builds_each_tree_once_per_worker(
-        one_machine: Checkout, cluster: LocalCluster, tmp_path: Path) -> None:
-    checkout = coordinator(tmp_path / "coordinator", one_machine)
+        nightly_once: Checkout, cluster: LocalCluster, tmp_path: Path) -> None:
+    checkout = coordinator(tmp_path / "coordinator", nightly_once)
     store = tmp_path / "store"
-    result = checkout.doit("nightly", *MINIXEN, "--scheduler", cluster.scheduler_address, "--store", str(store))
+    result = checkout.doit("nightly", *MINIXEN_TIER, "--scheduler", cluster.scheduler_address, "--store", str(store))
     assert f"xsplice: nightly: {PAIRS} ok, 0 failed" in result.stdout
     # Every file of out/ (release, manifest, signer, each report.json) is the one-machine nightly's.
-    assert release_files(checkout) == release_files(one_machine)
+    assert release_files(checkout) == release_files(nightly_once)
     done = jobs(result.stdout)
-    assert sorted(pair for pair, *_ in done) == sorted(f"{b}/{p}" for b, p in _pairs(one_machine))
+    assert sorted(pair for pair, *_ in done) == sorted(f"{b}/{p}" for b, p in _pairs(nightly_once))
     assert all(status == "ok" and how == "built" for _, status, _, how, _ in done)
     # Affinity: a baseline's trees are built at most once per worker that ran its jobs, never per job
     # (minixen-1.1 has three pairs, and there are two workers).
@@ -79,10 +70,10 @@ def test_the_distributed_nightly_releases_the_same_bytes_and_builds_each_tree_on
         builds = [worker for _, _, worker, _, ran in done if f"build-base:{baseline}" in ran]
         assert sorted(set(builds)) == sorted(builds) and 1 <= len(builds) <= len(ran_on) <= 2
     # A second coordinator (another directory) with the store warm: every job returns at once, same bytes.
-    again = coordinator(tmp_path / "again", one_machine)
-    warm = again.doit("nightly", *MINIXEN, "--scheduler", cluster.scheduler_address, "--store", str(store))
+    again = coordinator(tmp_path / "again", nightly_once)
+    warm = again.doit("nightly", *MINIXEN_TIER, "--scheduler", cluster.scheduler_address, "--store", str(store))
     assert {how for *_, how, _ in jobs(warm.stdout)} == {"from the payload store"} and len(jobs(warm.stdout)) == PAIRS
-    assert release_files(again) == release_files(one_machine)
+    assert release_files(again) == release_files(nightly_once)
     assert not (again.root / "work" / "minixen" / "base").exists()  # the coordinator built nothing
 
 
@@ -93,7 +84,7 @@ def _pairs(checkout: Checkout) -> list[tuple[str, str]]:
     return [(entry["baseline"], entry["patch"]) for entry in manifest["payloads"]]
 
 
-def test_a_worker_with_another_assembler_never_contributes(one_machine: Checkout, tmp_path: Path) -> None:
+def test_a_worker_with_another_assembler_never_contributes(nightly_once: Checkout, tmp_path: Path) -> None:
     # A real difference: gcc finds `as` through PATH, so this worker's builds would use another assembler.
     fake = tmp_path / "fakebin"
     fake.mkdir()
@@ -108,12 +99,12 @@ def test_a_worker_with_another_assembler_never_contributes(one_machine: Checkout
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             client.wait_for_workers(2, timeout=60)
-            checkout = coordinator(tmp_path / "coordinator", one_machine)
-            result = checkout.doit("nightly", *MINIXEN, "--scheduler", local.scheduler_address)
+            checkout = coordinator(tmp_path / "coordinator", nightly_once)
+            result = checkout.doit("nightly", *MINIXEN_TIER, "--scheduler", local.scheduler_address)
             # The gate closed it (worker and nanny): it is gone, and every job ran on the good worker.
             assert bad.wait(timeout=60) == 0 and set(client.scheduler_info()["workers"]) == good
             assert {worker for _, _, worker, _, _ in jobs(result.stdout)} == good
-            assert release_files(checkout) == release_files(one_machine)
+            assert release_files(checkout) == release_files(nightly_once)
             # The check inside every job: sources whose toolchain.lock is not the coordinator's are refused.
             from xsplice_build.release.cluster_worker import WrongToolchain, pack_sources, run_job
 
@@ -129,10 +120,10 @@ def test_a_worker_with_another_assembler_never_contributes(one_machine: Checkout
 
 def test_an_unreachable_scheduler_and_a_store_without_one_are_refused_in_one_line(checkout: Checkout) -> None:
     quick = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "2s"}  # Dask's own setting, to fail fast here
-    result = checkout.doit("nightly", *MINIXEN, "--scheduler", "tcp://127.0.0.1:9", check=False, env=quick)
+    result = checkout.doit("nightly", *MINIXEN_TIER, "--scheduler", "tcp://127.0.0.1:9", check=False, env=quick)
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.strip().count("\n") == 0 and "cannot reach the Dask scheduler" in result.stderr
-    result = checkout.doit("nightly", *MINIXEN, "--store", str(checkout.root / "store"), check=False)
+    result = checkout.doit("nightly", *MINIXEN_TIER, "--store", str(checkout.root / "store"), check=False)
     assert result.returncode == 2 and "give --scheduler" in result.stderr
     assert not (checkout.root / "out").exists()
 
@@ -150,12 +141,12 @@ def test_the_coordinator_refuses_a_result_built_against_another_lock_or_code() -
     assert reason is not None and "other xsplice-build code" in reason
 
 
-def test_a_worker_killed_mid_build_costs_nothing_but_time(one_machine: Checkout, tmp_path: Path) -> None:
+def test_a_worker_killed_mid_build_costs_nothing_but_time(nightly_once: Checkout, tmp_path: Path) -> None:
     workers, store = tmp_path / "workers", tmp_path / "store"
     with start_cluster(workers) as local, Client(local) as client:
         pids = client.run(os.getpid)
-        checkout = coordinator(tmp_path / "coordinator", one_machine)
-        nightly = subprocess.Popen([str(BIN / "doit"), "nightly", *MINIXEN, "--scheduler", local.scheduler_address,
+        checkout = coordinator(tmp_path / "coordinator", nightly_once)
+        nightly = subprocess.Popen([str(BIN / "doit"), "nightly", *MINIXEN_TIER, "--scheduler", local.scheduler_address,
                                     "--store", str(store)], cwd=checkout.root, text=True,
                                    env={**os.environ, "XSPLICE_ROOT": str(checkout.root)},
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -163,11 +154,11 @@ def test_a_worker_killed_mid_build_costs_nothing_but_time(one_machine: Checkout,
         os.kill(victim, signal.SIGKILL)
         output, _ = nightly.communicate(timeout=300)
     assert nightly.returncode == 0, output
-    assert release_files(checkout) == release_files(one_machine)
+    assert release_files(checkout) == release_files(nightly_once)
     # A job that finished was not built again: one "ok" per pair over every slot's journal.
     journal = "".join(path.read_text() for path in workers.glob("slot*/jobs.log"))
     built = re.findall(r"^\d+ ok (\S+) ", journal, re.MULTILINE)
-    assert sorted(built) == sorted(f"{b}/{p}" for b, p in _pairs(one_machine)), journal + output
+    assert sorted(built) == sorted(f"{b}/{p}" for b, p in _pairs(nightly_once)), journal + output
     assert any(line.startswith(f"{victim} start ") for line in journal.splitlines())
 
 

@@ -2,55 +2,28 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BIN, Checkout, copy_checkout, one_line_failure
+from conftest import Checkout, minixen_running, ok, one_line_failure, xen_xsplice
 
 from xsplice_build.project import Project
-from xsplice_build.runtime import hypervisor
 from xsplice_build.vm.channel import RunDir
 
 
-@pytest.fixture(scope="module")
-def hooks_built(tmp_path_factory: pytest.TempPathFactory) -> Checkout:
-    built = copy_checkout(tmp_path_factory.mktemp("hooks") / "checkout")
-    for patch in ("hook-counter", "hook-preapply-fails", "stack-1"):
-        built.doit("build-patch", patch)
-    built.doit("build-patch", "--replace", "stack-1", "stack-2")
-    return built
-
-
 @pytest.fixture
-def running(hooks_built: Checkout, tmp_path: Path) -> Iterator[Checkout]:
-    checkout = copy_checkout(tmp_path / "running", hooks_built.root, with_state=True)
-    project = Project(checkout.root)
-    hypervisor.boot(project, "minixen")
-    yield checkout
-    if RunDir.of(project).pid() is not None:
-        hypervisor.shutdown(project)
-
-
-def xen(checkout: Checkout, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "xen-xsplice"), *args], cwd=checkout.root, capture_output=True, text=True,
-                          env={**os.environ, "XSPLICE_ROOT": str(checkout.root)}, check=False, timeout=120)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
+def running(stacks_built: Checkout, tmp_path: Path) -> Iterator[Checkout]:
+    yield from minixen_running(stacks_built, tmp_path / "running")
 
 
 def _upload(checkout: Checkout, name: str) -> None:
-    ok(xen(checkout, "upload", name, str(checkout.out(name) / f"{name}.livepatch")))
+    ok(xen_xsplice(checkout, "upload", name, str(checkout.out(name) / f"{name}.livepatch")))
 
 
 def test_the_hooks_run_on_apply_and_revert(running: Checkout) -> None:
     """Load +1 and post-apply +10 once applied; pre-revert -10 and unload -1 once reverted (the probes)."""
-    said = ok(xen(running, "prove", "hook-counter"))
+    said = ok(xen_xsplice(running, "prove", "hook-counter"))
     assert "every probe held before, applied and reverted" in said
     report = running.report("hook-counter")
     assert report["new_functions"] == ["common/domctl.o: after_apply", "common/domctl.o: before_revert",
@@ -60,25 +33,25 @@ def test_the_hooks_run_on_apply_and_revert(running: Checkout) -> None:
 
 def test_a_failing_pre_apply_hook_stops_the_apply(running: Checkout) -> None:
     _upload(running, "hook-preapply-fails")
-    refused = xen(running, "apply", "hook-preapply-fails")
+    refused = xen_xsplice(running, "apply", "hook-preapply-fails")
     assert refused.returncode != 0 and "pre-apply hook failed (rc=-16), aborting" in refused.stderr
     with RunDir.of(Project(running.root)).connect() as connection:
         answer = connection.request("livepatch apply hook-preapply-fails")
         assert answer.rc == -16
         assert connection.request("info").value("xen_changeset") == "minixen"  # nothing was patched
         assert connection.request("livepatch get hook-preapply-fails").value("state") == "CHECKED"
-    ok(xen(running, "unload", "hook-preapply-fails"))
+    ok(xen_xsplice(running, "unload", "hook-preapply-fails"))
 
 
 def test_replace_is_refused_while_a_payload_with_vetoing_hooks_is_applied(running: Checkout) -> None:
     _upload(running, "hook-counter")
-    ok(xen(running, "apply", "hook-counter"))
+    ok(xen_xsplice(running, "apply", "hook-counter"))
     _upload(running, "stack-1+stack-2")
-    refused = xen(running, "replace", "stack-1+stack-2")
+    refused = xen_xsplice(running, "replace", "stack-1+stack-2")
     assert "REPLACE action is not supported on livepatches with vetoing hooks" in refused.stderr
-    ok(xen(running, "revert", "hook-counter"))
+    ok(xen_xsplice(running, "revert", "hook-counter"))
     for name in ("stack-1+stack-2", "hook-counter"):
-        ok(xen(running, "unload", name))
+        ok(xen_xsplice(running, "unload", name))
 
 
 def test_hooks_for_a_loader_without_them_are_refused(checkout: Checkout) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import Checkout, copy_checkout
+from conftest import MINIXEN_TIER, Checkout, copy_checkout
 
 from xsplice_build.files import sha256_bytes, sha256_file
 from xsplice_build.stages.sign import split
@@ -19,17 +20,8 @@ PAIRS = {("minixen", "XSA-131"), ("minixen", "regression-test"), ("minixen-1.1",
          ("minixen", "stack-1"), ("minixen", "stack-2"), ("minixen", "stack-3"), ("minixen", "stack-1+stack-2"),
          ("minixen", "stack-1+stack-2+stack-3")}
 # The minixen tier: real Xen's pairs (baseline xen-4.17) take minutes and run in the xen tier.
-MINIXEN = ("--baseline", "minixen", "--baseline", "minixen-1.1")
 KEYS = {"patch", "baseline", "status", "reason", "patch_sha256", "commit", "base_build_id",
         "toolchain_lock_sha256", "functions", "unsigned_payload_sha256", "payload_sha256"}
-
-
-@pytest.fixture(scope="module")
-def nightly_once(tmp_path_factory: pytest.TempPathFactory) -> Checkout:
-    """One checkout copy where `doit -n 2 nightly` built the whole corpus (shared, do not modify)."""
-    checkout = copy_checkout(tmp_path_factory.mktemp("nightly") / "checkout")
-    checkout.doit("-n", "2", "nightly", *MINIXEN)
-    return checkout
 
 
 def _manifest(checkout: Checkout) -> list[dict]:
@@ -66,7 +58,7 @@ def test_a_second_nightly_reuses_everything_and_writes_the_same_manifest(nightly
                                                                         tmp_path: Path) -> None:
     again = copy_checkout(tmp_path / "again", nightly_once.root, with_state=True)
     before = (again.root / "out" / "release" / "manifest.json").read_bytes()
-    result = again.doit("-n", "2", "nightly", *MINIXEN)
+    result = again.doit("-n", "2", "nightly", *MINIXEN_TIER)
     assert _started(result.stdout) == []
     assert (again.root / "out" / "release" / "manifest.json").read_bytes() == before
     assert f"xsplice: nightly: {len(PAIRS)} ok, 0 failed" in result.stdout
@@ -78,7 +70,7 @@ def test_a_failing_pair_is_recorded_and_the_others_still_ship(tmp_path: Path) ->
     broken.parent.mkdir()
     original = (checkout.root / "patches" / "XSA-131" / "minixen-1.1.patch").read_text()
     broken.write_text(original.replace("case XEN_DOMCTL_max_vcpus:", "case XEN_DOMCTL_max_vcpu:"))
-    result = checkout.doit("-n", "2", "nightly", *MINIXEN, check=False)
+    result = checkout.doit("-n", "2", "nightly", *MINIXEN_TIER, check=False)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     entries = {(e["baseline"], e["patch"]): e for e in _manifest(checkout)}
@@ -153,6 +145,14 @@ def test_audit_of_a_checkout_build_and_of_a_tampered_release(built: Checkout) ->
     payload.write_bytes(bytes(data))
     result = built.doit("audit", "XSA-131", check=False)
     assert result.returncode == 1 and "xsplice: audit minixen/XSA-131: DIFFERENT" in result.stdout
+
+
+def test_audit_of_a_cumulative_payload_asked_for_by_name(built: Checkout) -> None:
+    # Not a chain's cumulative: the audit's rebuild must plan it from its name (runner --cumulative).
+    built.doit("build-patch", "--replace", "XSA-131", "inline-header")
+    result = built.doit("audit", "XSA-131+inline-header")
+    assert "xsplice: audit minixen/XSA-131+inline-header: identical" in result.stdout
+    assert "XSPLICE_CUMULATIVE" not in os.environ
 
 
 def test_an_unknown_baseline_is_refused_in_one_line(checkout: Checkout) -> None:

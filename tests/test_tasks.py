@@ -51,3 +51,24 @@ def _task_dicts(root: Path) -> list[dict[str, Any]]:
         return found
     finally:
         os.chdir(previous)
+
+
+def test_a_supplied_image_reaches_build_base_as_an_argument_never_through_the_environment(checkout: Checkout,
+                                                                                          tmp_path: Path) -> None:
+    from xsplice_build.pipeline.tasks import Pipeline, plan_only
+
+    image = tmp_path / "xen-syms"
+    image.write_bytes(b"the image a user runs")
+    before = dict(os.environ)
+    try:
+        plan_only("minixen", ["XSA-131"], image)
+        supplied = [task for task in Pipeline(checkout.root).build_base() if task.get("name") == "minixen"]
+        plan_only("minixen", ["XSA-131"])
+        rebuilt = [task for task in Pipeline(checkout.root).build_base() if task.get("name") == "minixen"]
+    finally:
+        plan_only("", [])
+    (_, _, arguments), = supplied[0]["actions"]
+    assert arguments["image"] == str(image) and "image" not in rebuilt[0]["actions"][0][2]
+    assert dict(os.environ) == before  # nothing is handed on through the environment
+    # Another image (or none) is another build-base: the task's saved config differs.
+    assert supplied[0]["uptodate"][0].config != rebuilt[0]["uptodate"][0].config

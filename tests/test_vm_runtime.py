@@ -85,3 +85,31 @@ def test_a_refusal_is_one_line_with_the_hypervisors_words() -> None:
     assert verdict.reason == ("upload p: refused by Xen (Error 22: Invalid argument): livepatch: p: check against "
                               "hypervisor build-id failed")
     assert verdict.console == ("(XEN) livepatch: p: check against hypervisor build-id failed",)
+
+
+def test_the_running_images_record_is_read_only_while_its_process_runs(tmp_path: Path) -> None:
+    import json
+    import os
+
+    from xsplice_build.vm.channel import MINIXEN, RunDir, RunningImage
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    written = RunningImage(kind="xen-vm", baseline="xen-4.17", pid=os.getpid(), build_id="39a6", accel="tcg",
+                           boot_seconds=12.5, owner="prove-stage")
+    run.pid_file.write_text(f"{os.getpid()}\n")
+    run.write_running(written)
+    assert run.running() == written
+    # An older minixen record without a kind is minixen's; a damaged one is no running image.
+    run.record.write_text(json.dumps({"baseline": "minixen", "pid": os.getpid(), "image": "work/minixen/base/image"}))
+    assert run.running() == RunningImage(kind=MINIXEN, baseline="minixen", pid=os.getpid(),
+                                         image="work/minixen/base/image")
+    for damaged in ('{"pid": 1}', "[]", '{"baseline": "minixen", "pid": 1, "ki', '{"baseline": "m", "pid": "1"}',
+                    '{"baseline": "m", "pid": 1, "accel": {}}'):
+        run.record.write_text(damaged)
+        assert run.running() is None, damaged
+    run.record.write_text('{"baseline": "minixen", "pid": 1, "colour": "a field of a later version"}')
+    assert run.running() == RunningImage(kind=MINIXEN, baseline="minixen", pid=1)
+    run.record.write_text('{"baseline": "minixen", "pid": 1}')
+    run.pid_file.write_text("999999999\n")  # no such process: nothing runs, whatever the record says
+    assert run.running() is None

@@ -9,47 +9,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BIN, Checkout, copy_checkout
+from conftest import Checkout, minixen_running, ok, refused, xen_xsplice
 from payload_edits import CASES, Case, Good, other_build_id, resign, unsigned_payload
 
 from xsplice_build.elf.reader import read_elf
 from xsplice_build.patches import patch_names
 from xsplice_build.project import Project
-from xsplice_build.runtime import hypervisor
 from xsplice_build.runtime.verify import link_payload
 from xsplice_build.target.image import BaseImage
 from xsplice_build.vm.channel import Connection, RunDir
 from xsplice_build.vm.probes import probe_file
 
 
-def xen(checkout: Checkout, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "xen-xsplice"), *args], cwd=checkout.root, capture_output=True, text=True,
-                          env={**os.environ, "XSPLICE_ROOT": str(checkout.root)}, check=False, timeout=120)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-def refused(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("xen-xsplice: ")
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
 def running(built_once: Checkout, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Checkout]:
     """A copy of the built checkout with minixen booted in the background (a child of this process)."""
-    checkout = copy_checkout(tmp_path_factory.mktemp("running") / "c", built_once.root, with_state=True)
-    project = Project(checkout.root)
-    hypervisor.boot(project, "minixen")
-    yield checkout
-    if RunDir.of(project).pid() is not None:
-        hypervisor.shutdown(project)
+    yield from minixen_running(built_once, tmp_path_factory.mktemp("running") / "c")
 
 
 def _pid(checkout: Checkout) -> int:
@@ -61,33 +36,33 @@ def _pid(checkout: Checkout) -> int:
 def _untouched(checkout: Checkout, pid: int) -> None:
     """Still the same process, nothing loaded, answering as the unpatched image does."""
     assert _pid(checkout) == pid
-    assert "regression-test" not in ok(xen(checkout, "list"))
-    assert "xen_extra : -unstable" in ok(xen(checkout, "info")).splitlines()
+    assert "regression-test" not in ok(xen_xsplice(checkout, "list"))
+    assert "xen_extra : -unstable" in ok(xen_xsplice(checkout, "info")).splitlines()
 
 
 def test_the_console_session_of_the_readme(built: Checkout) -> None:
     payload = "out/minixen/regression-test/regression-test.livepatch"
-    assert "booted work/minixen/base/tree/xen-syms" in ok(xen(built, "boot", "minixen"))
+    assert "booted work/minixen/base/tree/xen-syms" in ok(xen_xsplice(built, "boot", "minixen"))
     try:
         run = RunDir.of(Project(built.root))
         assert stat.S_IMODE(run.socket.stat().st_mode) == 0o600
         pid = _pid(built)
-        assert "xen_extra : -unstable" in ok(xen(built, "info")).splitlines()
-        assert ok(xen(built, "upload", "regression-test", payload)).startswith(f"Uploading {payload} (")
-        assert ok(xen(built, "list")).splitlines()[2].split() == ["regression-test", "|", "CHECKED"]
-        assert "State is 0x1" in ok(xen(built, "check", "regression-test"))
-        assert ok(xen(built, "apply", "regression-test")).endswith("Commencing apply:completed!\n")
-        assert "xen_extra : -Hello_World" in ok(xen(built, "info")).splitlines()
-        assert "APPLIED" in ok(xen(built, "list"))
-        assert "cannot unload a payload that is APPLIED" in refused(xen(built, "unload", "regression-test"))
-        ok(xen(built, "revert", "regression-test"))
-        assert "xen_extra : -unstable" in ok(xen(built, "info")).splitlines()
-        ok(xen(built, "unload", "regression-test"))
+        assert "xen_extra : -unstable" in ok(xen_xsplice(built, "info")).splitlines()
+        assert ok(xen_xsplice(built, "upload", "regression-test", payload)).startswith(f"Uploading {payload} (")
+        assert ok(xen_xsplice(built, "list")).splitlines()[2].split() == ["regression-test", "|", "CHECKED"]
+        assert "State is 0x1" in ok(xen_xsplice(built, "check", "regression-test"))
+        assert ok(xen_xsplice(built, "apply", "regression-test")).endswith("Commencing apply:completed!\n")
+        assert "xen_extra : -Hello_World" in ok(xen_xsplice(built, "info")).splitlines()
+        assert "APPLIED" in ok(xen_xsplice(built, "list"))
+        assert "cannot unload a payload that is APPLIED" in refused(xen_xsplice(built, "unload", "regression-test"))
+        ok(xen_xsplice(built, "revert", "regression-test"))
+        assert "xen_extra : -unstable" in ok(xen_xsplice(built, "info")).splitlines()
+        ok(xen_xsplice(built, "unload", "regression-test"))
         assert _pid(built) == pid
     finally:
-        ok(xen(built, "shutdown"))
+        ok(xen_xsplice(built, "shutdown"))
     assert not run.socket.exists() and RunDir.of(Project(built.root)).pid() is None
-    assert "no image is running" in refused(xen(built, "info"))
+    assert "no image is running" in refused(xen_xsplice(built, "info"))
 
 
 def test_every_patch_with_a_probe_is_proven_without_restart(running: Checkout) -> None:
@@ -98,7 +73,7 @@ def test_every_patch_with_a_probe_is_proven_without_restart(running: Checkout) -
     for patch in proven:
         if not (running.out(patch) / f"{patch}.livepatch").is_file():
             running.doit("build-patch", patch)
-        assert f"{patch}: proven on minixen (pid {pid})" in ok(xen(running, "prove", patch))
+        assert f"{patch}: proven on minixen (pid {pid})" in ok(xen_xsplice(running, "prove", patch))
     _untouched(running, pid)
 
 
@@ -107,9 +82,9 @@ def test_the_bytes_that_execute_are_the_payloads(running: Checkout) -> None:
     pid = _pid(running)
     path = running.out("XSA-131") / "XSA-131.livepatch"
     image = BaseImage.load(running.work("minixen", "base", "tree", "xen-syms"))
-    ok(xen(running, "upload", "XSA-131", str(path)))
+    ok(xen_xsplice(running, "upload", "XSA-131", str(path)))
     try:
-        ok(xen(running, "apply", "XSA-131"))
+        ok(xen_xsplice(running, "apply", "XSA-131"))
         with RunDir.of(Project(running.root)).connect() as connection:
             answer = connection.request("livepatch get XSA-131")
         loaded = dict(item.split("=") for item in answer.value("sections").split())
@@ -126,13 +101,13 @@ def test_the_bytes_that_execute_are_the_payloads(running: Checkout) -> None:
             head = memory.read(9)
         assert head[:4] == image.read(old, 4) == b"\xf3\x0f\x1e\xfa"  # ENDBR64 stays first
         assert head[4] == 0xE9 and old + 9 + int.from_bytes(head[5:9], "little", signed=True) == new
-        ok(xen(running, "revert", "XSA-131"))
+        ok(xen_xsplice(running, "revert", "XSA-131"))
         with open(f"/proc/{pid}/mem", "rb") as memory:
             memory.seek(old)
             assert memory.read(func_size := int(func["old_size"])) == image.read(old, func_size)
     finally:
-        xen(running, "revert", "XSA-131")
-        ok(xen(running, "unload", "XSA-131"))
+        xen_xsplice(running, "revert", "XSA-131")
+        ok(xen_xsplice(running, "unload", "XSA-131"))
     assert _pid(running) == pid
 
 
@@ -141,7 +116,7 @@ def test_a_payload_for_another_build_id_is_refused(running: Checkout, tmp_path: 
     source = running.out("regression-test") / "regression-test.livepatch"
     payload = tmp_path / "other.livepatch"
     payload.write_bytes(resign(other_build_id(unsigned_payload(source)), running.root / "keys" / "development"))
-    assert "built for build-id" in refused(xen(running, "upload", "regression-test", str(payload)))
+    assert "built for build-id" in refused(xen_xsplice(running, "upload", "regression-test", str(payload)))
     _untouched(running, pid)
 
 
@@ -151,7 +126,7 @@ def test_a_flipped_byte_is_refused(running: Checkout, tmp_path: Path) -> None:
     signed[0x50] ^= 0x10
     payload = tmp_path / "flipped.livepatch"
     payload.write_bytes(bytes(signed))
-    assert "signature does not verify" in refused(xen(running, "upload", "regression-test", str(payload)))
+    assert "signature does not verify" in refused(xen_xsplice(running, "upload", "regression-test", str(payload)))
     _untouched(running, pid)
 
 
@@ -159,13 +134,13 @@ def test_an_unsigned_payload_is_refused(running: Checkout, tmp_path: Path) -> No
     pid = _pid(running)
     payload = tmp_path / "unsigned.livepatch"
     payload.write_bytes(unsigned_payload(running.out("regression-test") / "regression-test.livepatch"))
-    assert "unsigned" in refused(xen(running, "upload", "regression-test", str(payload)))
+    assert "unsigned" in refused(xen_xsplice(running, "upload", "regression-test", str(payload)))
     _untouched(running, pid)
 
 
 def test_apply_of_an_unknown_name_is_refused(running: Checkout) -> None:
     pid = _pid(running)
-    assert "no payload of that name is loaded" in refused(xen(running, "apply", "no-such-patch"))
+    assert "no payload of that name is loaded" in refused(xen_xsplice(running, "apply", "no-such-patch"))
     _untouched(running, pid)
 
 
@@ -220,15 +195,15 @@ def test_a_warn_in_patched_code_reports_its_line(running: Checkout, tmp_path: Pa
     patch.write_text(diff)
     running.doit("build-patch", "warn-test")
     pid = _pid(running)
-    ok(xen(running, "upload", "warn-test", str(running.out("warn-test") / "warn-test.livepatch")))
-    ok(xen(running, "apply", "warn-test"))
+    ok(xen_xsplice(running, "upload", "warn-test", str(running.out("warn-test") / "warn-test.livepatch")))
+    ok(xen_xsplice(running, "apply", "warn-test"))
     try:
-        assert "xen_changeset : minixen" in ok(xen(running, "info"))
+        assert "xen_changeset : minixen" in ok(xen_xsplice(running, "info"))
         log = RunDir.of(Project(running.root)).log.read_text()
         assert f"(XEN) Xen WARN at common/version.c:{line}" in log.splitlines()
     finally:
-        ok(xen(running, "revert", "warn-test"))
-        ok(xen(running, "unload", "warn-test"))
+        ok(xen_xsplice(running, "revert", "warn-test"))
+        ok(xen_xsplice(running, "unload", "warn-test"))
         patch.unlink()
         patch.parent.rmdir()
     assert _pid(running) == pid
@@ -240,7 +215,7 @@ def test_a_failing_probe_is_refused_and_the_image_left_as_it_was(running: Checko
     good = probe.read_text()
     probe.write_text(good.replace('applied = ["xen_extra : -Hello_World"', 'applied = ["xen_extra : -Goodbye"'))
     try:
-        line = refused(xen(running, "prove", "regression-test"))
+        line = refused(xen_xsplice(running, "prove", "regression-test"))
     finally:
         probe.write_text(good)
     assert "probe 'info' applied: expected 'xen_extra : -Goodbye'" in line
@@ -317,7 +292,7 @@ def test_alternatives_of_two_objects_load_and_are_applied_by_the_loader(running:
     [replacement] = elf.sections_named(".altinstr_replacement")
     assert replacement.data == MFENCE  # domain.o's part; event.o's zero-length part ends it
     pid = _pid(running)
-    ok(xen(running, "upload", "alternatives", str(path)))
+    ok(xen_xsplice(running, "upload", "alternatives", str(path)))
     try:
         with RunDir.of(Project(running.root)).connect() as connection:
             functions = {line.split()[0]: line for line in connection.request("livepatch get alternatives")
@@ -329,11 +304,11 @@ def test_alternatives_of_two_objects_load_and_are_applied_by_the_loader(running:
         assert set(code) == {"get_domain_by_id", "evtchn_send"}
         assert MFENCE in code["get_domain_by_id"] and LFENCE not in code["get_domain_by_id"]
         assert LFENCE not in code["evtchn_send"]
-        ok(xen(running, "apply", "alternatives"))
+        ok(xen_xsplice(running, "apply", "alternatives"))
         with RunDir.of(Project(running.root)).connect() as connection:
             assert connection.request("domctl getinfo 0").rc == 0  # through the patched get_domain_by_id
             assert connection.request("evtchn 0 4095").rc < 0  # the patched evtchn_send refuses a bad port
-        ok(xen(running, "revert", "alternatives"))
+        ok(xen_xsplice(running, "revert", "alternatives"))
     finally:
-        xen(running, "unload", "alternatives")
+        xen_xsplice(running, "unload", "alternatives")
     _untouched(running, pid)

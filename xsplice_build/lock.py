@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import noop
 from .errors import XspliceError
 from .project import Project
 
@@ -40,6 +41,7 @@ def lock_timeout() -> float:
 def _wait(path: Path, descriptor: int, timeout: float, announce: Callable[[str], None]) -> None:
     """Lock `descriptor`, saying once that we wait; refuse after `timeout` seconds. Records our pid in the file."""
     if not _try_lock(descriptor):
+        noop.observe("waited for the checkout's lock")  # the wait is printed: no no-op's output
         holder = _holder(path)
         announce(f"waiting for another build in this checkout ({holder}) to finish; "
                  f"giving up after {timeout:.0f} s")
@@ -66,6 +68,11 @@ def hold(project: Project, announce: Callable[[str], None] | None = None) -> Non
     path = _lock_file(project)
     if path not in _HELD:
         _HELD[path] = _acquire(path, announce)
+
+
+def held() -> list[Path]:
+    """The lock files this process holds (a no-op's stamp names the one it must find free: noop.py)."""
+    return sorted(_HELD)
 
 
 @contextmanager

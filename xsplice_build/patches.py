@@ -77,8 +77,6 @@ def is_corpus_case(project: Project, name: str) -> bool:
 
 # A cumulative payload is named after the advisories it carries, joined: "XSA-A+XSA-B".
 CUMULATIVE_JOIN = "+"
-# The cumulative payloads `doit build-patch --replace` asks for, space-separated, read when tasks are made.
-CUMULATIVE_ENV = "XSPLICE_CUMULATIVE"
 ADVISORY_FILE = "advisory.toml"
 _ADVISORY = {
     "after": Field(list, what="the advisory this one's payload goes on top of (one name: Xen's "
@@ -103,6 +101,11 @@ class BuildSpec:
     @property
     def action(self) -> str:
         return "replace" if len(self.fixes) > 1 else "apply"
+
+    @property
+    def depends_on(self) -> str | None:
+        """The advisory whose payload this one goes on top of (the stack's last), or None: the image itself."""
+        return self.stack[-1] if self.stack else None
 
 
 
@@ -171,7 +174,7 @@ def cumulative_pairs(project: Project, baselines: list[str]) -> list[tuple[str, 
 
 
 def requested(project: Project, baselines: list[str], names: list[str]) -> list[tuple[str, str]]:
-    """The pairs of cumulative names asked for on the command line (XSPLICE_CUMULATIVE), where they build."""
+    """The pairs of the cumulative payloads `names` asked for (by an audit), on the baselines where they build."""
     wanted = []
     for name in names:
         for baseline in baselines:

@@ -12,40 +12,80 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, get_args, get_origin, get_type_hints
 
 from .errors import XspliceError
 from .files import read_json, write_json
 from .project import Project
 
+E = TypeVar("E", bound="Entry")
 R = TypeVar("R", bound="StageRecord")
 # A payload's provenance envelope is the payload's name and this (provenance.py).
 PROVENANCE_SUFFIX = ".intoto.json"
+_DAMAGED = "it is damaged or from another version; run the stage again (doit forget, then build)"
 
 
 @dataclass(frozen=True)
-class StageRecord:
-    """A stage's record: a JSON object with exactly these fields (more are kept out of the way, never read)."""
+class Entry:
+    """A JSON object with exactly these fields: a record, or an entry nested in one (read by attribute, never by key).
+
+    A field typed as an Entry, a list of them or a dict of them is read as such, so a damaged entry
+    deep in a record is refused in one line that says where it is, like a damaged record.
+    """
+
+    WHAT: ClassVar[str]
+
+    @classmethod
+    def from_json(cls: type[E], content: Any, path: Path | str) -> E:
+        names = [item.name for item in dataclasses.fields(cls)]
+        missing = [name for name in names if not isinstance(content, dict) or name not in content]
+        if missing:
+            raise XspliceError(f"{path}: {cls.WHAT} without {', '.join(missing)}: {_DAMAGED}")
+        hints = _hints(cls)
+        return cls(**{name: _entries(hints[name], content[name], f"{path} {name}") for name in names})
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    cached = _HINTS.get(cls)
+    if cached is None:
+        cached = _HINTS[cls] = get_type_hints(cls)
+    return cached
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _entries(hint: Any, value: Any, where: str) -> Any:
+    """`value` with the entries `hint` declares read as their classes; anything else as it is."""
+    args = get_args(hint)
+    if get_origin(hint) is list and args and _is_entry(args[0]):
+        if not isinstance(value, list):
+            raise XspliceError(f"{where}: not a list: {_DAMAGED}")
+        return [args[0].from_json(item, f"{where}[{index}]") for index, item in enumerate(value)]
+    if get_origin(hint) is dict and len(args) == 2 and _is_entry(args[1]):
+        if not isinstance(value, dict):
+            raise XspliceError(f"{where}: not an object: {_DAMAGED}")
+        return {key: args[1].from_json(item, f"{where}[{key}]") for key, item in value.items()}
+    return value
+
+
+def _is_entry(hint: Any) -> bool:
+    return isinstance(hint, type) and issubclass(hint, Entry)
+
+
+@dataclass(frozen=True)
+class StageRecord(Entry):
+    """A stage's record: a JSON file holding exactly these fields (more are kept out of the way, never read)."""
 
     FILE: ClassVar[str]
-    WHAT: ClassVar[str]
 
     @classmethod
     def read(cls: type[R], path: Path) -> R:
         content = read_json(path, cls.WHAT)
         return cls.from_json(content, path)
-
-    @classmethod
-    def from_json(cls: type[R], content: Any, path: Path | str) -> R:
-        names = [item.name for item in dataclasses.fields(cls)]
-        missing = [name for name in names if not isinstance(content, dict) or name not in content]
-        if missing:
-            raise XspliceError(f"{path}: {cls.WHAT} without {', '.join(missing)}: it is damaged or from another "
-                               "version; run the stage again (doit forget, then build)")
-        return cls(**{name: content[name] for name in names})
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
     def write(self, path: Path) -> None:
         write_json(path, self.to_json())
@@ -96,6 +136,39 @@ class OrigRecord(StageRecord):
 
 
 @dataclass(frozen=True)
+class ChangedObject(Entry):
+    """An object the patch changed: build-patched keeps it for the diff (kept_object), and what it is diffed against."""
+
+    WHAT: ClassVar[str] = "changed object"
+    object: str  # path in the tree
+    original: str | None  # its name in the original tree, or None: a new object
+    original_file: str | None  # a stacked payload's: the object as the stack left it (relative to the checkout)
+    original_sha256: str | None
+    patched_sha256: str
+
+
+@dataclass(frozen=True)
+class AppliedPatch(Entry):
+    """A patch build-patched applied, in order."""
+
+    WHAT: ClassVar[str] = "applied patch"
+    path: str  # relative to the checkout
+    sha256: str
+    role: str  # stacked-under or fix
+
+
+@dataclass(frozen=True)
+class DebugCompile(Entry):
+    """A changed unit compiled again with -g for the struct-layout rule (debuginfo.py); paths from the checkout."""
+
+    WHAT: ClassVar[str] = "debug compile"
+    original: str | None  # None: a new object
+    patched: str
+    original_sha256: str | None
+    patched_sha256: str | None
+
+
+@dataclass(frozen=True)
 class PatchedRecord(StageRecord):
     FILE: ClassVar[str] = "patched.json"
     WHAT: ClassVar[str] = "patched build record"
@@ -103,23 +176,23 @@ class PatchedRecord(StageRecord):
     patch_sha256: str
     touched: list[str]
     recompiled: list[str]
-    # object, original (or None: new), original_file (a stacked payload's: the object as the stack left it,
-    # or None), original_sha256, patched_sha256
-    changed: list[dict[str, Any]]
+    changed: list[ChangedObject]
     stack: list[str]  # the advisories built into the tree first (patches.BuildSpec)
     fixes: list[str]
     action: str  # apply, or replace (a cumulative payload)
-    applied: list[dict[str, Any]]  # every patch applied, in order: path, sha256, role (stacked-under or fix)
-    # object -> original (path relative to the checkout, or None), patched, original_sha256, patched_sha256:
-    # the debug compiles the struct-layout rule reads (debuginfo.py); objects with their own DWARF are not listed
-    debug: dict[str, dict[str, str | None]]
+    applied: list[AppliedPatch]  # every patch applied, in order
+    # object -> its debug compiles; objects with their own DWARF are not listed
+    debug: dict[str, DebugCompile]
 
     def outputs(self, project: Project, record_dir: Path) -> dict[Path, str]:
-        listed = {kept_object(record_dir, change["object"]): change["patched_sha256"] for change in self.changed}
-        listed.update({project.root / change["original_file"]: change["original_sha256"]
-                       for change in self.changed if change.get("original_file")})
-        listed.update({project.root / entry[side]: entry[f"{side}_sha256"] for entry in self.debug.values()
-                       for side in ("original", "patched") if entry[side]})
+        # A kept original (a stack's object, a debug compile) has its digest recorded beside it.
+        listed = {kept_object(record_dir, change.object): change.patched_sha256 for change in self.changed}
+        listed.update({project.root / change.original_file: str(change.original_sha256)
+                       for change in self.changed if change.original_file})
+        for entry in self.debug.values():
+            if entry.original:
+                listed[project.root / entry.original] = str(entry.original_sha256)
+            listed[project.root / entry.patched] = str(entry.patched_sha256)
         return listed
 
 
@@ -129,17 +202,99 @@ def kept_object(patch_dir: Path, name: str) -> Path:
 
 
 @dataclass(frozen=True)
+class PatchedFunction(Entry):
+    """One entry of .livepatch.funcs, as the diff finds it: which base image function is replaced by which code."""
+
+    WHAT: ClassVar[str] = "patched function"
+    object: str
+    name: str  # the base image's name for the old function
+    symbol: str  # the name of the new code's symbol in the extract
+    symbol_index: int  # its index in the extract's symbol table (names of statics can repeat)
+    old_size: int  # in the original object (the payload stage checks it against the base image)
+    new_size: int
+
+
+@dataclass(frozen=True)
+class DefinedSymbol(Entry):
+    """A named symbol the payload defines: how the original objects name it, and how the payload does.
+
+    Xen's loader makes every named payload symbol that is not a replacement function a
+    symbol later payloads resolve by its payload name; a payload stacked on this one
+    finds it in its own objects under `xen_name` ("file#name" for a static).
+    """
+
+    WHAT: ClassVar[str] = "defined symbol"
+    xen_name: str
+    name: str
+    size: int
+    function: bool
+
+
+@dataclass(frozen=True)
+class ExplainedObject(Entry):
+    """Every decision of the diff for one object pair (diff.explain.explain_record, plus the bring-up warnings)."""
+
+    WHAT: ClassVar[str] = "explained object"
+    object: str
+    correlated: list[dict[str, Any]]
+    uncorrelated: list[str]
+    removed: list[Any]
+    not_diffed: list[str]
+    changed: list[dict[str, Any]]
+    changed_functions: list[str]
+    new_functions: list[str]
+    included: list[dict[str, Any]]
+    special_entries: list[Any]
+    base_references: list[str]
+    ignored: list[str]
+    warnings: list[str]
+    refusals: list[str]
+    types: dict[str, Any] | None
+    bring_up: list[str]  # patched functions only CPU bring-up runs (target.bringup)
+
+
+@dataclass(frozen=True)
 class DiffRecord(StageRecord):
     FILE: ClassVar[str] = "diff.json"
     WHAT: ClassVar[str] = "diff record"
     EXTRACT: ClassVar[str] = "extract.o"
-    functions: list[dict[str, Any]]  # diff.extract.PatchedFunction fields
-    objects: list[dict[str, Any]]  # diff.explain.explain_record of each object
+    functions: list[PatchedFunction]
+    objects: list[ExplainedObject]
     extract_sha256: str
-    defined: list[dict[str, Any]]  # diff.extract.DefinedSymbol fields: how a payload above finds them
+    defined: list[DefinedSymbol]  # how a payload above finds them
 
     def outputs(self, project: Project, record_dir: Path) -> dict[Path, str]:
         return {record_dir / self.EXTRACT: self.extract_sha256}
+
+
+@dataclass(frozen=True)
+class ReplacedFunction(Entry):
+    """A function a payload replaces: its name in the base image, the object it comes from, old and new size."""
+
+    name: str
+    object: str
+    old_size: int
+    new_size: int
+
+
+@dataclass(frozen=True)
+class ReportFunction(ReplacedFunction):
+    """A replaced function as report.json (a stable interface) shows it."""
+
+    WHAT: ClassVar[str] = "replaced function"
+    old_addr: str  # hexadecimal, 0x0 for a function an earlier payload added
+
+
+@dataclass(frozen=True)
+class PayloadFunction(ReplacedFunction):
+    """One struct livepatch_func of the payload: the old function the loader finds in the base image (or below)."""
+
+    WHAT: ClassVar[str] = "payload function"
+    old_addr: int  # 0: a function an earlier payload added (the loader resolves it by name)
+
+    def reported(self) -> ReportFunction:
+        return ReportFunction(name=self.name, object=self.object, old_addr=f"{self.old_addr:#x}",
+                              old_size=self.old_size, new_size=self.new_size)
 
 
 @dataclass(frozen=True)
@@ -147,7 +302,7 @@ class PayloadRecord(StageRecord):
     FILE: ClassVar[str] = "payload.json"
     WHAT: ClassVar[str] = "payload record"
     build_id: str
-    functions: list[dict[str, Any]]
+    functions: list[PayloadFunction]
     unsigned: str  # file name beside the record
     sha256: str
     depends_build_id: str  # in .livepatch.depends: the image's, or the payload's below
@@ -173,7 +328,7 @@ class Report(StageRecord):
     base_image: str
     base_image_sha256: str
     toolchain_lock_sha256: str
-    functions: list[dict[str, Any]]
+    functions: list[ReportFunction]
     new_functions: list[str]
     objects_changed: list[str]
     warnings: list[str]
@@ -187,7 +342,7 @@ class Report(StageRecord):
     stack: list[str]
     fixes: list[str]
     action: str
-    applied: list[dict[str, Any]]
+    applied: list[AppliedPatch]
     provenance: str  # the DSSE envelope beside the payload (provenance.py)
     provenance_sha256: str
     xsplice_build_version: str = field(default="")

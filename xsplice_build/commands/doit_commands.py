@@ -22,12 +22,12 @@ from ..console import ProjectCommand, doit_command, opt_baseline, opt_processes
 from ..errors import XspliceError, printable
 from ..keys import configured_keys, key_mode_warning
 from ..lock import hold
-from ..patches import CUMULATIVE_ENV, CUMULATIVE_JOIN, build_spec
+from ..patches import CUMULATIVE_JOIN, build_spec
 from ..pipeline.runner import doit_database
 from ..pipeline.tasks import plan_only
 from ..project import Project, check_name
 from ..records import Records, Report
-from ..target.baseline import DEFAULT_BASELINE, load_baseline, supply_image
+from ..target.baseline import DEFAULT_BASELINE, load_baseline, supplied_image
 
 opt_image = {
     "name": "image",
@@ -75,15 +75,14 @@ class BuildPatch(ProjectCommand, Run):
         # doit opens its dependency database inside execute: one build at a time may hold it.
         hold(project)
         baseline, patch = self._selection(project, params, args)
-        if params["image"]:
-            supply_image(baseline, Path(params["image"]))
+        image = supplied_image(Path(params["image"])) if params["image"] else None
         os.chdir(project.root)  # run from any directory of the checkout: doit finds dodo.py here
         warning = key_mode_warning(configured_keys(project.root))
         if warning:
             print(f"xsplice: warning: {warning}", flush=True)
         # A stacked payload is applied on top of its stack's: the operator gets all of them.
         stack = build_spec(project, patch, baseline).stack
-        plan_only(baseline, [*stack, patch])
+        plan_only(baseline, [*stack, patch], image)
         with doit_database(project):
             result = super().execute(params, ["toolchain", *(f"sign:{baseline}/{name}" for name in stack),
                                               f"sign:{baseline}/{patch}"])
@@ -102,8 +101,6 @@ class BuildPatch(ProjectCommand, Run):
             baseline = load_baseline(project, params["baseline"]).name
             name = CUMULATIVE_JOIN.join(args)
             build_spec(project, check_name("patch", name), baseline)
-            # The tasks are made after this: they include the cumulative pair named here.
-            os.environ[CUMULATIVE_ENV] = name
             return baseline, name
         patch, baseline = _patch_argument(project, args[0], params["baseline"])
         baseline = load_baseline(project, baseline).name
@@ -115,7 +112,7 @@ class BuildPatch(ProjectCommand, Run):
         project = Project.find()
         out = project.patch_out(baseline, patch)
         report = Report.read(Records(project, baseline, patch).report)
-        functions = ", ".join(f["name"] for f in report.functions)
+        functions = ", ".join(function.name for function in report.functions)
         action = "for Xen's REPLACE action; " if report.action == "replace" else ""
         for warning in report.warnings:
             if "[rule: bring-up-only]" in warning:

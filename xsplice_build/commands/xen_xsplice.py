@@ -49,7 +49,7 @@ from ..vm.channel import (
 )
 from ..vm.probes import Probe, check_phase, load_probes, probe_file
 from ..vm.vm_runtime import has_runtime
-from ..vm.xen_vm import KIND, Verdict, XenVM, running_record
+from ..vm.xen_vm import KIND, Verdict, XenVM
 
 # The states an action may start from (Xen's livepatch state machine), shown as "ok are".
 ALLOWED = {"check": STATE_CHECKED | STATE_APPLIED, "apply": STATE_CHECKED, "revert": STATE_APPLIED,
@@ -151,8 +151,8 @@ def _accepted(verdict: Verdict) -> None:
 @contextmanager
 def connected(project: Project) -> Iterator[Target]:
     """The running image as a Target: the VM when a real-Xen baseline runs, else minixen's socket."""
-    record = running_record(project)
-    if record is not None and record.get("kind") == KIND:
+    running = RunDir.of(project).running()
+    if running is not None and running.kind == KIND:
         yield XenTarget(XenVM.attach(project))
         return
     with RunDir.of(project).connect() as connection:
@@ -195,11 +195,11 @@ def _boot(project: Project, arguments: argparse.Namespace) -> None:
     baseline = check_name("baseline", arguments.baseline)
     if has_runtime(project, baseline):
         vm = XenVM.boot(project, baseline, lambda text: print(f"xen-xsplice: {text}", file=sys.stderr))
-        print(f"{baseline}: booted Debian's hypervisor in QEMU ({vm.record['accel']}, pid {vm.pid}, build-id "
-              f"{vm.build_id}) in {vm.record['boot_seconds']} s; console {vm.run_dir.log.relative_to(project.root)}")
+        print(f"{baseline}: booted Debian's hypervisor in QEMU ({vm.running.accel}, pid {vm.pid}, build-id "
+              f"{vm.build_id}) in {vm.running.boot_seconds} s; console {vm.run_dir.log.relative_to(project.root)}")
         return
     pid, record = hypervisor.boot(project, baseline)
-    print(f"{baseline}: booted {record['image']} (pid {pid}, build-id {record['build_id']}); "
+    print(f"{baseline}: booted {record.image} (pid {pid}, build-id {record.build_id}); "
           f"socket {RunDir.of(project).socket.relative_to(project.root)}")
 
 
@@ -328,10 +328,10 @@ def _check_order(target: Target, name: str, action: str) -> None:
 
 
 def _prove(project: Project, arguments: argparse.Namespace) -> None:
-    record = running_record(project)
-    if record is None:
+    running = RunDir.of(project).running()
+    if running is None:
         raise HypervisorError("no image is running; start one with `xen-xsplice boot BASELINE`")
-    baseline, pid = record["baseline"], record["pid"]
+    baseline, pid = running.baseline, running.pid
     patch = check_payload_name(check_name("patch", arguments.patch))
     spec = build_spec(project, patch, baseline)
     proof = Proof(project, baseline, arguments.cert or hypervisor.trusted_certificate(project))
@@ -416,8 +416,8 @@ def _state_name(state: int) -> str:
 
 
 def _shutdown(project: Project, arguments: argparse.Namespace) -> None:
-    record = running_record(project)
-    if record is not None and record.get("kind") == KIND:
+    running = RunDir.of(project).running()
+    if running is not None and running.kind == KIND:
         pid = XenVM.attach(project).shutdown()
     else:
         pid = hypervisor.shutdown(project)

@@ -11,47 +11,18 @@ part placed at its own offset, every reference into it moved by that offset.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..elf.constants import STB_GLOBAL, STB_LOCAL, STT_FUNC, STT_NOTYPE, STT_OBJECT
 from ..elf.model import Rela, Symbol
 from ..elf.writer import OutRela, OutSection, OutSymbol, section_symbol, symbol_order, write_relocatable
 from ..errors import XspliceError
+from ..records import DefinedSymbol, PatchedFunction  # the diff record's entries, declared there
 from .compare import referenced_offset
 from .correlate import normalise
 from .include import base_reference, kept_special_entries
 from .state import Kind, ObjectDiff, SectionState, Status
 
-
-@dataclass(frozen=True)
-class PatchedFunction:
-    """One entry of .livepatch.funcs: which function of the base image is replaced by which code."""
-
-    object: str
-    name: str  # the base image's name for the old function
-    symbol: str  # the name of the new code's symbol in the extract
-    symbol_index: int  # its index in the extract's symbol table (names of statics can repeat)
-    old_size: int  # in the original object (the payload stage checks it against the base image)
-    new_size: int
-
-
 # An included section's place in the output: the output section, and the offset its bytes start at.
 Placed = tuple[OutSection, int]
-
-
-@dataclass(frozen=True)
-class DefinedSymbol:
-    """A named symbol the payload defines: how the original objects name it, and how the payload does.
-
-    Xen's loader makes every named payload symbol that is not a replacement function a
-    symbol later payloads resolve by its payload name; a payload stacked on this one
-    finds it in its own objects under `xen_name` ("file#name" for a static).
-    """
-
-    xen_name: str
-    name: str
-    size: int
-    function: bool
 
 
 class Extract:

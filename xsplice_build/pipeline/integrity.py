@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -115,16 +114,10 @@ def _checkout_intact(project: Project, record: dict[str, Any], fingerprint: str 
         return False
     if fingerprint is not None and tree_state(tree, str(record.get("commit"))) == fingerprint:
         return True
-    head = _git(tree, "rev-parse", "HEAD")
-    status = _git(tree, "status", "--porcelain", "--untracked-files=all", "--ignored")
-    return head is not None and head.strip() == record.get("commit") and status == ""
+    # Imported here: the checkout stage's module (and GitPython) is for when git must run, not for every plan.
+    from ..stages.checkout import pristine_at
 
-
-def _git(tree: Path, *args: str) -> str | None:
-    result = subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True, check=False,
-                            env={**os.environ, "LC_ALL": "C", "GIT_CONFIG_NOSYSTEM": "1",
-                                 "GIT_CEILING_DIRECTORIES": str(tree.parent)})
-    return result.stdout if result.returncode == 0 else None
+    return pristine_at(tree, str(record.get("commit")))
 
 
 def checkout_state(project: Project, record: dict[str, Any]) -> str | None:

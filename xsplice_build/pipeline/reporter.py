@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from doit.exceptions import BaseFail, TaskFailed, UnmetDependency
 
+from .. import noop
 from ..stages import sandbox
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class XspliceReporter:
     def execute_task(self, task: Any) -> None:
         if not task.actions:
             return
+        noop.observe("a task ran")
         self.started[task.name] = time.monotonic()
         if self.console.is_terminal:
             self._show_running()
@@ -69,6 +71,7 @@ class XspliceReporter:
         self._line(f"warning: {task}: {' '.join(str(text).split())}")
 
     def add_failure(self, task: Any, fail: BaseFail) -> None:
+        noop.observe("a task failed")
         self.started.pop(task.name, None)
         if isinstance(fail, UnmetDependency):
             self._line(f"skipped {task.name}: a stage it needs failed")
@@ -78,16 +81,20 @@ class XspliceReporter:
         self._show_running()
 
     def skip_uptodate(self, task: Any) -> None:
+        noop.observe("up-to-date")
         if task.actions:
             self._line(f"up-to-date {task.name}")
 
     def skip_ignore(self, task: Any) -> None:
+        noop.observe("a task was ignored")
         self._line(f"ignored {task.name}")
 
     def cleanup_error(self, exception: BaseFail) -> None:
+        noop.observe("a clean-up failed")
         self._line(f"cleanup error: {exception.get_msg()}")
 
     def runtime_error(self, msg: str) -> None:
+        noop.observe("doit met a runtime error")
         self._stop_status()
         self.console.print(f"xsplice: error: {msg}", markup=False)
 
@@ -95,6 +102,7 @@ class XspliceReporter:
         pass
 
     def complete_run(self) -> None:
+        noop.observe("complete")
         self._stop_status()
         for name, fail in self.failures:
             if not isinstance(fail, TaskFailed):

@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -156,8 +156,11 @@ def __getattr__(name: str) -> Any:
 
 
 def run_in_child(root: Path, targets: list[str], processes: int = 0,
-                 started: Callable[[Any], None] | None = None, **popen: Any) -> RunResult:
+                 started: Callable[[Any], None] | None = None, cumulative: Sequence[str] = (),
+                 **popen: Any) -> RunResult:
     """run_targets in a child process in `root`: its result, read from a JSON file.
+
+    `cumulative`: cumulative payloads the child's tasks must include besides every pair and chain.
 
     `popen` goes to subprocess.Popen (a new session, inherited descriptors); `started` is called with the
     process as soon as it runs (the cluster worker records its process group).
@@ -167,7 +170,8 @@ def run_in_child(root: Path, targets: list[str], processes: int = 0,
 
     with tempfile.TemporaryDirectory(prefix="xsplice-run-") as scratch:
         output = Path(scratch) / "result.json"
-        command = [sys.executable, "-m", __name__, "--result", str(output), "-n", str(processes), *targets]
+        command = [sys.executable, "-m", __name__, "--result", str(output), "-n", str(processes),
+                   *(f"--cumulative={name}" for name in cumulative), *targets]
         environment = {**os.environ, "XSPLICE_ROOT": str(root), "PYTHONUNBUFFERED": "1"}
         process = subprocess.Popen(command, cwd=root, env=environment, stdin=subprocess.DEVNULL,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
@@ -185,9 +189,14 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--result", required=True, type=Path, help="write the RunResult here as JSON")
     parser.add_argument("-n", dest="processes", type=int, default=0, help="doit worker processes")
+    parser.add_argument("--cumulative", action="append", default=[], help="a cumulative payload to plan too")
     parser.add_argument("targets", nargs="+")
     arguments = parser.parse_args(argv)
     try:
+        if arguments.cumulative:
+            from .tasks import plan_cumulative
+
+            plan_cumulative(arguments.cumulative)
         result = run_targets(Project.find(), arguments.targets, arguments.processes)
     except XspliceError as error:
         print(f"xsplice: error: {error.message}", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,23 +21,43 @@ from doit.tools import config_changed
 from ..code_identity import cached_identity
 from ..errors import XspliceError
 from ..keys import SigningKeys, configured_keys
-from ..patches import ADVISORY_FILE, CUMULATIVE_ENV, build_spec, cumulative_pairs, pairs, requested, spec_files
+from ..patches import ADVISORY_FILE, build_spec, cumulative_pairs, pairs, requested, spec_files
 from ..project import Project
 from ..records import Records
 from ..stages import sandbox, toolchain
 from ..stages.provenance import code_identity
-from ..target.baseline import Baseline, load_all, supplied_image
+from ..target.baseline import Baseline, load_all
 from ..vm.probes import probe_file
 from ..vm.vm_runtime import has_runtime, runtime_path
 from . import integrity
 
-# Set by `doit build-patch` before dodo.py is loaded: plan only that pair and its baseline, the
-# tasks it runs (planning every pair of every baseline was a third of a no-op build's time).
-_ONLY_PAIR: list[tuple[str, str]] = []
+
+@dataclass(frozen=True)
+class Plan:
+    """What `doit build-patch` asks of the tasks dodo.py makes after it (values, never the environment).
+
+    `pairs`: plan only these pairs and their baseline, the tasks it runs (planning every pair of
+    every baseline was a third of a no-op build's time). `images`: the image the user runs for a
+    baseline (--image), which build-base is given and trusts only if the baseline rebuilds to it.
+    `cumulative`: cumulative payloads ("XSA-A+XSA-B") to plan besides every pair and chain (an audit
+    rebuilds those a release holds).
+    """
+
+    pairs: tuple[tuple[str, str], ...] = ()
+    images: tuple[tuple[str, Path], ...] = ()
+    cumulative: tuple[str, ...] = ()
 
 
-def plan_only(baseline: str, patches: list[str]) -> None:
-    _ONLY_PAIR[:] = [(baseline, patch) for patch in patches]
+_PLAN = [Plan()]  # set by the command before doit loads dodo.py
+
+
+def plan_only(baseline: str, patches: list[str], image: Path | None = None) -> None:
+    _PLAN[0] = Plan(pairs=tuple((baseline, patch) for patch in patches),
+                    images=((baseline, image),) if image is not None else ())
+
+
+def plan_cumulative(names: list[str]) -> None:
+    _PLAN[0] = Plan(cumulative=tuple(names))
 
 
 def run_stage(stage: str, root: str, targets: list[str], record: str = "", certificate: str = "",
@@ -92,7 +113,7 @@ class Pipeline:
     def baselines(self) -> list[Baseline]:
         if self._baselines is None:
             self.project.work_dir.mkdir(parents=True, exist_ok=True)
-            wanted = {baseline for baseline, _ in _ONLY_PAIR}
+            wanted = {baseline for baseline, _ in _PLAN[0].pairs}
             self._baselines = [b for b in load_all(self.project) if not wanted or b.name in wanted]
         return self._baselines
 
@@ -126,9 +147,11 @@ class Pipeline:
         for baseline in self.baselines:
             records = Records(self.project, baseline.name)
             # A supplied image (--image) is an input too: another file means another record.
-            image = {"image": _image_identity(supplied_image(baseline.name))}
+            image = dict(_PLAN[0].images).get(baseline.name)
+            supplied = {"image": str(image)} if image is not None else {}
             yield self._subtask("build-base", baseline.name, self._build_inputs(baseline, records.checkout),
-                                [records.build_base], config=image, baseline=baseline.name)
+                                [records.build_base], config={"image": _image_identity(image)},
+                                baseline=baseline.name, **supplied)
 
     def build_orig(self) -> Iterator[dict[str, Any]]:
         yield self._doc("build-orig", "build each baseline's original objects, one section per function")
@@ -240,12 +263,12 @@ class Pipeline:
         return os.path.relpath(path, self.project.root) if inside else str(path)
 
     def _pairs(self) -> list[tuple[str, str]]:
-        if _ONLY_PAIR:
-            return list(_ONLY_PAIR)
+        if _PLAN[0].pairs:
+            return list(_PLAN[0].pairs)
         names = [b.name for b in self.baselines]
-        wanted = [name for name in os.environ.get(CUMULATIVE_ENV, "").split() if name]
         found = pairs(self.project, names) + cumulative_pairs(self.project, names)
-        return found + [pair for pair in requested(self.project, names, wanted) if pair not in found]
+        return found + [pair for pair in requested(self.project, names, list(_PLAN[0].cumulative))
+                        if pair not in found]
 
     def _patches(self, baseline: str, patch: str) -> list[Path]:
         spec = build_spec(self.project, patch, baseline)

@@ -11,7 +11,6 @@ compared too; without it, the release's signature is verified over the rebuilt b
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -21,7 +20,7 @@ from typing import Any, TextIO
 from ..elf.compare import TOOLCHAIN_DRIFT, compare_elf
 from ..errors import SignatureError, XspliceError
 from ..files import read_json, sha256_bytes
-from ..patches import CUMULATIVE_ENV, CUMULATIVE_JOIN, build_spec, pair_patch_digest
+from ..patches import CUMULATIVE_JOIN, build_spec, pair_patch_digest
 from ..pipeline.runner import run_in_child
 from ..project import Project, check_name
 from ..project import copy_sources as copy_project_sources
@@ -119,16 +118,9 @@ def rebuild(fresh: Path, pairs: list[Pair], processes: int) -> dict[str, str]:
     """Run the stages up to each unsigned payload in `fresh`; returns each failed task's one-line reason."""
     # In a child process: the fresh checkout's dodo.py and doit database stay apart from this checkout's.
     # Cumulative payloads asked for by name (not a chain's) need their tasks made there too.
-    cumulative = " ".join(pair.patch for pair in pairs if CUMULATIVE_JOIN in pair.patch)
-    previous = os.environ.get(CUMULATIVE_ENV)
-    os.environ[CUMULATIVE_ENV] = cumulative
-    try:
-        result = run_in_child(fresh, ["toolchain", *(f"payload:{pair.name}" for pair in pairs)], processes)
-    finally:
-        if previous is None:
-            os.environ.pop(CUMULATIVE_ENV, None)
-        else:
-            os.environ[CUMULATIVE_ENV] = previous
+    cumulative = [pair.patch for pair in pairs if CUMULATIVE_JOIN in pair.patch]
+    result = run_in_child(fresh, ["toolchain", *(f"payload:{pair.name}" for pair in pairs)], processes,
+                          cumulative=cumulative)
     if not result.ran:
         raise XspliceError(f"the rebuild in {fresh} did not run (doit exited {result.code})")
     return result.failed

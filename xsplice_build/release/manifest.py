@@ -74,7 +74,8 @@ def _ok_entry(project: Project, pair: Pair) -> dict[str, Any]:
     return {
         "patch": pair.patch, "baseline": pair.baseline, "status": "ok", "reason": None,
         "patch_sha256": report.patch_sha256, "commit": report.commit, "base_build_id": report.base_build_id,
-        "toolchain_lock_sha256": report.toolchain_lock_sha256, "functions": report.functions,
+        "toolchain_lock_sha256": report.toolchain_lock_sha256,
+        "functions": [function.to_json() for function in report.functions],
         "new_functions": report.new_functions, "payload_build_id": report.payload_build_id,
         "unsigned_payload_sha256": report.unsigned_payload_sha256, "payload_sha256": report.payload_sha256,
         "payload": f"{pair.baseline}/{pair.patch}.livepatch",

@@ -22,14 +22,15 @@ import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..files import write_json
 from ..pipeline.runner import run_targets
 from ..project import Project
 from ..records import BaseRecord, Records
 from ..vm.channel import (
+    MINIXEN,
     SOCKET_PATH_MAX,
     HypervisorError,
     RunDir,
+    RunningImage,
     _alive,
 )
 
@@ -45,7 +46,7 @@ def trusted_certificate(project: Project | None = None) -> Path:
     return (project or Project.find()).root / "keys" / "development" / "signing_cert.pem"
 
 
-def build_base(project: Project, baseline: str) -> dict:
+def build_base(project: Project, baseline: str) -> BaseRecord:
     """The baseline's base image, built through the pipeline when needed; its build-base record."""
     from ..target.baseline import load_baseline
 
@@ -56,17 +57,17 @@ def build_base(project: Project, baseline: str) -> dict:
     if result.code != 0 or not record_path.is_file():
         reason = next(iter(result.failed.values()), f"doit exited {result.code}")
         raise HypervisorError(f"baseline {baseline}: building the base image failed: {reason}")
-    return BaseRecord.read(record_path).to_json()
+    return BaseRecord.read(record_path)
 
 
-def boot(project: Project, baseline: str) -> tuple[int, dict]:
+def boot(project: Project, baseline: str) -> tuple[int, BaseRecord]:
     """Start the baseline's base image in the background; (pid, its build-base record)."""
     run = RunDir.of(project)
     running = run.pid()
     if running is not None:
         raise HypervisorError(f"an image is already running (pid {running}); `xen-xsplice shutdown` it first")
     record = build_base(project, baseline)
-    image = project.root / record["image"]
+    image = project.root / record.image
     run.path.mkdir(parents=True, exist_ok=True, mode=0o700)
     if len(str(run.socket)) > SOCKET_PATH_MAX:
         raise ConfigError(f"{run.socket}: socket path longer than {SOCKET_PATH_MAX} bytes; use a shorter checkout "
@@ -76,8 +77,8 @@ def boot(project: Project, baseline: str) -> tuple[int, dict]:
         process = subprocess.Popen([str(image), "--socket", str(run.socket)], stdin=subprocess.DEVNULL,
                                    stdout=log, stderr=log, start_new_session=True, cwd=project.root)
     run.pid_file.write_text(f"{process.pid}\n")
-    write_json(run.record, {"baseline": baseline, "image": record["image"], "build_id": record["build_id"],
-                            "pid": process.pid})
+    run.write_running(RunningImage(kind=MINIXEN, baseline=baseline, pid=process.pid, build_id=record.build_id,
+                                   image=record.image))
     _wait_for_socket(run, process)
     return process.pid, record
 

@@ -105,8 +105,9 @@ def compiler_link(bin_dir: Path, baseline: Baseline, tools: dict[str, Tool]) -> 
     """The wrapper, under the name the recipe invokes the compiler by (made before the sandbox, found inside).
 
     `gcc --version` reaches Xen's compile.h and so the image: the wrapper must carry the
-    compiler's name, and the one place it lives (per baseline) keeps make's recorded
-    command lines identical in every copy of a build tree.
+    compiler's name. A build finds it by that name alone (its directory first on PATH), so
+    make's recorded command lines name no directory: a copied build tree, in another slot
+    or another checkout, stays up to date.
     """
     real = shutil.which(baseline.build.compiler)
     if real is None or os.path.realpath(real) != tools["gcc"].path:
@@ -127,6 +128,7 @@ def run_build(baseline: Baseline, tree: Path, tools: dict[str, Tool], extra_cfla
     objlog.unlink(missing_ok=True)
     compiler = compiler_link(bin_dir, baseline, tools)
     env = _environment(baseline, tree, tools, extra_cflags, objlog)
+    env["PATH"] = os.pathsep.join([str(compiler.parent.resolve()), env.get("PATH", os.defpath)])
     if reuse.keep:
         env["XSPLICE_KEEP"] = "1"
     if reuse.original is not None:
@@ -196,7 +198,8 @@ def _environment(baseline: Baseline, tree: Path, tools: dict[str, Tool], extra_c
 
 
 def _fill(word: str, tools: dict[str, Tool], compiler: Path) -> str:
-    return word.format(jobs=os.cpu_count() or 1, cc=compiler, ld=tools["ld"].path)
+    # {cc} is the wrapper's bare name, found first on the build's PATH (see compiler_link).
+    return word.format(jobs=os.cpu_count() or 1, cc=compiler.name, ld=tools["ld"].path)
 
 
 def _compiled_objects(baseline: Baseline, tree: Path, objlog: Path) -> dict[str, str]:

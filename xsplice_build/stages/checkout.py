@@ -39,9 +39,17 @@ class CheckoutResult:
 
 
 def checkout(project: Project, baseline: Baseline) -> CheckoutResult:
-    """Make work/<baseline>/src a clean clone of the source repository at the pinned commit."""
+    """Make work/<baseline>/src a clean clone of the source repository at the pinned commit.
+
+    A tree already there at that commit with nothing changed, added or removed (git says so)
+    is kept as it is: cloning it again would give the same files.
+    """
     repository = source_repository(project, baseline)
     tree = project.baseline_work(baseline.name) / "src"
+    result = CheckoutResult(baseline.name, baseline.source.commit, str(tree.relative_to(project.root)),
+                            describe_source(baseline.source, project))
+    if pristine_at(tree, baseline.source.commit):
+        return result
     remove_tree(tree)
     tree.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".src-", dir=tree.parent))
@@ -52,8 +60,24 @@ def checkout(project: Project, baseline: Baseline) -> CheckoutResult:
         staging.rename(tree)
     finally:
         remove_tree(staging)
-    return CheckoutResult(baseline.name, baseline.source.commit, str(tree.relative_to(project.root)),
-                          describe_source(baseline.source, project))
+    return result
+
+
+def pristine_at(tree: Path, commit: str) -> bool:
+    """Whether `tree` is a checkout at `commit` with no file changed, added or removed (ignored ones included)."""
+    if not (tree / ".git").exists():
+        return False
+    head = _git_output(tree, "rev-parse", "HEAD")
+    status = _git_output(tree, "status", "--porcelain", "--untracked-files=all", "--ignored")
+    return head is not None and head.strip() == commit and status == ""
+
+
+def _git_output(tree: Path, *args: str) -> str | None:
+    """git's output in `tree` (never a repository above it), or None when it fails."""
+    result = subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True, check=False,
+                            env={**os.environ, "LC_ALL": "C", "GIT_CONFIG_NOSYSTEM": "1",
+                                 "GIT_CEILING_DIRECTORIES": str(tree.parent)})
+    return result.stdout if result.returncode == 0 else None
 
 
 def describe_source(source: Source, project: Project | None = None) -> str:

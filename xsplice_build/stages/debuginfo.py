@@ -23,6 +23,7 @@ from pathlib import Path
 from ..diff.types import has_dwarf
 from ..errors import BuildError
 from ..files import relative
+from ..records import ChangedObject
 from ..target.baseline import Baseline
 from ..target.layout import compile_flags, kbuild_command
 
@@ -36,26 +37,26 @@ class DebugUnit:
     output: Path
 
 
-def debug_objects(baseline: Baseline, changed: list[dict[str, str | None]], orig_tree: Path, patched_tree: Path,
-                  cache: Path, patch_dir: Path, root: Path) -> dict[str, dict[str, str | None]]:
-    """{object: {"original": path, "patched": path}} (relative to `root`) for each changed object whose
-    units need a debug compile; objects with their own DWARF, or without a recorded command, are left out."""
+def debug_objects(baseline: Baseline, changed: list[ChangedObject], orig_tree: Path, patched_tree: Path,
+                  cache: Path, patch_dir: Path, root: Path) -> dict[str, tuple[str | None, str]]:
+    """{object: (original, patched)} (paths relative to `root`; no original for a new object) for each changed
+    object whose units need a debug compile; objects with their own DWARF, or without a recorded command, are
+    left out."""
     units: list[DebugUnit] = []
-    pairs: dict[str, dict[str, str | None]] = {}
+    pairs: dict[str, tuple[str | None, str]] = {}
     for change in changed:
-        name = str(change["object"])
+        name = change.object
         command_file = _command_file(baseline, patched_tree, name)
         if has_dwarf(patched_tree / name) or command_file is None or _c_source(command_file) is None:
             continue  # DWARF already there, no recorded command, or assembly (no C types to compare)
         patched = DebugUnit(patched_tree, name, patch_dir / "debug" / name)
         units.append(patched)
         original = None
-        if change["original"]:
-            original = DebugUnit(orig_tree, name, cache / f"{name}.{str(change['original_sha256'])[:16]}.o")
+        if change.original:
+            original = DebugUnit(orig_tree, name, cache / f"{name}.{str(change.original_sha256)[:16]}.o")
             if not original.output.is_file():
                 units.append(original)
-        pairs[name] = {"original": relative(original.output, root) if original else None,
-                       "patched": relative(patched.output, root)}
+        pairs[name] = (relative(original.output, root) if original else None, relative(patched.output, root))
     compiler = shutil.which(baseline.build.compiler) or baseline.build.compiler
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         list(pool.map(lambda unit: _compile(baseline, unit, compiler), units))

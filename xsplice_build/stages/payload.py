@@ -12,9 +12,8 @@ each old function must be the one the original objects were compiled from.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from ..diff.extract import PatchedFunction
 from ..diff.profile import TargetProfile
 from ..elf.constants import R_X86_64_64, SHF_ALLOC, SHF_WRITE, SHT_NOTE, SHT_PROGBITS, STB_LOCAL, STT_SECTION
 from ..elf.livepatch import (
@@ -34,16 +33,8 @@ from ..elf.reader import read_elf
 from ..elf.relink import to_output
 from ..elf.writer import OutRela, OutSection, OutSymbol, section_symbol, write_relocatable
 from ..errors import XspliceError
+from ..records import PatchedFunction, PayloadFunction
 from ..target.image import BaseImage
-
-
-@dataclass(frozen=True)
-class FunctionEntry:
-    name: str
-    object: str
-    old_addr: int
-    old_size: int
-    new_size: int
 
 
 @dataclass(frozen=True)
@@ -65,10 +56,10 @@ class Stack:
 class Payload:
     data: bytes
     build_id: str
-    functions: list[FunctionEntry]
+    functions: list[PayloadFunction]
 
     def record(self) -> dict[str, object]:
-        return {"build_id": self.build_id, "functions": [asdict(f) for f in self.functions]}
+        return {"build_id": self.build_id, "functions": [f.to_json() for f in self.functions]}
 
 
 def make_payload(extract: bytes, functions: list[PatchedFunction], base: BaseImage, profile: TargetProfile,
@@ -121,14 +112,14 @@ def check_loader_limits(data: bytes) -> None:
                            "(LIVEPATCH_MAX_SIZE) [rule: size-limit]; split the patch into smaller payloads")
 
 
-def _old_function(function: PatchedFunction, base: BaseImage, profile: TargetProfile, stack: Stack) -> FunctionEntry:
+def _old_function(function: PatchedFunction, base: BaseImage, profile: TargetProfile, stack: Stack) -> PayloadFunction:
     if function.name in stack.added and not base.has(function.name):
         # New in an earlier payload: old_addr 0, which Xen's loader resolves among the loaded payloads' symbols.
         name, size = stack.added[function.name]
         if size != function.old_size:
             raise XspliceError(f"{function.object}: {function.name}: {size} bytes in the payload under this one, "
                                f"{function.old_size} in the original object: rebuild the stack")
-        return FunctionEntry(name=name, object=function.object, old_addr=0, old_size=size,
+        return PayloadFunction(name=name, object=function.object, old_addr=0, old_size=size,
                              new_size=function.new_size)
     symbol = base.lookup(function.name, f"{function.object}: {function.symbol}")
     if not symbol.is_function:
@@ -148,7 +139,7 @@ def _old_function(function: PatchedFunction, base: BaseImage, profile: TargetPro
     if symbol.size < needed:
         raise XspliceError(f"{function.object}: {function.name}: {symbol.size} bytes in the base image, too "
                            f"small for the {needed}-byte patch [rule: jump-room]")
-    return FunctionEntry(name=function.name, object=function.object, old_addr=symbol.value,
+    return PayloadFunction(name=function.name, object=function.object, old_addr=symbol.value,
                          old_size=symbol.size, new_size=function.new_size)
 
 

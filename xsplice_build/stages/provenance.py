@@ -80,8 +80,8 @@ def materials(project: Project, baseline: str, records: Records) -> list[dict[st
     if definition.build.config:
         found.append(_file_material(project, definition.build.config))
     for applied in patched.applied:
-        found.append({"name": applied["path"], "digest": {"sha256": applied["sha256"]},
-                      "annotations": {"role": applied["role"]}})
+        found.append({"name": applied.path, "digest": {"sha256": applied.sha256},
+                      "annotations": {"role": applied.role}})
     # The locked tools are the ones that ran: the toolchain stage refuses a machine that has others.
     found.append({"name": "toolchain.lock", "digest": {"sha256": toolchain.lock_digest(project.lock_path)}})
     for name, tool in sorted(toolchain.read_lock(project.lock_path).items()):

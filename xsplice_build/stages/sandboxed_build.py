@@ -14,7 +14,16 @@ from typing import Any
 from ..files import read_json, relative, remove_tree, sha256_file
 from ..patches import build_spec, pair_patch_digest, spec_files
 from ..project import Project
-from ..records import CheckoutRecord, OrigRecord, PatchedRecord, Records, kept_object
+from ..records import (
+    AppliedPatch,
+    ChangedObject,
+    CheckoutRecord,
+    DebugCompile,
+    OrigRecord,
+    PatchedRecord,
+    Records,
+    kept_object,
+)
 from ..target.baseline import load_baseline
 from . import toolchain
 from .build import SPLIT_SECTIONS_FLAGS, Reuse, apply_patch, patched_tree, prepare_tree, run_build
@@ -73,22 +82,23 @@ def build_patched(project: Project, baseline: str, patch: str) -> dict[str, Any]
             kept.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(tree / name, kept)
             restacked = before.get(name) is not None and orig.objects.get(name) != before.get(name)
-            changed.append({"object": name, "original": name if name in before else None,
-                            "original_file": relative(objects_dir / f"{name}.BEFORE", project.root) if restacked
-                            else None, "original_sha256": before.get(name), "patched_sha256": digest})
+            changed.append(ChangedObject(
+                object=name, original=name if name in before else None,
+                original_file=relative(objects_dir / f"{name}.BEFORE", project.root) if restacked else None,
+                original_sha256=before.get(name), patched_sha256=digest))
         # The struct-layout rule reads DWARF: compile the changed units again with -g while the tree is here.
         # Both sides go in this pair's directory, which the sandbox lets it write (originals are kept by
         # content under debug-orig/ across reruns). An object the stack changed was compiled from a tree
         # state that is gone: it gets no debug pair, and the layout check reads the objects' own DWARF.
         remove_tree(records.patch_dir / "debug")
-        debug = debug_objects(definition, [change for change in changed if not change["original_file"]],
+        pairs = debug_objects(definition, [change for change in changed if not change.original_file],
                               project.root / orig.tree, tree, records.patch_dir / "debug-orig", records.patch_dir,
                               project.root)
-    for entry in debug.values():  # digests, so that an edited debug object makes the stage run again
-        for side in ("original", "patched"):
-            path = entry[side]
-            entry[f"{side}_sha256"] = sha256_file(project.root / path) if path else None
-    applied = [{"path": relative(path, project.root), "sha256": sha256_file(path), "role": role}
+    # Digests, so that an edited debug object makes the stage run again.
+    debug = {name: DebugCompile(original=original, patched=patched, patched_sha256=sha256_file(project.root / patched),
+                                original_sha256=sha256_file(project.root / original) if original else None)
+             for name, (original, patched) in pairs.items()}
+    applied = [AppliedPatch(path=relative(path, project.root), sha256=sha256_file(path), role=role)
                for paths, role in ((stack_files, "stacked-under"), (fix_files, "fix")) for path in paths]
     return PatchedRecord(patch=patch, patch_sha256=pair_patch_digest(project, patch, baseline),
                          touched=sorted(set(touched)), recompiled=sorted(output.objects), changed=changed,

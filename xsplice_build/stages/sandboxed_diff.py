@@ -6,19 +6,26 @@ It writes the explanation (also when it refuses) and the extracted code in the p
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ..diff.engine import DebugPair, conclude, diff_pairs
 from ..diff.explain import explain_record, render
-from ..diff.extract import PatchedFunction
 from ..diff.profile import TargetProfile
 from ..elf.reader import read_elf_file
 from ..errors import NothingToPatch, Unpatchable
 from ..files import sha256_bytes, write_atomic, write_json
 from ..project import Project
-from ..records import BaseRecord, DiffRecord, OrigRecord, PatchedRecord, Records, kept_object
+from ..records import (
+    BaseRecord,
+    DiffRecord,
+    ExplainedObject,
+    OrigRecord,
+    PatchedFunction,
+    PatchedRecord,
+    Records,
+    kept_object,
+)
 from ..target.baseline import load_baseline
 from ..target.bringup import ImageReferences, bring_up_warning
 from ..target.layout import apply_layout
@@ -33,12 +40,12 @@ def diff_objects(project: Project, baseline: str, patch: str) -> dict[str, Any]:
     layout = BaseRecord.read(records.build_base).layout
     pairs: list[tuple[str, Path | None, Path]] = []
     for change in patched.changed:
-        original = orig_tree / change["original"] if change["original"] else None
-        if change.get("original_file"):  # an object the stack changed: diffed against the stack's version
-            original = project.root / change["original_file"]
-        pairs.append((change["object"], original, kept_object(records.patch_dir, change["object"])))
-    debug = {name: DebugPair(project.root / entry["original"] if entry["original"] else None,
-                             project.root / entry["patched"]) for name, entry in patched.debug.items()}
+        original = orig_tree / change.original if change.original else None
+        if change.original_file:  # an object the stack changed: diffed against the stack's version
+            original = project.root / change.original_file
+        pairs.append((change.object, original, kept_object(records.patch_dir, change.object)))
+    debug = {name: DebugPair(project.root / entry.original if entry.original else None,
+                             project.root / entry.patched) for name, entry in patched.debug.items()}
     diffs = diff_pairs(pairs, apply_layout(definition.target(), layout), debug)
     try:
         result = conclude(diffs)  # extraction resolves the base-image references the explanation lists
@@ -50,9 +57,10 @@ def diff_objects(project: Project, baseline: str, patch: str) -> dict[str, Any]:
     _add_bring_up_warnings(project, records, definition.target(), result.functions, explained)
     _write_explanation(project, records, patch, explained)
     write_atomic(records.extract, result.extract)
-    return DiffRecord(functions=[asdict(function) for function in result.functions], objects=explained,
-                      extract_sha256=sha256_bytes(result.extract),
-                      defined=[asdict(symbol) for symbol in result.defined]).to_json()
+    objects = [ExplainedObject.from_json(record, f"{records.explain_json} object {index}")
+               for index, record in enumerate(explained)]
+    return DiffRecord(functions=result.functions, objects=objects, extract_sha256=sha256_bytes(result.extract),
+                      defined=result.defined).to_json()
 
 
 def _add_bring_up_warnings(project: Project, records: Records, profile: TargetProfile,

@@ -19,10 +19,10 @@ from typing import Any
 from .. import __version__, files
 from ..errors import BuildError, PayloadRejected, XspliceError
 from ..files import relative, sha256_bytes, sha256_file, write_atomic, write_json
-from ..patches import build_spec
+from ..patches import BuildSpec, build_spec
 from ..project import Project
 from ..records import BaseRecord, CheckoutRecord, DiffRecord, OrigRecord, PatchedRecord, PayloadRecord, Records, Report
-from ..target.baseline import Baseline, load_baseline, supplied_image
+from ..target.baseline import Baseline, load_baseline
 from . import toolchain
 from .sandbox import Part, owned_file, run_stage
 
@@ -54,7 +54,8 @@ def stage_checkout(project: Project, baseline: str) -> None:
     CheckoutRecord(**asdict(result)).write(Records(project, baseline).checkout)
 
 
-def stage_build_base(project: Project, baseline: str) -> None:
+def stage_build_base(project: Project, baseline: str, image: str = "") -> None:
+    """The baseline built as shipped; `image`: the one the user runs (--image), used once it proves the same."""
     from ..elf.notes import image_build_id
     from ..elf.reader import read_elf_file
     from . import sandboxed_base
@@ -69,24 +70,23 @@ def stage_build_base(project: Project, baseline: str) -> None:
     rebuilt = owned_file(tree / definition.build.image, tree, "image")
     build_id = image_build_id(read_elf_file(rebuilt)).hex()
     check_expected_build_id(definition, build_id)
-    image = _trusted_image(definition, rebuilt, build_id)
+    used = _trusted_image(definition, rebuilt, build_id, Path(image) if image else None)
     BaseRecord(
         tree=relative(tree, project.root),
-        image=relative(image, project.root) if image.resolve().is_relative_to(project.root.resolve())
-        else str(image.resolve()),
-        image_sha256=sha256_file(image),
+        image=relative(used, project.root) if used.resolve().is_relative_to(project.root.resolve())
+        else str(used.resolve()),
+        image_sha256=sha256_file(used),
         build_id=build_id,
         objects=built["objects"],
         layout=built["layout"],
     ).write(records.build_base)
 
 
-def _trusted_image(definition: Baseline, rebuilt: Path, build_id: str) -> Path:
+def _trusted_image(definition: Baseline, rebuilt: Path, build_id: str, supplied: Path | None) -> Path:
     """The image payloads depend on: the user's own xen-syms, once the baseline rebuilds to its build-id."""
     from ..elf.notes import image_build_id
     from ..elf.reader import read_elf_file
 
-    supplied = supplied_image(definition.name)
     if supplied is None:
         return rebuilt
     theirs = image_build_id(read_elf_file(supplied)).hex()
@@ -170,7 +170,6 @@ def stage_diff(project: Project, baseline: str, patch: str) -> None:
 
 
 def stage_payload(project: Project, baseline: str, patch: str) -> None:
-    from ..diff.extract import PatchedFunction
     from ..diff.profile import profile_named
     from ..target.image import BaseImage
     from ..target.layout import func_layout
@@ -182,14 +181,13 @@ def stage_payload(project: Project, baseline: str, patch: str) -> None:
     diff = DiffRecord.read(records.diff)
     base = BaseRecord.read(records.build_base)
     image = BaseImage.load(project.root / base.image)
-    functions = [PatchedFunction(**function) for function in diff.functions]
     profile = profile_named(definition.profile)
     layout = func_layout(base.layout, profile.livepatch_payload_version)
     spec = build_spec(project, patch, baseline)
     stack = _stack(project, baseline, spec.stack, image.build_id)
     # A replacement is uploaded while the payloads it replaces are loaded: its new statics need names of its own.
     private = f"@{patch}" if spec.action == "replace" else None
-    payload = make_payload(records.extract.read_bytes(), functions, image, profile, layout, stack, private)
+    payload = make_payload(records.extract.read_bytes(), diff.functions, image, profile, layout, stack, private)
     write_atomic(records.unsigned, payload.data)
     PayloadRecord.from_json({**payload.record(), "unsigned": records.unsigned.name,
                              "sha256": sha256_bytes(payload.data), "depends_build_id": stack.depends.hex(),
@@ -208,17 +206,17 @@ def _stack(project: Project, baseline: str, names: tuple[str, ...], base_build_i
         payload = PayloadRecord.read(records.payload)
         diff = DiffRecord.read(records.diff)
         depends = bytes.fromhex(payload.build_id)
-        replacing = {function["symbol"] for function in diff.functions}
+        replacing = {function.symbol for function in diff.functions}
         for function in payload.functions:
-            if function["old_addr"]:
-                replaced[function["name"]] = function["new_size"]
+            if function.old_addr:
+                replaced[function.name] = function.new_size
             else:  # a function an earlier payload added, patched again: its latest size
                 for key, (loader_name, _size) in list(added.items()):
-                    if loader_name == function["name"]:
-                        added[key] = (loader_name, function["new_size"])
+                    if loader_name == function.name:
+                        added[key] = (loader_name, function.new_size)
         for symbol in diff.defined:
-            if symbol["name"] not in replacing:
-                added[symbol["xen_name"]] = (symbol["name"], symbol["size"])
+            if symbol.name not in replacing:
+                added[symbol.xen_name] = (symbol.name, symbol.size)
     return Stack(depends, replaced, added)
 
 
@@ -240,9 +238,9 @@ def stage_sign(project: Project, baseline: str, patch: str) -> list[str]:
     signed = sign(unsigned, key, certificate)
     report = _report(project, definition, records, patch, unsigned, signed, keys.certificate)
     facts = report.to_json()
+    recorded = BuildSpec(patch, tuple(report.stack), tuple(report.fixes))  # as build-patched built it
     statement = provenance.statement(project, baseline, records, facts, {
-        "stack": report.stack, "fixes": report.fixes, "action": report.action,
-        "depends_on": report.stack[-1] if report.stack else None})
+        "stack": report.stack, "fixes": report.fixes, "action": report.action, "depends_on": recorded.depends_on})
     envelope = provenance.envelope_bytes(statement, key)
     report = dataclasses.replace(report, provenance_sha256=sha256_bytes(envelope))
     write_atomic(records.signed, signed)
@@ -258,7 +256,7 @@ def _report(project: Project, definition: Baseline, records: Records, patch: str
     payload = PayloadRecord.read(records.payload)
     diff = DiffRecord.read(records.diff)
     patched = PatchedRecord.read(records.patched)
-    new_functions = sorted({f"{entry['object']}: {name}" for entry in diff.objects for name in entry["new_functions"]})
+    new_functions = sorted({f"{entry.object}: {name}" for entry in diff.objects for name in entry.new_functions})
     return Report(
         patch=patch,
         baseline=definition.name,
@@ -269,12 +267,11 @@ def _report(project: Project, definition: Baseline, records: Records, patch: str
         base_image=_path_for_report(project.root / base.image, records.out_dir),
         base_image_sha256=base.image_sha256,
         toolchain_lock_sha256=toolchain.lock_digest(project.lock_path),
-        functions=[{"name": f["name"], "old_size": f["old_size"], "new_size": f["new_size"],
-                    "old_addr": f"{f['old_addr']:#x}", "object": f["object"]} for f in payload.functions],
+        functions=[function.reported() for function in payload.functions],
         new_functions=new_functions,
-        objects_changed=[entry["object"] for entry in diff.objects],
-        warnings=[w for entry in diff.objects for w in entry["warnings"] + entry.get("bring_up", [])],
-        ignored=[i for entry in diff.objects for i in entry["ignored"]],
+        objects_changed=[entry.object for entry in diff.objects],
+        warnings=[w for entry in diff.objects for w in entry.warnings + entry.bring_up],
+        ignored=[i for entry in diff.objects for i in entry.ignored],
         payload_build_id=payload.build_id,
         unsigned_payload_sha256=sha256_bytes(unsigned),
         payload_sha256=sha256_bytes(signed),

@@ -7,7 +7,6 @@ pipeline knows minixen from Xen; everything specific to one lives in its definit
 
 from __future__ import annotations
 
-import os
 import re
 import string
 from dataclasses import dataclass, field, replace
@@ -131,24 +130,14 @@ class Baseline:
         return files
 
 
-SUPPLIED_IMAGES = "XSPLICE_BASE_IMAGES"
+def supplied_image(image: Path) -> Path:
+    """The image a user says they run (`doit build-patch --image`), checked, as an absolute path.
 
-
-def supplied_image(name: str) -> Path | None:
-    """The image a user says they run for baseline `name` (XSPLICE_BASE_IMAGES="NAME=PATH,...")."""
-    for entry in os.environ.get(SUPPLIED_IMAGES, "").split(","):
-        baseline, _, path = entry.partition("=")
-        if baseline == name and path:
-            return Path(path)
-    return None
-
-
-def supply_image(name: str, image: Path) -> None:
-    """Record, for this process and the stages it runs, that baseline `name` runs as `image`."""
+    build-base trusts it only once the baseline rebuilds to its build-id (stages.steps._trusted_image).
+    """
     if not image.is_file():
         raise ConfigError(f"{image}: no such image (give the xen-syms of the hypervisor you run)")
-    others = [e for e in os.environ.get(SUPPLIED_IMAGES, "").split(",") if e and not e.startswith(f"{name}=")]
-    os.environ[SUPPLIED_IMAGES] = ",".join([*others, f"{name}={image.resolve()}"])
+    return image.resolve()
 
 
 def baseline_names(project: Project) -> list[str]:

@@ -8,13 +8,16 @@ image's line buffer; payload names follow Xen's rules (check_payload_name) befor
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError, XspliceError
+from ..files import write_json
 from ..project import Project
 
 STATE_CHECKED = 1
@@ -111,6 +114,38 @@ class Connection:
 
 
 @dataclass(frozen=True)
+class RunningImage:
+    """work/run/hypervisor.json: what runs in the background, minixen's image or a real hypervisor in QEMU."""
+
+    kind: str  # MINIXEN, or xen_vm.KIND
+    baseline: str
+    pid: int
+    build_id: str = ""  # a VM's: read from the running hypervisor once dom0 is up
+    image: str = ""  # minixen: the image, relative to the checkout
+    accel: str = ""  # a VM: kvm or tcg
+    boot_seconds: float = 0.0
+    owner: str = ""  # PROVE_STAGE when the prove stage booted it (and so stops it)
+
+    @classmethod
+    def from_json(cls, content: Any) -> RunningImage | None:
+        """The record, or None when it is not one (damaged, or another version's): nothing is taken as running."""
+        if not isinstance(content, dict) or not {"baseline", "pid"} <= content.keys():
+            return None
+        known = {"kind": MINIXEN, **{key: value for key, value in content.items() if key in _RUNNING_TYPES}}
+        if not all(isinstance(value, _RUNNING_TYPES[key]) and not isinstance(value, bool)
+                   for key, value in known.items()):
+            return None
+        return cls(**known)
+
+
+MINIXEN = "minixen"
+PROVE_STAGE = "prove-stage"
+_RUNNING_TYPES: dict[str, type | tuple[type, ...]] = {
+    "kind": str, "baseline": str, "pid": int, "build_id": str, "image": str, "accel": str,
+    "boot_seconds": (int, float), "owner": str}
+
+
+@dataclass(frozen=True)
 class RunDir:
     """work/run/: where the background image keeps its socket, pid, log and what it is."""
 
@@ -145,6 +180,18 @@ class RunDir:
     def agent_lock(self) -> Path:
         """Held by whoever talks to the VM's dom0, one request at a time."""
         return self.path / "agent.lock"
+
+    def running(self) -> RunningImage | None:
+        """The record of the image running now, or None (none runs, or its record is unreadable)."""
+        if self.pid() is None or not self.record.is_file():
+            return None
+        try:
+            return RunningImage.from_json(json.loads(self.record.read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def write_running(self, running: RunningImage) -> None:
+        write_json(self.record, asdict(running))
 
     def pid(self) -> int | None:
         """The pid of the running image, or None when none runs (a stale pid file is ignored)."""

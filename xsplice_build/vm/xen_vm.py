@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
-import json
 import os
 import secrets
 import signal
@@ -36,14 +35,24 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from ..errors import PayloadRejected
-from ..files import sha256_bytes, write_json
+from ..files import sha256_bytes
 from ..project import Project
 from ..target.baseline import load_baseline
-from .channel import SOCKET_PATH_MAX, Answer, HypervisorError, RunDir, _alive, check_payload_name
+from .channel import (
+    PROVE_STAGE,
+    SOCKET_PATH_MAX,
+    Answer,
+    HypervisorError,
+    RunDir,
+    RunningImage,
+    _alive,
+    check_payload_name,
+)
 from .probes import Probe, check_phase
 from .vm_runtime import BootFiles, boot_files, load_runtime
 
@@ -180,23 +189,27 @@ def _read_answer(sock: socket.socket, request_id: str, deadline: float) -> Answe
 class XenVM:
     """A real hypervisor running in QEMU in the background, its state in work/run/."""
 
-    def __init__(self, project: Project, record: dict) -> None:
+    def __init__(self, project: Project, running: RunningImage) -> None:
         self.project = project
         self.run_dir = RunDir.of(project)
-        self.record = record
+        self.running = running
         self.agent = Agent(self.run_dir)
 
     @property
     def baseline(self) -> str:
-        return self.record["baseline"]
+        return self.running.baseline
 
     @property
     def build_id(self) -> str:
-        return self.record["build_id"]
+        return self.running.build_id
 
     @property
     def pid(self) -> int:
-        return self.record["pid"]
+        return self.running.pid
+
+    def _record(self, **changes: Any) -> None:
+        self.running = replace(self.running, **changes)
+        self.run_dir.write_running(self.running)
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -231,8 +244,7 @@ class XenVM:
             raise HypervisorError(f"{baseline}: the hypervisor booted with build-id {running_id}, the baseline "
                                   f"expects {expected}; refusing it (check baseline/runtime/{baseline}.toml)")
         vm.run("xl dmesg -c > /dev/null")
-        vm.record.update(build_id=running_id, boot_seconds=round(time.monotonic() - started, 1))
-        write_json(run.record, vm.record)
+        vm._record(build_id=running_id, boot_seconds=round(time.monotonic() - started, 1))
         return vm
 
     @classmethod
@@ -248,9 +260,8 @@ class XenVM:
                 raise HypervisorError(f"cannot run {QEMU}: {error.strerror or error} (./setup --xen installs "
                                       "qemu-system-x86)") from None
         run.pid_file.write_text(f"{process.pid}\n")
-        record = {"kind": KIND, "baseline": baseline, "pid": process.pid, "accel": accel, "build_id": ""}
-        write_json(run.record, record)
-        vm = cls(project, record)
+        vm = cls(project, RunningImage(kind=KIND, baseline=baseline, pid=process.pid, accel=accel))
+        run.write_running(vm.running)
         vm._process = process
         return vm
 
@@ -258,12 +269,12 @@ class XenVM:
     def attach(cls, project: Project) -> XenVM:
         """The VM `xen-xsplice boot` left running in the background."""
         run = RunDir.of(project)
-        record = running_record(project)
-        if record is None or record.get("kind") != KIND or not record.get("build_id"):
+        running = run.running()
+        if running is None or running.kind != KIND or not running.build_id:
             raise HypervisorError("no real-Xen VM is running; start one with `xen-xsplice boot xen-4.17`")
-        if not _alive(record["pid"]):
-            raise HypervisorError(f"the VM (pid {record['pid']}) is gone; see {run.log}")
-        return cls(project, record)
+        if not _alive(running.pid):
+            raise HypervisorError(f"the VM (pid {running.pid}) is gone; see {run.log}")
+        return cls(project, running)
 
     def _wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -469,17 +480,6 @@ def _accelerators() -> list[str]:
     return ["kvm", "tcg"] if os.access("/dev/kvm", os.R_OK | os.W_OK) else ["tcg"]
 
 
-def running_record(project: Project) -> dict | None:
-    """work/run/hypervisor.json of the image running now, or None."""
-    run = RunDir.of(project)
-    if run.pid() is None or not run.record.is_file():
-        return None
-    try:
-        return json.loads(run.record.read_text())
-    except ValueError:
-        return None
-
-
 def _tail(path: Path, size: int = 8192) -> str:
     try:
         with path.open("rb") as stream:
@@ -500,15 +500,14 @@ def for_stage(project: Project, baseline: str, log: Log = lambda text: None) -> 
     run.path.mkdir(parents=True, exist_ok=True, mode=0o700)
     with (run.path / "prove.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        record = running_record(project)
-        if record is None:
+        running = run.running()
+        if running is None:
             vm = XenVM.boot(project, baseline, log)
-            vm.record["owner"] = "prove-stage"
-            write_json(run.record, vm.record)
-        elif record.get("kind") == KIND and record.get("baseline") == baseline:
+            vm._record(owner=PROVE_STAGE)
+        elif running.kind == KIND and running.baseline == baseline:
             vm = XenVM.attach(project)
         else:
-            raise HypervisorError(f"{record.get('baseline')} is running (pid {record.get('pid')}), not {baseline}; "
+            raise HypervisorError(f"{running.baseline} is running (pid {running.pid}), not {baseline}; "
                                   "`xen-xsplice shutdown` it first")
         held = [row.name for row in vm.loaded()]
         if held:
@@ -520,7 +519,7 @@ def for_stage(project: Project, baseline: str, log: Log = lambda text: None) -> 
 def stop_stage_vm(root: str) -> None:
     """doit teardown of the prove tasks: shut down the VM the stage booted (never one a user booted)."""
     project = Project(Path(root))
-    record = running_record(project)
-    if record is not None and record.get("kind") == KIND and record.get("owner") == "prove-stage":
+    running = RunDir.of(project).running()
+    if running is not None and running.kind == KIND and running.owner == PROVE_STAGE:
         with contextlib.suppress(HypervisorError):
             XenVM.attach(project).shutdown()
