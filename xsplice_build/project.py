@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .noop import STAMP_DIR
 
 DEFAULT_BASELINE = "minixen"  # the bundled stand-in: what every command builds when no baseline is named
 
@@ -37,9 +39,20 @@ def copy_sources(root: Path, destination: Path, extra: tuple[str, ...] = ()) -> 
     for name in SOURCES + extra:
         source = root / name
         if source.is_dir():
-            shutil.copytree(source, destination / name, symlinks=True)
+            shutil.copytree(source, destination / name, symlinks=True, ignore=_no_stamps(root))
         elif source.is_file():
             shutil.copy2(source, destination / name)
+
+
+def _no_stamps(root: Path) -> Callable[[str, list[str]], list[str]]:
+    """A copytree filter leaving out the no-op stamps (each is keyed to its own checkout's directory); their
+    directory stays, as the place a run in the copy records its own."""
+    stamps = root / STAMP_DIR
+
+    def ignored(directory: str, names: list[str]) -> list[str]:
+        return names if Path(directory) == stamps else []
+
+    return ignored
 
 
 @dataclass(frozen=True)
