@@ -12,26 +12,18 @@ from typing import Any
 
 from ..diff.profile import profile_named
 from ..project import Project
-from ..records import CheckoutRecord, Records
 from ..target.baseline import Baseline, load_baseline
 from ..target.layout import baseline_layout, probe_structs, wanted_structs
-from .build import Reuse, prepare_tree, run_build
-from .sandboxed_build import recorded_tools
+from .sandboxed_build import build_checkout
 
 
 def build_base(project: Project, baseline: str) -> dict[str, Any]:
     """The shipped build: its objects and the record layouts of its headers (the image, the parent reads)."""
     definition = load_baseline(project, baseline)
-    records = Records(project, baseline)
-    source = project.root / CheckoutRecord.read(records.checkout).tree
-    tree = records.base / "base" / "tree"
-    prepare_tree(project, definition, source, tree)
-    # With split_sections = "base" the shipped build already has one section per function.
-    output = run_build(definition, tree, recorded_tools(project), "", records.base / "base" / "build.log",
-                       prepare=True, bin_dir=records.bin,
-                       # With split_sections = "base" this tree is the original patched builds reuse from.
-                       reuse=Reuse(keep=definition.build.split_sections == "base"))
-    return {"objects": output.objects, "layout": _layout(definition, tree, output.image)}
+    # With split_sections = "base" the shipped build already has one section per function, and its tree
+    # is the original patched builds reuse objects from.
+    output = build_checkout(project, definition, "base", "", keep=definition.build.split_sections == "base")
+    return {"objects": output.objects, "layout": _layout(definition, output.tree, output.image)}
 
 
 def _layout(definition: Baseline, tree: Path, image: Path) -> dict[str, Any]:

@@ -24,22 +24,28 @@ from ..records import (
     Records,
     kept_object,
 )
-from ..target.baseline import load_baseline
+from ..target.baseline import Baseline, load_baseline
 from . import toolchain
-from .build import SPLIT_SECTIONS_FLAGS, Reuse, apply_patch, patched_tree, prepare_tree, run_build
+from .build import SPLIT_SECTIONS_FLAGS, BuildOutput, Reuse, apply_patch, patched_tree, prepare_tree, run_build
 from .debuginfo import debug_objects
 
 
 def build_orig(project: Project, baseline: str) -> dict[str, str]:
     """The original objects, one section per function."""
-    definition = load_baseline(project, baseline)
-    records = Records(project, baseline)
+    return build_checkout(project, load_baseline(project, baseline), "orig", SPLIT_SECTIONS_FLAGS, keep=True).objects
+
+
+def build_checkout(project: Project, definition: Baseline, name: str, extra_cflags: str, keep: bool) -> BuildOutput:
+    """A build of the pristine checkout in work/BASELINE/NAME/tree (build-base's or build-orig's).
+
+    `keep`: the tree is the original patched builds reuse objects from (build.Reuse).
+    """
+    records = Records(project, definition.name)
     source = project.root / CheckoutRecord.read(records.checkout).tree
-    tree = records.base / "orig" / "tree"
+    tree = records.base / name / "tree"
     prepare_tree(project, definition, source, tree)
-    output = run_build(definition, tree, recorded_tools(project), SPLIT_SECTIONS_FLAGS,
-                       records.base / "orig" / "build.log", prepare=True, bin_dir=records.bin, reuse=Reuse(keep=True))
-    return output.objects
+    return run_build(definition, tree, recorded_tools(project), extra_cflags, records.base / name / "build.log",
+                     prepare=True, bin_dir=records.bin, reuse=Reuse(keep=keep))
 
 
 def build_patched(project: Project, baseline: str, patch: str) -> dict[str, Any]:
