@@ -88,6 +88,7 @@ def test_a_header_fix_reuses_the_untouched_objects_and_the_payload_is_the_same(b
                                                                                 tmp_path: Path) -> None:
     # inline-header changes a static inline of include/xen/event.h, which common/kernel.c includes and never calls.
     reusing = copy_checkout(tmp_path / "reusing", built_once.root, with_state=True)
+    _first_header_fix_fills_the_index(reusing)
     proof = reusing.work("minixen", "patches", "inline-header", "reuse-proof.log")  # writable in the sandbox
     reusing.doit("build-patch", "inline-header", env={"XSPLICE_REUSE_VERIFY": str(proof)})
     patched_tree = reusing.work("minixen", "patched", "0")
@@ -109,6 +110,20 @@ def test_a_header_fix_reuses_the_untouched_objects_and_the_payload_is_the_same(b
     compiling.doit("build-patch", "inline-header", env={"XSPLICE_NO_REUSE": "1"})
     assert _unsigned(reusing, "inline-header") == _unsigned(compiling, "inline-header")
     assert json.loads(compiling.work("minixen", "patches", "inline-header", "patched.json").read_text()) == patched
+
+
+def _first_header_fix_fills_the_index(checkout: Checkout) -> None:
+    """The baseline's first header fix: its index has no entry, so make's three units are compiled and named;
+    build-patched's own process then indexes them (the original side), and the pair's records are removed so
+    the next build-patch builds it again."""
+    index = checkout.work("minixen", "orig", "reuse-index")
+    shutil.rmtree(index, ignore_errors=True)
+    checkout.doit("build-patch", "inline-header")
+    units = ["common/event.o", "common/event_fifo.o", "common/kernel.o"]
+    wanted = checkout.work("minixen", "patches", "inline-header", "reuse-wanted").read_text().split()
+    assert sorted(wanted) == units
+    assert sorted(str(path.relative_to(index)) for path in index.rglob("*.json")) == [f"{u}.json" for u in units]
+    shutil.rmtree(checkout.work("minixen", "patches", "inline-header"))
 
 
 def test_a_file_the_patch_edits_is_compiled_without_asking_the_reuse_helper(built_once: Checkout,
@@ -135,3 +150,44 @@ def test_a_patched_tree_is_reset_to_the_original_before_each_build(built_once: C
     assert (tree / header).read_bytes() == (original / header).read_bytes()
     patched = json.loads(checkout.work("minixen", "patches", "string-literal", "patched.json").read_text())
     assert patched["recompiled"] == [f"{touched[:-2]}.o" for touched in patched["touched"]]
+
+
+def test_an_index_entry_of_another_rule_or_command_is_not_used_and_is_made_again(built: Checkout) -> None:
+    # An entry names the recorded command and the rule's code by digest (sandboxed_reuse.py): one made from
+    # another command or by another version of the rule says nothing about this compile.
+    _first_header_fix_fills_the_index(built)
+    entry = built.work("minixen", "orig", "reuse-index", "common", "kernel.o.json")
+    made = json.loads(entry.read_text())
+    for field in ("rule_sha256", "argv_sha256"):
+        entry.write_text(json.dumps({**made, field: "0" * 64}))
+        proof = built.work("minixen", "patches", "inline-header", "reuse-proof.log")
+        proof.parent.mkdir(parents=True, exist_ok=True)
+        built.doit("build-patch", "inline-header", env={"XSPLICE_REUSE_VERIFY": str(proof)})
+        assert f"compiled {built.work('minixen', 'patched', '0', 'common', 'kernel.o')}" in proof.read_text()
+        assert built.work("minixen", "patches", "inline-header", "reuse-wanted").read_text().split() == \
+            ["common/kernel.o"]
+        assert json.loads(entry.read_text()) == made, field  # indexed again by build-patched's process
+        shutil.rmtree(built.work("minixen", "patches", "inline-header"))
+
+
+def test_the_index_goes_with_the_original_tree_it_describes(built: Checkout) -> None:
+    _first_header_fix_fills_the_index(built)
+    built.doit("forget", "build-orig:minixen")
+    built.doit("build-patch", "XSA-131")  # build-orig runs again; XSA-131 edits the one file make compiles
+    assert not built.work("minixen", "orig", "reuse-index").exists()
+
+
+def test_only_kept_units_of_the_original_tree_are_indexed_whatever_a_build_names(built: Checkout,
+                                                                                  tmp_path: Path) -> None:
+    from xsplice_build.stages.sandboxed_reuse import wanted_units
+
+    original = built.work("minixen", "orig", "tree")
+    (tmp_path / "outside.o.xsplice-argv").write_bytes(b"")
+    (original / "common" / "escape.o.xsplice-argv").symlink_to(tmp_path / "outside.o.xsplice-argv")
+    named = ["common/kernel.o", "common/kernel.o", "../orig/tree/common/event.o", "/etc/passwd", "",
+             "common/./event.o", "common/nonesuch.o", "common/escape.o", str(original / "common" / "event.o"),
+             "common/event.o"]
+    wanted = tmp_path / "reuse-wanted"
+    wanted.write_text("\n".join(named) + "\n")
+    assert wanted_units(wanted, original) == ["common/event.o", "common/kernel.o"]
+    assert wanted_units(tmp_path / "absent", original) == []

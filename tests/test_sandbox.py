@@ -173,6 +173,23 @@ def test_the_build_writes_nowhere_but_its_own_directory(built: Checkout, tmp_pat
     assert (root / "toolchain.lock").read_bytes() == lock
 
 
+def test_the_build_cannot_write_the_reuse_index(built: Checkout, tmp_path: Path) -> None:
+    # The index decides what later patches' builds compile (sandboxed_reuse.py): a build that could write it
+    # could make another patch's build take an original object and leave that patch's change out.
+    built.doit("build-patch", "inline-header")  # the baseline's first header fix: its units get indexed
+    entry = built.work("minixen", "orig", "reuse-index", "common", "kernel.o.json")
+    indexed = entry.read_bytes()
+    planted = entry.with_name("planted.json")
+    _write_patch(built, "write-index", tmp_path, _make_rule([f"-mkdir -p {entry.parent}", f"-echo forged > {entry}",
+                                                              f"-echo forged > {planted}", "touch $@"]))
+    assert _outcome(built, "write-index", _build(built, "write-index")) == "key absent"
+    assert entry.read_bytes() == indexed and not planted.exists()
+    built.doit("forget", "build-patched:minixen/write-index")
+    unsafe = _build(built, "write-index", env=UNSAFE)  # the same rule without the sandbox: it does reach the index
+    assert unsafe.returncode == 0, unsafe.stdout + unsafe.stderr
+    assert planted.read_text() == "forged\n"
+
+
 def test_no_process_of_the_build_outlives_its_stage(built: Checkout, tmp_path: Path) -> None:
     late = built.work("minixen", "patches", "lingering", "late")
     _write_patch(built, "lingering", tmp_path, _make_rule([f"setsid sh -c 'sleep 2; touch {late}' >/dev/null 2>&1 &",

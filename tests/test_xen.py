@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -78,6 +80,25 @@ def test_a_static_inline_change_ignores_its_boot_time_callers_with_a_warning(xen
     warnings = xen.report("iocap-deny-inverted-range", "xen-4.17")["warnings"]
     assert any("dom0_setup_permissions" in w and "init-only" in w for w in warnings)
     assert any("amd_iommu_hwdom_init" in w and "init-only" in w for w in warnings)
+
+
+def test_a_header_fix_takes_an_original_object_only_where_the_compiler_gives_the_same_bytes(xen: Checkout) -> None:
+    # iocap.h's inline reaches 30 units make rebuilds; the fixture's build indexed their original side. Built
+    # again in proof mode, every object taken from the original tree is also compiled and compared.
+    patch = "iocap-deny-inverted-range"
+    pair = xen.work("xen-4.17", "patches", patch)
+    payload, record = _payload(xen, patch), json.loads((pair / "patched.json").read_text())
+    shutil.rmtree(pair)
+    pair.mkdir(parents=True)
+    proof = pair / "reuse-proof.log"
+    xen.doit("build-patch", "--baseline", "xen-4.17", patch, env={"XSPLICE_REUSE_VERIFY": str(proof)}, timeout=1800)
+    verdicts = [line.split() for line in proof.read_text().splitlines()]
+    assert {verdict for verdict, _ in verdicts} == {"identical", "compiled"}
+    compiled = sorted(re.sub(r"\.(.+\.o)\.tmp$", r"\1", path.split("/patched/0/")[1])
+                      for verdict, path in verdicts if verdict == "compiled")
+    assert compiled == [change["object"] for change in record["changed"]]  # the three whose code changed
+    assert len(verdicts) == len(record["recompiled"]) == 30
+    assert _payload(xen, patch) == payload and json.loads((pair / "patched.json").read_text()) == record
 
 
 def test_changed_initialized_data_is_refused(xen: Checkout) -> None:

@@ -56,10 +56,18 @@ def reuse_helper_path() -> Path:
 @dataclass(frozen=True)
 class Reuse:
     """How a build shares objects with another: `keep` its own for later builds (an original tree), or take
-    those of `original` (the tree it was copied from) where the compiler would see the same input."""
+    those of `original` (the tree it was copied from) where the compiler would see the same input, as the
+    original's index says (sandboxed_reuse.py), naming in `wanted` the units the index lacks."""
 
     keep: bool = False
     original: Path | None = None
+    wanted: Path | None = None
+
+
+def reuse_index_dir(original_tree: Path) -> Path:
+    """Where the index of an original tree's kept objects lives: beside the tree, in the directory only the
+    stage that builds that tree may write."""
+    return original_tree.parent / "reuse-index"
 
 
 def prepare_tree(project: Project, baseline: Baseline, source_tree: Path, tree: Path) -> None:
@@ -127,13 +135,15 @@ def run_build(baseline: Baseline, tree: Path, tools: dict[str, Tool], extra_cfla
     objlog = log.with_suffix(".objects")
     objlog.unlink(missing_ok=True)
     compiler = compiler_link(bin_dir, baseline, tools)
-    env = _environment(baseline, tree, tools, extra_cflags, objlog)
+    env = build_environment(baseline, tree, tools, extra_cflags, objlog)
     env["PATH"] = os.pathsep.join([str(compiler.parent.resolve()), env.get("PATH", os.defpath)])
     if reuse.keep:
         env["XSPLICE_KEEP"] = "1"
     if reuse.original is not None:
         env.update({"XSPLICE_REUSE_FROM": str(reuse.original.resolve()), "XSPLICE_PYTHON": sys.executable,
-                    "XSPLICE_REUSE_HELPER": str(reuse_helper_path())})
+                    "XSPLICE_REUSE_HELPER": str(reuse_helper_path()),
+                    "XSPLICE_REUSE_INDEX": str(reuse_index_dir(reuse.original.resolve())),
+                    "XSPLICE_REUSE_WANTED": str(reuse.wanted.resolve()) if reuse.wanted else ""})
     env["XSPLICE_CC"] = shutil.which(baseline.build.compiler) or tools["gcc"].path
     commands = [baseline.build.prepare] if prepare and baseline.build.prepare else []
     commands.append(baseline.build.command)
@@ -187,8 +197,9 @@ def _git_apply(options: list[str], patch: Path, tree: Path, env: dict[str, str])
     return result.stdout
 
 
-def _environment(baseline: Baseline, tree: Path, tools: dict[str, Tool], extra_cflags: str,
-                 objlog: Path) -> dict[str, str]:
+def build_environment(baseline: Baseline, tree: Path, tools: dict[str, Tool], extra_cflags: str,
+                      objlog: Path) -> dict[str, str]:
+    """The environment a build of `tree` runs in (the wrapper's variables without PATH's wrapper directory)."""
     env = {key: value for key, value in os.environ.items() if key not in _SCRUBBED}
     env.update({"LC_ALL": "C", "TZ": "UTC", "SOURCE_DATE_EPOCH": "1439856000"})
     env.update(baseline.build.env)

@@ -26,7 +26,16 @@ from ..records import (
 )
 from ..target.baseline import Baseline, load_baseline
 from . import toolchain
-from .build import SPLIT_SECTIONS_FLAGS, BuildOutput, Reuse, apply_patch, patched_tree, prepare_tree, run_build
+from .build import (
+    SPLIT_SECTIONS_FLAGS,
+    BuildOutput,
+    Reuse,
+    apply_patch,
+    patched_tree,
+    prepare_tree,
+    reuse_index_dir,
+    run_build,
+)
 from .debuginfo import debug_objects
 
 
@@ -43,6 +52,8 @@ def build_checkout(project: Project, definition: Baseline, name: str, extra_cfla
     records = Records(project, definition.name)
     source = project.root / CheckoutRecord.read(records.checkout).tree
     tree = records.base / name / "tree"
+    if keep:
+        remove_tree(reuse_index_dir(tree))  # what it says is of the tree about to be replaced
     prepare_tree(project, definition, source, tree)
     return run_build(definition, tree, recorded_tools(project), extra_cflags, records.base / name / "build.log",
                      prepare=True, bin_dir=records.bin, reuse=Reuse(keep=keep))
@@ -58,7 +69,10 @@ def build_patched(project: Project, baseline: str, patch: str) -> dict[str, Any]
     orig = OrigRecord.read(records.build_orig)
     with patched_tree(records.base / "patched", project.root / orig.tree) as tree:
         # XSPLICE_NO_REUSE=1 compiles every translation unit make asks for (to compare against).
-        reuse = Reuse() if os.environ.get("XSPLICE_NO_REUSE") else Reuse(original=project.root / orig.tree)
+        wanted = records.patch_dir / "reuse-wanted"  # read by build-patched's own process: sandboxed_reuse.py
+        wanted.unlink(missing_ok=True)
+        reuse = Reuse() if os.environ.get("XSPLICE_NO_REUSE") else Reuse(original=project.root / orig.tree,
+                                                                          wanted=wanted)
         flags = SPLIT_SECTIONS_FLAGS if definition.build.split_sections == "wrapper" else ""
         objects_dir = records.patch_dir / "objects"
         remove_tree(objects_dir)

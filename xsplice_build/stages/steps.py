@@ -131,6 +131,20 @@ def stage_build_patched(project: Project, baseline: str, patch: str) -> None:
                       [records.patch_dir, records.base / "patched"], then=diff,
                       meanwhile=lambda: _warm_later_stages(project))
     PatchedRecord.from_json(built, "the sandboxed build-patched").write(records.patched)
+    _fill_reuse_index(project, baseline, records)
+
+
+def _fill_reuse_index(project: Project, baseline: str, records: Records) -> None:
+    """Index the original units this build could not reuse for want of an entry, for the next build
+    (sandboxed_reuse.py: computed here, outside the patch's build, in a sandbox that writes only the index)."""
+    from . import sandboxed_reuse
+    from .build import reuse_index_dir
+
+    original = project.root / OrigRecord.read(records.build_orig).tree
+    units = sandboxed_reuse.wanted_units(records.patch_dir / "reuse-wanted", original)
+    if units:
+        run_stage(project, sandboxed_reuse.fill_index, {"baseline": baseline, "units": "\n".join(units)},
+                  [reuse_index_dir(original)])
 
 
 # What the stages after build-patched load, by name: loaded while the sandboxed build runs, where this process
