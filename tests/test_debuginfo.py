@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ from xsplice_build.diff.types import has_dwarf, read_types
 from xsplice_build.errors import BuildError
 from xsplice_build.project import Project
 from xsplice_build.records import ChangedObject
-from xsplice_build.stages.debuginfo import debug_objects
+from xsplice_build.stages.debuginfo import EarlyDebugCompiles, debug_objects
 from xsplice_build.target.baseline import load_baseline
 
 
@@ -65,3 +68,56 @@ def test_a_unit_that_does_not_compile_is_one_line(tmp_path: Path) -> None:
     changed = [_changed("xen/common/unit.o", "cd" * 32)]
     with pytest.raises(BuildError, match=r"xen/common/unit.o: the debug compile for the struct-layout check failed"):
         debug_objects(definition, changed, orig, patched, tmp_path / "cache", tmp_path / "patch", tmp_path)
+
+
+def _early_then_after_make(tmp_path: Path, while_make_runs: Callable[[Path], None]) -> tuple[bool, Path, Path]:
+    """Early debug compiles of xen/common/unit.c (which includes unit.h) around a stand-in for make, which logs the
+    unit as compiled and then does `while_make_runs`; whether the early one holds, its debug object (or the
+    one compiled after make) and one compiled now for comparison."""
+    definition = load_baseline(Project(REPO), "xen-4.17")
+    if not shutil.which(definition.build.compiler):
+        pytest.skip(f"{definition.build.compiler} is not installed")
+    orig, patched = _tree(tmp_path / "orig", ""), _tree(tmp_path / "patched", "int flags; ")
+    for tree in (orig, patched):
+        (tree / "xen" / "common" / "unit.h").write_text("#define UNIT_LIMIT 4\n")
+        unit = tree / "xen" / "common" / "unit.c"
+        unit.write_text('#include "unit.h"\n' + unit.read_text())
+    cache, patch_dir, objlog = tmp_path / "cache", tmp_path / "patch", tmp_path / "build.objects"
+    changed = [_changed("xen/common/unit.o", "ab" * 32)]
+    with EarlyDebugCompiles(definition, orig, patched, {"xen/common/unit.o": "ab" * 32}, cache, patch_dir, objlog,
+                            ["xen/common/unit.c", "xen/common/unit.h"]) as early:
+        objlog.write_text(f"{patched}/xen/common/.unit.o.tmp\n")  # as the wrapper logs a kbuild compile
+        deadline = time.monotonic() + 120
+        while "xen/common/unit.o" not in early.started() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        while_make_runs(patched)
+    pairs = debug_objects(definition, changed, orig, patched, cache, patch_dir, tmp_path, early)
+    held = early.taken == {"xen/common/unit.o"}
+    after = tmp_path / "after"
+    shutil.copytree(patched, after)
+    fresh = debug_objects(definition, changed, orig, after, tmp_path / "cache-2", tmp_path / "patch-2", tmp_path)
+    return held, tmp_path / pairs["xen/common/unit.o"][1], tmp_path / fresh["xen/common/unit.o"][1]
+
+
+def test_a_debug_compile_run_while_make_links_is_the_one_after_it(tmp_path: Path) -> None:
+    held, early, after = _early_then_after_make(tmp_path, lambda tree: None)
+    assert held and early.read_bytes() == after.read_bytes()
+    assert read_types(early).layouts["struct item"].size == 16
+
+
+def test_an_early_debug_compile_whose_input_changed_is_done_again(tmp_path: Path) -> None:
+    def header_rewritten(tree: Path) -> None:  # a generated header make writes after the unit's compile
+        header = tree / "xen" / "common" / "unit.h"
+        header.write_text("#define UNIT_LIMIT 4\nstruct extra { long a, b; };\nstruct extra unit_extra;\n")
+        os.utime(header, ns=(time.time_ns(), time.time_ns()))
+    held, early, after = _early_then_after_make(tmp_path, header_rewritten)
+    assert not held
+    assert "struct extra" in read_types(early).layouts and early.read_bytes() == after.read_bytes()
+
+
+def test_an_early_debug_compile_whose_command_changed_is_done_again(tmp_path: Path) -> None:
+    def flags_changed(tree: Path) -> None:  # the patch's Makefile change reached kbuild's record of the command
+        command = tree / "xen" / "common" / ".unit.o.cmd"
+        command.write_text(command.read_text().replace("-O2", "-O1"))
+    held, early, after = _early_then_after_make(tmp_path, flags_changed)
+    assert not held and early.read_bytes() == after.read_bytes()

@@ -129,10 +129,15 @@ def compiler_link(bin_dir: Path, baseline: Baseline, tools: dict[str, Tool]) -> 
     return link
 
 
+def object_log(log: Path) -> Path:
+    """Where the wrapper logs each object a build with log `log` compiles, as it compiles it."""
+    return log.with_suffix(".objects")
+
+
 def run_build(baseline: Baseline, tree: Path, tools: dict[str, Tool], extra_cflags: str, log: Path,
               prepare: bool, bin_dir: Path, reuse: Reuse = Reuse()) -> BuildOutput:
     """Run the recipe in `tree`; returns what it compiled (or reused) and the image it linked."""
-    objlog = log.with_suffix(".objects")
+    objlog = object_log(log)
     objlog.unlink(missing_ok=True)
     compiler = compiler_link(bin_dir, baseline, tools)
     env = build_environment(baseline, tree, tools, extra_cflags, objlog)

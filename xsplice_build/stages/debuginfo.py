@@ -12,10 +12,14 @@ Objects that already carry DWARF (minixen builds with -g) need no second compile
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shlex
 import shutil
 import subprocess
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +42,11 @@ class DebugUnit:
 
 
 def debug_objects(baseline: Baseline, changed: list[ChangedObject], orig_tree: Path, patched_tree: Path,
-                  cache: Path, patch_dir: Path, root: Path) -> dict[str, tuple[str | None, str]]:
+                  cache: Path, patch_dir: Path, root: Path,
+                  early: EarlyDebugCompiles | None = None) -> dict[str, tuple[str | None, str]]:
     """{object: (original, patched)} (paths relative to `root`; no original for a new object) for each changed
     object whose units need a debug compile; objects with their own DWARF, or without a recorded command, are
-    left out."""
+    left out. A patched unit `early` compiled while make ran is taken when it still holds."""
     units: list[DebugUnit] = []
     pairs: dict[str, tuple[str | None, str]] = {}
     for change in changed:
@@ -49,11 +54,12 @@ def debug_objects(baseline: Baseline, changed: list[ChangedObject], orig_tree: P
         command_file = _command_file(baseline, patched_tree, name)
         if has_dwarf(patched_tree / name) or command_file is None or _c_source(command_file) is None:
             continue  # DWARF already there, no recorded command, or assembly (no C types to compare)
-        patched = DebugUnit(patched_tree, name, patch_dir / "debug" / name)
-        units.append(patched)
+        patched = debug_unit(patched_tree, name, patch_dir)
+        if early is None or not early.take(patched):
+            units.append(patched)
         original = None
         if change.original:
-            original = DebugUnit(orig_tree, name, cache / f"{name}.{str(change.original_sha256)[:16]}.o")
+            original = original_debug_unit(orig_tree, name, cache, str(change.original_sha256))
             if not original.output.is_file():
                 units.append(original)
         pairs[name] = (relative(original.output, root) if original else None, relative(patched.output, root))
@@ -83,20 +89,152 @@ def _c_source(command_file: Path) -> str | None:
     return sources[0] if len(sources) == 1 else None
 
 
-def _compile(baseline: Baseline, unit: DebugUnit, compiler: str) -> None:
+def debug_unit(patched_tree: Path, name: str, patch_dir: Path) -> DebugUnit:
+    return DebugUnit(patched_tree, name, patch_dir / "debug" / name)
+
+
+def original_debug_unit(orig_tree: Path, name: str, cache: Path, original_sha256: str) -> DebugUnit:
+    """Kept by the original object's content: it depends on nothing else."""
+    return DebugUnit(orig_tree, name, cache / f"{name}.{original_sha256[:16]}.o")
+
+
+def _command(baseline: Baseline, unit: DebugUnit, compiler: str) -> tuple[list[str], Path]:
+    """The unit's debug compile (kbuild's recorded flags, -g, the tree mapped out), writing the output's
+    scratch name, and the directory it runs in."""
     command_file = _command_file(baseline, unit.tree, unit.object)
     assert command_file is not None
     arguments = _arguments(command_file)
     source = _c_source(command_file)
     if source is None:
         raise BuildError(f"{command_file}: the recorded command compiles no single C source")
-    unit.output.parent.mkdir(parents=True, exist_ok=True)
-    scratch = unit.output.with_name(unit.output.name + ".tmp")
     directory = unit.tree / _directory(baseline)
-    result = subprocess.run([compiler, *compile_flags(arguments[1:]), "-g", f"-ffile-prefix-map={directory}=.",
-                             "-c", source, "-o", str(scratch)], cwd=directory, capture_output=True, text=True,
-                            check=False)
+    return [compiler, *compile_flags(arguments[1:]), "-g", f"-ffile-prefix-map={directory}=.", "-c", source,
+            "-o", str(_scratch(unit))], directory
+
+
+def _scratch(unit: DebugUnit) -> Path:
+    return unit.output.with_name(unit.output.name + ".tmp")
+
+
+def _compile(baseline: Baseline, unit: DebugUnit, compiler: str) -> None:
+    command, directory = _command(baseline, unit, compiler)
+    _run(unit, command, directory)
+    _scratch(unit).replace(unit.output)
+
+
+def _run(unit: DebugUnit, command: list[str], directory: Path) -> None:
+    unit.output.parent.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(command, cwd=directory, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         first = (result.stderr.strip().splitlines() or ["no output"])[0]
         raise BuildError(f"{unit.object}: the debug compile for the struct-layout check failed: {first}")
-    scratch.replace(unit.output)
+
+
+@dataclass(frozen=True)
+class _Started:
+    command: list[str]
+    dependencies: Path  # what the compile read (-MD), as make syntax
+    started_ns: int
+
+
+class EarlyDebugCompiles:
+    """Debug compiles of the C files a patch edits, run while make still builds.
+
+    After compiling a one-file fix make links on one core for seconds; the unit's debug compiles
+    can run meanwhile instead of after it. The original unit's starts at once (the original tree
+    never changes); the patched unit's once make has compiled it (everything it depends on, generated
+    headers included, is made by then). After make a patched one is taken only when its recorded
+    command is still the one it ran and no file it read (its own dependency list) changed since it
+    started; otherwise debug_objects compiles it as before. Units whose object turns out unchanged
+    are simply not asked for.
+    """
+
+    def __init__(self, baseline: Baseline, orig_tree: Path, patched_tree: Path, originals: dict[str, str],
+                 cache: Path, patch_dir: Path, objlog: Path, touched: list[str]) -> None:
+        self._baseline, self._objlog = baseline, objlog
+        self._compiler = shutil.which(baseline.build.compiler) or baseline.build.compiler
+        self._originals: list[DebugUnit] = []
+        self._patched: dict[str, DebugUnit] = {}
+        for source in touched:
+            name = source[:-2] + ".o" if source.endswith(".c") else ""
+            command = _command_file(baseline, patched_tree, name) if name else None
+            if command is None or _c_source(command) is None or has_dwarf(orig_tree / name):
+                continue
+            self._patched[name] = debug_unit(patched_tree, name, patch_dir)
+            if name in originals:
+                original = original_debug_unit(orig_tree, name, cache, originals[name])
+                if not original.output.is_file():
+                    self._originals.append(original)
+        self._started: dict[str, _Started] = {}
+        self.taken: set[str] = set()  # the patched units whose early compile held
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> EarlyDebugCompiles:
+        self._objlog.unlink(missing_ok=True)  # only what this make compiles
+        if self._patched:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        with contextlib.suppress(BuildError, OSError):  # anything not done here is done after make
+            for unit in self._originals:
+                if self._stop.is_set():
+                    return
+                _compile(self._baseline, unit, self._compiler)
+            waiting = dict(self._patched)
+            while waiting and not self._stop.wait(0.05):
+                for name in self._compiled(waiting):
+                    self._start(waiting.pop(name))
+
+    def _compiled(self, waiting: dict[str, DebugUnit]) -> list[str]:
+        """The units make has compiled so far, as the wrapper logged them (kbuild's .NAME.o.tmp is NAME.o)."""
+        try:
+            logged = self._objlog.read_text().splitlines()
+        except OSError:
+            return []
+        tree = next(iter(waiting.values())).tree
+        names = {os.path.relpath(re.sub(r"/\.([^/]+\.o)\.tmp$", r"/\1", line), tree) for line in logged}
+        return [name for name in waiting if name in names]
+
+    def _start(self, unit: DebugUnit) -> None:
+        command, directory = _command(self._baseline, unit, self._compiler)
+        dependencies = _scratch(unit).with_name(unit.output.name + ".d")
+        started_ns = time.time_ns()
+        _run(unit, [*command, "-MD", "-MF", str(dependencies)], directory)
+        self._started[unit.object] = _Started(command, dependencies, started_ns)
+
+    def started(self) -> set[str]:
+        """The patched units whose early compile has run."""
+        return set(self._started)
+
+    def take(self, unit: DebugUnit) -> bool:
+        """Whether `unit`'s early compile holds; if so its output is in place."""
+        started = self._started.get(unit.object)
+        if started is None or not _scratch(unit).is_file():
+            return False
+        command, directory = _command(self._baseline, unit, self._compiler)
+        holds = command == started.command and _unchanged_since(started.dependencies, directory, started.started_ns)
+        started.dependencies.unlink(missing_ok=True)
+        if holds:
+            _scratch(unit).replace(unit.output)
+            self.taken.add(unit.object)
+        return holds
+
+
+def _unchanged_since(dependencies: Path, directory: Path, started_ns: int) -> bool:
+    """Every file the make-syntax dependency list names exists and was last written before `started_ns`."""
+    try:
+        text = dependencies.read_text().replace("\\\n", " ")
+    except OSError:
+        return False
+    _, _, listed = text.partition(": ")
+    try:
+        return all(os.stat(directory / name).st_mtime_ns < started_ns for name in listed.split())
+    except OSError:
+        return False

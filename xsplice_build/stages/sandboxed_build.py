@@ -31,12 +31,13 @@ from .build import (
     BuildOutput,
     Reuse,
     apply_patch,
+    object_log,
     patched_tree,
     prepare_tree,
     reuse_index_dir,
     run_build,
 )
-from .debuginfo import debug_objects
+from .debuginfo import EarlyDebugCompiles, debug_objects
 
 
 def build_orig(project: Project, baseline: str) -> dict[str, str]:
@@ -92,8 +93,13 @@ def build_patched(project: Project, baseline: str, patch: str) -> dict[str, Any]
         touched: list[str] = []
         for source in fix_files:
             touched += apply_patch(source, tree)
-        output = run_build(definition, tree, recorded_tools(project), flags, records.patch_dir / "build.log",
-                           prepare=False, bin_dir=records.bin, reuse=reuse)
+        remove_tree(records.patch_dir / "debug")
+        log = records.patch_dir / "build.log"
+        unstacked = {name: digest for name, digest in before.items() if orig.objects.get(name) == digest}
+        with EarlyDebugCompiles(definition, project.root / orig.tree, tree, unstacked, records.patch_dir / "debug-orig",
+                                records.patch_dir, object_log(log), touched) as early:
+            output = run_build(definition, tree, recorded_tools(project), flags, log, prepare=False,
+                               bin_dir=records.bin, reuse=reuse)
         changed = []
         for name, digest in sorted(output.objects.items()):
             if before.get(name) == digest:
@@ -110,10 +116,9 @@ def build_patched(project: Project, baseline: str, patch: str) -> dict[str, Any]
         # Both sides go in this pair's directory, which the sandbox lets it write (originals are kept by
         # content under debug-orig/ across reruns). An object the stack changed was compiled from a tree
         # state that is gone: it gets no debug pair, and the layout check reads the objects' own DWARF.
-        remove_tree(records.patch_dir / "debug")
         pairs = debug_objects(definition, [change for change in changed if not change.original_file],
                               project.root / orig.tree, tree, records.patch_dir / "debug-orig", records.patch_dir,
-                              project.root)
+                              project.root, early)
     # Digests, so that an edited debug object makes the stage run again.
     debug = {name: DebugCompile(original=original, patched=patched, patched_sha256=sha256_file(project.root / patched),
                                 original_sha256=sha256_file(project.root / original) if original else None)
