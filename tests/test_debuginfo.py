@@ -82,15 +82,25 @@ def _early_then_after_make(tmp_path: Path, while_make_runs: Callable[[Path], Non
         (tree / "xen" / "common" / "unit.h").write_text("#define UNIT_LIMIT 4\n")
         unit = tree / "xen" / "common" / "unit.c"
         unit.write_text('#include "unit.h"\n' + unit.read_text())
+    for tree in (orig, patched):  # a unit whose compile gives the original's object again
+        (tree / "xen" / "common" / "same.c").write_text("int same;\n")
+        (tree / "xen" / "common" / "same.o").write_bytes(b"the same object")
+        (tree / "xen" / "common" / ".same.o.cmd").write_text("cmd_common/same.o := gcc -c common/same.c "
+                                                             "-o common/same.o\n")
     cache, patch_dir, objlog = tmp_path / "cache", tmp_path / "patch", tmp_path / "build.objects"
     changed = [_changed("xen/common/unit.o", "ab" * 32)]
-    with EarlyDebugCompiles(definition, orig, patched, {"xen/common/unit.o": "ab" * 32}, cache, patch_dir, objlog,
-                            ["xen/common/unit.c", "xen/common/unit.h"]) as early:
-        objlog.write_text(f"{patched}/xen/common/.unit.o.tmp\n")  # as the wrapper logs a kbuild compile
+    originals = {f"xen/common/{name}.o": "ab" * 32 for name in ("unit", "entry", "same")}
+    with EarlyDebugCompiles(definition, orig, patched, originals, cache, patch_dir, objlog) as early:
+        # make compiles the unit (kbuild: into .unit.o.tmp, which becomes unit.o), and so does every other
+        # unit of the tree: only one whose object differs from the original's is taken up.
+        (patched / "xen" / "common" / "unit.o").write_bytes(b"compiled again, and changed")
+        objlog.write_text(f"{patched}/xen/common/.unit.o.tmp\n{patched}/xen/common/.entry.o.tmp\n"
+                          f"{patched}/xen/common/.same.o.tmp\n")
         deadline = time.monotonic() + 120
         while "xen/common/unit.o" not in early.started() and time.monotonic() < deadline:
             time.sleep(0.05)
         while_make_runs(patched)
+    assert early.started() <= {"xen/common/unit.o"}
     pairs = debug_objects(definition, changed, orig, patched, cache, patch_dir, tmp_path, early)
     held = early.taken == {"xen/common/unit.o"}
     after = tmp_path / "after"

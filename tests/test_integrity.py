@@ -134,6 +134,23 @@ def test_a_no_op_starts_no_git_and_no_stage(built: Checkout, tmp_path: Path) -> 
     assert calls.exists()
 
 
+def test_a_pristine_file_only_touched_is_asked_of_git_once(built: Checkout, tmp_path: Path) -> None:
+    bin_dir, calls = tmp_path / "bin", tmp_path / "git-calls"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "git"
+    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {shutil.which("git")} "$@"\n')
+    wrapper.chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    built.doit("build-patch", "XSA-131", env=env)  # a new PATH: the toolchain is probed again, once
+    os.utime(built.root / "work/minixen/src/common/domctl.c")  # same bytes, a new mtime: only git can tell
+    calls.unlink(missing_ok=True)
+    result = built.doit("build-patch", "XSA-131", env=env)
+    assert _started(result.stdout) == [] and calls.exists()  # intact, so nothing runs again
+    calls.unlink()
+    result = built.doit("build-patch", "XSA-131", env=env)
+    assert _started(result.stdout) == [] and not calls.exists()  # what git found is not asked again
+
+
 def test_a_changed_toolchain_lock_or_record_is_checked_again(built: Checkout) -> None:
     lock = built.root / "toolchain.lock"
     lock.write_text(lock.read_text() + "# reviewed again\n")

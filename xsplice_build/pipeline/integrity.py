@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import XspliceError
-from ..files import read_json, sha256_file
+from ..files import read_json, sha256_file, write_atomic
 from ..project import Project
 from ..records import STAGE_RECORDS
 
@@ -112,12 +112,31 @@ def _checkout_intact(project: Project, record: dict[str, Any], fingerprint: str 
     tree = project.root / str(record.get("tree", ""))
     if not (tree / ".git").exists():
         return False
-    if fingerprint is not None and tree_state(tree, str(record.get("commit"))) == fingerprint:
+    commit = str(record.get("commit"))
+    before = tree_state(tree, commit)
+    if before is not None and before in (fingerprint, _verified_state(tree)):
         return True
     # Imported here: the checkout stage's module (and GitPython) is for when git must run, not for every plan.
     from ..stages.checkout import pristine_at
 
-    return pristine_at(tree, str(record.get("commit")))
+    intact = pristine_at(tree, commit)
+    if intact and before is not None and tree_state(tree, commit) == before:
+        # doit keeps a task's values only when the task runs, so the fingerprint it saved stays the old one
+        # while the checkout stage is up to date: after a file is only touched, every later check would run
+        # git again. What git found intact, unchanged while it looked, is kept beside the tree instead.
+        write_atomic(_verified_state_file(tree), before.encode())
+    return intact
+
+
+def _verified_state_file(tree: Path) -> Path:
+    return tree.with_name(tree.name + ".verified-state")
+
+
+def _verified_state(tree: Path) -> str | None:
+    try:
+        return _verified_state_file(tree).read_text() or None
+    except OSError:
+        return None
 
 
 def checkout_state(project: Project, record: dict[str, Any]) -> str | None:

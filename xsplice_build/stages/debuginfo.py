@@ -138,33 +138,26 @@ class _Started:
 
 
 class EarlyDebugCompiles:
-    """Debug compiles of the C files a patch edits, run while make still builds.
+    """The debug compiles of the units whose objects change, run while make still builds.
 
-    After compiling a one-file fix make links on one core for seconds; the unit's debug compiles
-    can run meanwhile instead of after it. The original unit's starts at once (the original tree
-    never changes); the patched unit's once make has compiled it (everything it depends on, generated
-    headers included, is made by then). After make a patched one is taken only when its recorded
-    command is still the one it ran and no file it read (its own dependency list) changed since it
-    started; otherwise debug_objects compiles it as before. Units whose object turns out unchanged
-    are simply not asked for.
+    make links on one core for seconds after its compiles; the debug compiles of the units that
+    changed can run meanwhile instead of after it. A unit is taken up once the wrapper has logged
+    its compile and the object differs from the one the original build kept (a reused or unchanged
+    object is the original's): its original side is compiled then if not already kept (the original
+    tree never changes), and its patched side (everything it depends on, generated headers included,
+    is made by then). After make a patched one is taken only when its recorded command is still the
+    one it ran and no file it read (its own dependency list) changed since it started; otherwise, and
+    for every unit not reached before make ended, debug_objects compiles it as before.
     """
 
     def __init__(self, baseline: Baseline, orig_tree: Path, patched_tree: Path, originals: dict[str, str],
-                 cache: Path, patch_dir: Path, objlog: Path, touched: list[str]) -> None:
+                 cache: Path, patch_dir: Path, objlog: Path) -> None:
         self._baseline, self._objlog = baseline, objlog
+        self._orig_tree, self._tree, self._cache, self._patch_dir = orig_tree, patched_tree, cache, patch_dir
+        self._tree_real = patched_tree.resolve()  # the wrapper logs $PWD's paths
+        self._originals = originals  # object -> the original's digest, for the units the stack left alone
         self._compiler = shutil.which(baseline.build.compiler) or baseline.build.compiler
-        self._originals: list[DebugUnit] = []
-        self._patched: dict[str, DebugUnit] = {}
-        for source in touched:
-            name = source[:-2] + ".o" if source.endswith(".c") else ""
-            command = _command_file(baseline, patched_tree, name) if name else None
-            if command is None or _c_source(command) is None or has_dwarf(orig_tree / name):
-                continue
-            self._patched[name] = debug_unit(patched_tree, name, patch_dir)
-            if name in originals:
-                original = original_debug_unit(orig_tree, name, cache, originals[name])
-                if not original.output.is_file():
-                    self._originals.append(original)
+        self._seen: set[str] = set()
         self._started: dict[str, _Started] = {}
         self.taken: set[str] = set()  # the patched units whose early compile held
         self._stop = threading.Event()
@@ -172,35 +165,53 @@ class EarlyDebugCompiles:
 
     def __enter__(self) -> EarlyDebugCompiles:
         self._objlog.unlink(missing_ok=True)  # only what this make compiles
-        if self._patched:
-            self._thread.start()
+        self._thread.start()
         return self
 
     def __exit__(self, *_: object) -> None:
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._thread.join()
 
     def _run(self) -> None:
-        with contextlib.suppress(BuildError, OSError):  # anything not done here is done after make
-            for unit in self._originals:
+        pending: dict[str, Path] = {}  # logged units whose final object is not made yet
+        while not self._stop.wait(0.05):
+            pending.update(self._newly_logged())
+            for name, written in list(pending.items()):
                 if self._stop.is_set():
                     return
-                _compile(self._baseline, unit, self._compiler)
-            waiting = dict(self._patched)
-            while waiting and not self._stop.wait(0.05):
-                for name in self._compiled(waiting):
-                    self._start(waiting.pop(name))
+                if written.exists() and written != self._tree_real / name:
+                    continue  # kbuild still makes NAME.o from .NAME.o.tmp
+                del pending[name]
+                with contextlib.suppress(BuildError, OSError):  # what is not done here is done after make
+                    self._take_up(name)
 
-    def _compiled(self, waiting: dict[str, DebugUnit]) -> list[str]:
-        """The units make has compiled so far, as the wrapper logged them (kbuild's .NAME.o.tmp is NAME.o)."""
+    def _newly_logged(self) -> dict[str, Path]:
+        """{object: the file its compile wrote} for each compile the wrapper logged since the last look
+        (kbuild compiles .NAME.o.tmp, which becomes NAME.o)."""
         try:
-            logged = self._objlog.read_text().splitlines()
+            lines = self._objlog.read_text().splitlines()
         except OSError:
-            return []
-        tree = next(iter(waiting.values())).tree
-        names = {os.path.relpath(re.sub(r"/\.([^/]+\.o)\.tmp$", r"/\1", line), tree) for line in logged}
-        return [name for name in waiting if name in names]
+            return {}
+        found = {}
+        for line in lines:
+            written = Path(os.path.realpath(line))
+            name = os.path.relpath(re.sub(r"/\.([^/]+\.o)\.tmp$", r"/\1", str(written)), self._tree_real)
+            if name not in self._seen:
+                self._seen.add(name)
+                found[name] = written
+        return found
+
+    def _take_up(self, name: str) -> None:
+        command = _command_file(self._baseline, self._tree, name)
+        if name not in self._originals or command is None or _c_source(command) is None or \
+                has_dwarf(self._orig_tree / name):
+            return
+        if (self._orig_tree / name).read_bytes() == (self._tree / name).read_bytes():
+            return  # the original's object (reused, or the same compile): nothing of it is in the diff
+        original = original_debug_unit(self._orig_tree, name, self._cache, self._originals[name])
+        if not original.output.is_file():
+            _compile(self._baseline, original, self._compiler)
+        self._start(debug_unit(self._tree, name, self._patch_dir))
 
     def _start(self, unit: DebugUnit) -> None:
         command, directory = _command(self._baseline, unit, self._compiler)

@@ -97,7 +97,7 @@ def build_patched(project: Project, baseline: str, patch: str) -> dict[str, Any]
         log = records.patch_dir / "build.log"
         unstacked = {name: digest for name, digest in before.items() if orig.objects.get(name) == digest}
         with EarlyDebugCompiles(definition, project.root / orig.tree, tree, unstacked, records.patch_dir / "debug-orig",
-                                records.patch_dir, object_log(log), touched) as early:
+                                records.patch_dir, object_log(log)) as early:
             output = run_build(definition, tree, recorded_tools(project), flags, log, prepare=False,
                                bin_dir=records.bin, reuse=reuse)
         changed = []
