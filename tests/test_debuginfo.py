@@ -15,7 +15,12 @@ from xsplice_build.diff.types import has_dwarf, read_types
 from xsplice_build.errors import BuildError
 from xsplice_build.project import Project
 from xsplice_build.records import ChangedObject
-from xsplice_build.stages.debuginfo import EarlyDebugCompiles, debug_objects
+from xsplice_build.stages.debuginfo import (
+    EarlyDebugCompiles,
+    compile_trusted_original,
+    debug_objects,
+    trusted_original,
+)
 from xsplice_build.target.baseline import load_baseline
 
 
@@ -131,3 +136,23 @@ def test_an_early_debug_compile_whose_command_changed_is_done_again(tmp_path: Pa
         command.write_text(command.read_text().replace("-O2", "-O1"))
     held, early, after = _early_then_after_make(tmp_path, flags_changed)
     assert not held and early.read_bytes() == after.read_bytes()
+
+
+def test_an_original_debug_object_made_by_trusted_code_serves_every_pair(tmp_path: Path) -> None:
+    # sandboxed_reuse.fill_index makes it in the original tree's index directory, which patched builds cannot
+    # write; a pair then takes it instead of compiling the original unit into its own directory.
+    definition = load_baseline(Project(REPO), "xen-4.17")
+    if not shutil.which(definition.build.compiler):
+        pytest.skip(f"{definition.build.compiler} is not installed")
+    orig, patched = _tree(tmp_path / "orig" / "tree", ""), _tree(tmp_path / "patched", "int flags; ")
+    assert compile_trusted_original(definition, orig, "xen/common/unit.o", "ab" * 32)
+    assert not compile_trusted_original(definition, orig, "xen/common/entry.o", "ab" * 32)  # assembly
+    trusted = trusted_original(orig, "xen/common/unit.o", "ab" * 32)
+    assert trusted.is_relative_to(tmp_path / "orig" / "reuse-index") and has_dwarf(trusted)
+    pairs = debug_objects(definition, [_changed("xen/common/unit.o", "ab" * 32)], orig, patched,
+                          tmp_path / "cache", tmp_path / "patch", tmp_path)
+    assert tmp_path / pairs["xen/common/unit.o"][0] == trusted and not (tmp_path / "cache").exists()
+    # Another original object (another digest) is not that one: the pair compiles its own.
+    pairs = debug_objects(definition, [_changed("xen/common/unit.o", "cd" * 32)], orig, patched,
+                          tmp_path / "cache", tmp_path / "patch", tmp_path)
+    assert (tmp_path / pairs["xen/common/unit.o"][0]).is_relative_to(tmp_path / "cache")

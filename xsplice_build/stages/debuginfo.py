@@ -30,6 +30,7 @@ from ..files import relative
 from ..records import ChangedObject
 from ..target.baseline import Baseline
 from ..target.layout import compile_flags, kbuild_command
+from .build import reuse_index_dir
 
 
 @dataclass(frozen=True)
@@ -94,8 +95,28 @@ def debug_unit(patched_tree: Path, name: str, patch_dir: Path) -> DebugUnit:
 
 
 def original_debug_unit(orig_tree: Path, name: str, cache: Path, original_sha256: str) -> DebugUnit:
-    """Kept by the original object's content: it depends on nothing else."""
-    return DebugUnit(orig_tree, name, cache / f"{name}.{original_sha256[:16]}.o")
+    """Kept by the original object's content, which is all it depends on: where trusted code made it for
+    every pair of the baseline, else in the pair's own `cache` (which only that pair trusts)."""
+    trusted = trusted_original(orig_tree, name, original_sha256)
+    return DebugUnit(orig_tree, name, trusted if trusted.is_file() else cache / f"{name}.{original_sha256[:16]}.o")
+
+
+def trusted_original(orig_tree: Path, name: str, original_sha256: str) -> Path:
+    """An original unit's debug object as trusted code keeps it: in the original tree's index directory,
+    which patched builds cannot write (sandboxed_reuse.py)."""
+    return reuse_index_dir(orig_tree) / "debug" / f"{name}.{original_sha256[:16]}.o"
+
+
+def compile_trusted_original(baseline: Baseline, orig_tree: Path, name: str, original_sha256: str) -> bool:
+    """Compile an original unit's debug object where every pair of the baseline takes it (trusted code only);
+    False for a unit that has none (assembly, no recorded command, DWARF of its own)."""
+    command_file = _command_file(baseline, orig_tree, name)
+    if command_file is None or _c_source(command_file) is None or has_dwarf(orig_tree / name):
+        return False
+    unit = DebugUnit(orig_tree, name, trusted_original(orig_tree, name, original_sha256))
+    if not unit.output.is_file():
+        _compile(baseline, unit, shutil.which(baseline.build.compiler) or baseline.build.compiler)
+    return True
 
 
 def _command(baseline: Baseline, unit: DebugUnit, compiler: str) -> tuple[list[str], Path]:

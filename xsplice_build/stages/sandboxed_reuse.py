@@ -7,9 +7,11 @@ Patched builds read it and cannot write it (their sandbox shows it read-only): c
 patch's build, which is the patch author's code, an entry could make a later patch's build skip a
 compile and drop that patch's change from its payload. A patched build names the units it found
 no entry for; after it, build-patched's process has `fill_index` compute those entries from the
-original tree and the commands recorded there, in a sandbox that may write only the index. The
-original build empties the index (sandboxed_build.build_checkout); an entry also names the
-recorded command and the rule's code by digest, so a stale one is never used.
+original tree and the commands recorded there, in a sandbox that may write only the index, and
+likewise the original units' debug objects the struct-layout rule compares against (debuginfo.py),
+which would otherwise be compiled again for each pair. The original build empties the index
+(sandboxed_build.build_checkout); an entry also names the recorded command and the rule's code by
+digest, so a stale one is never used.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from ..project import Project
 from ..records import OrigRecord, Records
 from ..target.baseline import load_baseline
 from .build import build_environment, reuse_helper_path, reuse_index_dir
+from .debuginfo import compile_trusted_original
 from .sandboxed_build import recorded_tools
 
 
@@ -51,11 +54,16 @@ def _kept_unit(original_tree: Path, key: str) -> bool:
         return False
 
 
-def fill_index(project: Project, baseline: str, units: str) -> int:
-    """Compute and write the index entries of `units` (one per line); returns how many were written."""
+def fill_index(project: Project, baseline: str, units: str, debug: str = "") -> int:
+    """Compute and write the index entries of `units`, and the original debug objects of the objects `debug`
+    names (one per line each: debuginfo.trusted_original); returns how many entries were written."""
     definition = load_baseline(project, baseline)
-    original = (project.root / OrigRecord.read(Records(project, baseline).build_orig).tree).resolve()
+    orig = OrigRecord.read(Records(project, baseline).build_orig)
+    original = (project.root / orig.tree).resolve()
     index = reuse_index_dir(original)
+    for name in debug.splitlines():
+        if name in orig.objects:  # its digest from the original's record, not from what a patched build said
+            compile_trusted_original(definition, original, name, orig.objects[name])
     keys = [key for key in units.splitlines() if _kept_unit(original, key)]
     helper = _helper()
     # The environment the original's compiles ran in (cpp reads SOURCE_DATE_EPOCH, TZ and the baseline's own).

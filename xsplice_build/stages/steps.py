@@ -135,16 +135,20 @@ def stage_build_patched(project: Project, baseline: str, patch: str) -> None:
 
 
 def _fill_reuse_index(project: Project, baseline: str, records: Records) -> None:
-    """Index the original units this build could not reuse for want of an entry, for the next build
-    (sandboxed_reuse.py: computed here, outside the patch's build, in a sandbox that writes only the index)."""
+    """Index the original units this build could not reuse for want of an entry, and compile the original
+    debug objects it compiled for itself, for the next builds (sandboxed_reuse.py: computed here, outside
+    the patch's build, in a sandbox that writes only the index)."""
     from . import sandboxed_reuse
     from .build import reuse_index_dir
 
     original = project.root / OrigRecord.read(records.build_orig).tree
+    index = reuse_index_dir(original)
     units = sandboxed_reuse.wanted_units(records.patch_dir / "reuse-wanted", original)
-    if units:
-        run_stage(project, sandboxed_reuse.fill_index, {"baseline": baseline, "units": "\n".join(units)},
-                  [reuse_index_dir(original)])
+    debug = [name for name, pair in PatchedRecord.read(records.patched).debug.items()
+             if pair.original and not (project.root / pair.original).resolve().is_relative_to(index.resolve())]
+    if units or debug:
+        run_stage(project, sandboxed_reuse.fill_index,
+                  {"baseline": baseline, "units": "\n".join(units), "debug": "\n".join(debug)}, [index])
 
 
 # What the stages after build-patched load, by name: loaded while the sandboxed build runs, where this process
