@@ -11,6 +11,7 @@ directly. The struct-layout rule (layouts.py) compares two tables.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -80,10 +81,30 @@ def has_dwarf(path: Path) -> bool:
         return False
 
 
+# Tables already read, by the sha256 of their object: the build's early debug compiles read them while make
+# still links, and the diff, run next in the same sandboxed process, finds them here. Only read after that.
+_READ: dict[str, TypeTable] = {}
+_READ_MAX = 64
+
+
 def read_types(path: Path) -> TypeTable:
     """The TypeTable of `path`'s DWARF (empty when it has none)."""
     try:
         data = path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read DWARF: {error}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    table = _READ.get(digest)
+    if table is None:
+        table = _read_types(path, data)
+        if len(_READ) >= _READ_MAX:
+            _READ.pop(next(iter(_READ)))
+        _READ[digest] = table
+    return table
+
+
+def _read_types(path: Path, data: bytes) -> TypeTable:
+    try:
         elf = ELFFile(io.BytesIO(with_debug_relocations(data, read_elf(data, str(path)))))
         if not elf.has_dwarf_info():
             return TypeTable()

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..diff.types import has_dwarf
+from ..diff.types import has_dwarf, read_types
 from ..errors import BuildError
 from ..files import relative
 from ..records import ChangedObject
@@ -232,7 +232,13 @@ class EarlyDebugCompiles:
         original = original_debug_unit(self._orig_tree, name, self._cache, self._originals[name])
         if not original.output.is_file():
             _compile(self._baseline, original, self._compiler)
-        self._start(debug_unit(self._tree, name, self._patch_dir))
+        patched = debug_unit(self._tree, name, self._patch_dir)
+        self._start(patched)
+        # The diff reads both sides' types next, in this process when the sandbox is kept for it: read now,
+        # while make links on one core, they are there already (types.read_types keeps them by content).
+        with contextlib.suppress(ValueError):
+            read_types(original.output)
+            read_types(_scratch(patched))
 
     def _start(self, unit: DebugUnit) -> None:
         command, directory = _command(self._baseline, unit, self._compiler)
