@@ -137,9 +137,9 @@ def _scratch(unit: DebugUnit) -> Path:
     return unit.output.with_name(unit.output.name + ".tmp")
 
 
-def _compile(baseline: Baseline, unit: DebugUnit, compiler: str) -> None:
+def _compile(baseline: Baseline, unit: DebugUnit, compiler: str, niced: bool = False) -> None:
     command, directory = _command(baseline, unit, compiler)
-    _run(unit, command, directory)
+    _run(unit, [*_NICE, *command] if niced else command, directory)
     _scratch(unit).replace(unit.output)
 
 
@@ -149,6 +149,11 @@ def _run(unit: DebugUnit, command: list[str], directory: Path) -> None:
     if result.returncode != 0:
         first = (result.stderr.strip().splitlines() or ["no output"])[0]
         raise BuildError(f"{unit.object}: the debug compile for the struct-layout check failed: {first}")
+
+
+# An early compile yields the processor to make's own work (its path to the link is what the build waits
+# for) and takes what make leaves idle; once make has ended nothing else runs, and it runs at full speed.
+_NICE = ("nice", "-n", "19")
 
 
 @dataclass(frozen=True)
@@ -231,7 +236,7 @@ class EarlyDebugCompiles:
             return  # the original's object (reused, or the same compile): nothing of it is in the diff
         original = original_debug_unit(self._orig_tree, name, self._cache, self._originals[name])
         if not original.output.is_file():
-            _compile(self._baseline, original, self._compiler)
+            _compile(self._baseline, original, self._compiler, niced=True)
         patched = debug_unit(self._tree, name, self._patch_dir)
         self._start(patched)
         # The diff reads both sides' types next, in this process when the sandbox is kept for it: read now,
@@ -244,7 +249,7 @@ class EarlyDebugCompiles:
         command, directory = _command(self._baseline, unit, self._compiler)
         dependencies = _scratch(unit).with_name(unit.output.name + ".d")
         started_ns = time.time_ns()
-        _run(unit, [*command, "-MD", "-MF", str(dependencies)], directory)
+        _run(unit, [*_NICE, *command, "-MD", "-MF", str(dependencies)], directory)
         self._started[unit.object] = _Started(command, dependencies, started_ns)
 
     def started(self) -> set[str]:
