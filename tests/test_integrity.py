@@ -113,14 +113,18 @@ def test_a_run_killed_during_payload_after_a_good_one_keeps_the_old_payload_then
     assert payload.read_bytes() == good
 
 
-def test_a_no_op_starts_no_git_and_no_stage(built: Checkout, tmp_path: Path) -> None:
-    # git on PATH is a wrapper that logs each call, then runs the real git.
+def _git_logging_each_call(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """An environment whose git (first on PATH) logs each call to the returned file, then runs the real git."""
     bin_dir, calls = tmp_path / "bin", tmp_path / "git-calls"
     bin_dir.mkdir()
     wrapper = bin_dir / "git"
     wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {shutil.which("git")} "$@"\n')
     wrapper.chmod(0o755)
-    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}, calls
+
+
+def test_a_no_op_starts_no_git_and_no_stage(built: Checkout, tmp_path: Path) -> None:
+    env, calls = _git_logging_each_call(tmp_path)
     built.doit("build-patch", "XSA-131", env=env)  # a new PATH: the toolchain is probed again, once
     calls.unlink(missing_ok=True)
     result = built.doit("build-patch", "XSA-131", env=env)
@@ -135,12 +139,7 @@ def test_a_no_op_starts_no_git_and_no_stage(built: Checkout, tmp_path: Path) -> 
 
 
 def test_a_pristine_file_only_touched_is_asked_of_git_once(built: Checkout, tmp_path: Path) -> None:
-    bin_dir, calls = tmp_path / "bin", tmp_path / "git-calls"
-    bin_dir.mkdir()
-    wrapper = bin_dir / "git"
-    wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {shutil.which("git")} "$@"\n')
-    wrapper.chmod(0o755)
-    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env, calls = _git_logging_each_call(tmp_path)
     built.doit("build-patch", "XSA-131", env=env)  # a new PATH: the toolchain is probed again, once
     os.utime(built.root / "work/minixen/src/common/domctl.c")  # same bytes, a new mtime: only git can tell
     calls.unlink(missing_ok=True)
