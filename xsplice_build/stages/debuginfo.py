@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -134,7 +135,12 @@ def _command(baseline: Baseline, unit: DebugUnit, compiler: str) -> tuple[list[s
 
 
 def _scratch(unit: DebugUnit) -> Path:
-    return unit.output.with_name(unit.output.name + ".tmp")
+    # Named for this process: two pairs' builds may compile the same trusted original at once (a parallel
+    # nightly), and two compilers writing one file would leave neither's object. The name reaches no byte.
+    return unit.output.with_name(f"{unit.output.name}.{_PROCESS_TAG}.tmp")
+
+
+_PROCESS_TAG = f"{os.getpid()}-{secrets.token_hex(4)}"  # sandboxes have PID namespaces of their own
 
 
 def _compile(baseline: Baseline, unit: DebugUnit, compiler: str, niced: bool = False) -> None:
