@@ -227,7 +227,7 @@ def _compiled_objects(baseline: Baseline, tree: Path, objlog: Path) -> dict[str,
     ignored = [re.compile(pattern) for pattern in baseline.build.ignore_objects]
     objects: dict[str, str] = {}
     for line in sorted(set(objlog.read_text().splitlines())):
-        path = _final_object(Path(os.path.normpath(line)))
+        path = final_object(Path(os.path.normpath(line)))
         if not path.is_relative_to(under) or not path.is_file():
             continue
         relative = path.relative_to(root).as_posix()
@@ -237,7 +237,7 @@ def _compiled_objects(baseline: Baseline, tree: Path, objlog: Path) -> dict[str,
     return objects
 
 
-def _final_object(path: Path) -> Path:
+def final_object(path: Path) -> Path:
     # kbuild-style builds (Xen with ENFORCE_UNIQUE_SYMBOLS) compile to dir/.name.o.tmp and then
     # post-process into dir/name.o: the object that reaches the image is the latter.
     match = re.fullmatch(r"\.(.+\.o)\.tmp", path.name)

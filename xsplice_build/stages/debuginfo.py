@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import secrets
 import shlex
 import shutil
@@ -31,7 +30,7 @@ from ..files import relative
 from ..records import ChangedObject
 from ..target.baseline import Baseline
 from ..target.layout import compile_flags, kbuild_command
-from .build import reuse_index_dir
+from .build import final_object, reuse_index_dir
 
 
 @dataclass(frozen=True)
@@ -53,8 +52,7 @@ def debug_objects(baseline: Baseline, changed: list[ChangedObject], orig_tree: P
     pairs: dict[str, tuple[str | None, str]] = {}
     for change in changed:
         name = change.object
-        command_file = _command_file(baseline, patched_tree, name)
-        if has_dwarf(patched_tree / name) or command_file is None or _c_source(command_file) is None:
+        if has_dwarf(patched_tree / name) or not _c_unit(baseline, patched_tree, name):
             continue  # DWARF already there, no recorded command, or assembly (no C types to compare)
         patched = debug_unit(patched_tree, name, patch_dir)
         if early is None or not early.take(patched):
@@ -65,7 +63,7 @@ def debug_objects(baseline: Baseline, changed: list[ChangedObject], orig_tree: P
             if not original.output.is_file():
                 units.append(original)
         pairs[name] = (relative(original.output, root) if original else None, relative(patched.output, root))
-    compiler = shutil.which(baseline.build.compiler) or baseline.build.compiler
+    compiler = _compiler(baseline)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         list(pool.map(lambda unit: _compile(baseline, unit, compiler), units))
     return pairs
@@ -83,6 +81,16 @@ def _command_file(baseline: Baseline, tree: Path, name: str) -> Path | None:
 
 def _arguments(command_file: Path) -> list[str]:
     return shlex.split(kbuild_command(command_file).split(" && ")[0])
+
+
+def _c_unit(baseline: Baseline, tree: Path, name: str) -> bool:
+    """`name` was compiled from one C source by a command kbuild recorded in `tree`."""
+    command_file = _command_file(baseline, tree, name)
+    return command_file is not None and _c_source(command_file) is not None
+
+
+def _compiler(baseline: Baseline) -> str:
+    return shutil.which(baseline.build.compiler) or baseline.build.compiler
 
 
 def _c_source(command_file: Path) -> str | None:
@@ -111,12 +119,11 @@ def trusted_original(orig_tree: Path, name: str, original_sha256: str) -> Path:
 def compile_trusted_original(baseline: Baseline, orig_tree: Path, name: str, original_sha256: str) -> bool:
     """Compile an original unit's debug object where every pair of the baseline takes it (trusted code only);
     False for a unit that has none (assembly, no recorded command, DWARF of its own)."""
-    command_file = _command_file(baseline, orig_tree, name)
-    if command_file is None or _c_source(command_file) is None or has_dwarf(orig_tree / name):
+    if not _c_unit(baseline, orig_tree, name) or has_dwarf(orig_tree / name):
         return False
     unit = DebugUnit(orig_tree, name, trusted_original(orig_tree, name, original_sha256))
     if not unit.output.is_file():
-        _compile(baseline, unit, shutil.which(baseline.build.compiler) or baseline.build.compiler)
+        _compile(baseline, unit, _compiler(baseline))
     return True
 
 
@@ -188,7 +195,7 @@ class EarlyDebugCompiles:
         self._orig_tree, self._tree, self._cache, self._patch_dir = orig_tree, patched_tree, cache, patch_dir
         self._tree_real = patched_tree.resolve()  # the wrapper logs $PWD's paths
         self._originals = originals  # object -> the original's digest, for the units the stack left alone
-        self._compiler = shutil.which(baseline.build.compiler) or baseline.build.compiler
+        self._compiler = _compiler(baseline)
         self._seen: set[str] = set()
         self._started: dict[str, _Started] = {}
         self.taken: set[str] = set()  # the patched units whose early compile held
@@ -227,15 +234,14 @@ class EarlyDebugCompiles:
         found = {}
         for line in lines:
             written = Path(os.path.realpath(line))
-            name = os.path.relpath(re.sub(r"/\.([^/]+\.o)\.tmp$", r"/\1", str(written)), self._tree_real)
+            name = os.path.relpath(final_object(written), self._tree_real)
             if name not in self._seen:
                 self._seen.add(name)
                 found[name] = written
         return found
 
     def _take_up(self, name: str) -> None:
-        command = _command_file(self._baseline, self._tree, name)
-        if name not in self._originals or command is None or _c_source(command) is None or \
+        if name not in self._originals or not _c_unit(self._baseline, self._tree, name) or \
                 has_dwarf(self._orig_tree / name):
             return
         if (self._orig_tree / name).read_bytes() == (self._tree / name).read_bytes():
