@@ -130,11 +130,12 @@ def stage_build_patched(project: Project, baseline: str, patch: str) -> None:
     built = run_stage(project, sandboxed_build.build_patched, {"baseline": baseline, "patch": patch},
                       [records.patch_dir, records.base / "patched"], then=diff,
                       meanwhile=lambda: _warm_later_stages(project))
-    PatchedRecord.from_json(built, "the sandboxed build-patched").write(records.patched)
-    _fill_reuse_index(project, baseline, records)
+    patched = PatchedRecord.from_json(built, "the sandboxed build-patched")
+    patched.write(records.patched)
+    _fill_reuse_index(project, baseline, records, patched)
 
 
-def _fill_reuse_index(project: Project, baseline: str, records: Records) -> None:
+def _fill_reuse_index(project: Project, baseline: str, records: Records, patched: PatchedRecord) -> None:
     """Index the original units this build could not reuse for want of an entry, and compile the original
     debug objects it compiled for itself, for the next builds (sandboxed_reuse.py: computed here, outside
     the patch's build, in a sandbox that writes only the index)."""
@@ -144,7 +145,7 @@ def _fill_reuse_index(project: Project, baseline: str, records: Records) -> None
     original = project.root / OrigRecord.read(records.build_orig).tree
     index = reuse_index_dir(original)
     units = sandboxed_reuse.wanted_units(records.patch_dir / "reuse-wanted", original)
-    debug = [name for name, pair in PatchedRecord.read(records.patched).debug.items()
+    debug = [name for name, pair in patched.debug.items()
              if pair.original and not (project.root / pair.original).resolve().is_relative_to(index.resolve())]
     if units or debug:
         run_stage(project, sandboxed_reuse.fill_index,
