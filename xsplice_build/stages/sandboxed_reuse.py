@@ -65,7 +65,7 @@ def fill_index(project: Project, baseline: str, units: str, debug: str = "") -> 
         if name in orig.objects:  # its digest from the original's record, not from what a patched build said
             compile_trusted_original(definition, original, name, orig.objects[name])
     keys = [key for key in units.splitlines() if _kept_unit(original, key)]
-    helper = _helper()
+    helper = reuse_helper_module()
     # The environment the original's compiles ran in (cpp reads SOURCE_DATE_EPOCH, TZ and the baseline's own).
     environment = build_environment(definition, original, recorded_tools(project), "", index / "unused")
 
@@ -85,7 +85,7 @@ def fill_index(project: Project, baseline: str, units: str, debug: str = "") -> 
 
 
 @cache
-def _helper() -> ModuleType:
+def reuse_helper_module() -> ModuleType:
     """data/xsplice-reuse as a module: the index is made by the very code that reads it."""
     path = str(reuse_helper_path())
     loader = importlib.machinery.SourceFileLoader("xsplice_reuse", path)
