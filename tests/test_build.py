@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import zlib
 from pathlib import Path
 
 from conftest import Checkout, copy_checkout
@@ -123,6 +124,8 @@ def _first_header_fix_fills_the_index(checkout: Checkout) -> None:
     wanted = checkout.work("minixen", "patches", "inline-header", "reuse-wanted").read_text().split()
     assert sorted(wanted) == units
     assert sorted(str(path.relative_to(index)) for path in index.rglob("*.json")) == [f"{u}.json" for u in units]
+    # With each entry, the original's text the shortcut compares against (xsplice-reuse: where texts differ).
+    assert sorted(str(path.relative_to(index)) for path in index.rglob("*.text.z")) == [f"{u}.text.z" for u in units]
     shutil.rmtree(checkout.work("minixen", "patches", "inline-header"))
 
 
@@ -168,6 +171,24 @@ def test_an_index_entry_of_another_rule_or_command_is_not_used_and_is_made_again
             ["common/kernel.o"]
         assert json.loads(entry.read_text()) == made, field  # indexed again by build-patched's process
         shutil.rmtree(built.work("minixen", "patches", "inline-header"))
+
+
+def test_an_original_text_that_is_not_the_entrys_is_not_compared_against(built: Checkout) -> None:
+    # The shortcut reads the original's text only when its digest is the entry's. Planted in event.o's place:
+    # its text with the fix made in it, which is the patched text: compared against, event.o (which calls the
+    # fixed inline) would be taken from the original tree and the fix left out of the payload.
+    _first_header_fix_fills_the_index(built)
+    planted = built.work("minixen", "orig", "reuse-index", "common", "event.o.text.z")
+    original = zlib.decompress(planted.read_bytes())
+    assert original.count(b"(port * 5u)") == 1
+    planted.write_bytes(zlib.compress(original.replace(b"(port * 5u)", b"(port * 5u + 3)")))
+    proof = built.work("minixen", "patches", "inline-header", "reuse-proof.log")
+    proof.parent.mkdir(parents=True, exist_ok=True)
+    built.doit("build-patch", "inline-header", env={"XSPLICE_REUSE_VERIFY": str(proof)})
+    tree = built.work("minixen", "patched", "0", "common")
+    assert sorted(proof.read_text().splitlines()) == [f"compiled {tree / 'event.o'}",
+                                                      f"compiled {tree / 'event_fifo.o'}",
+                                                      f"identical {tree / 'kernel.o'}"]
 
 
 def test_the_index_goes_with_the_original_tree_it_describes(built: Checkout) -> None:

@@ -20,10 +20,12 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from ..files import write_atomic
 from ..project import Project
@@ -69,16 +71,18 @@ def fill_index(project: Project, baseline: str, units: str, debug: str = "") -> 
     # The environment the original's compiles ran in (cpp reads SOURCE_DATE_EPOCH, TZ and the baseline's own).
     environment = build_environment(definition, original, recorded_tools(project), "", index / "unused")
 
-    def entry(key: str) -> tuple[str, dict[str, str | None] | None]:
-        return key, helper.original_entry(str(original), key, environment)
+    def entry(key: str) -> tuple[str, dict[str, Any] | None, bytes | None]:
+        return key, *helper.original_entry(str(original), key, environment)
 
     written = 0
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        for key, made in pool.map(entry, keys):
+        for key, made, text in pool.map(entry, keys):
             if made is None:
                 continue
             target = index / f"{key}.json"
             target.parent.mkdir(parents=True, exist_ok=True)
+            if text is not None:  # read only when its digest is the entry's: written first
+                write_atomic(Path(helper.text_path(str(index), key)), zlib.compress(text, 1))
             write_atomic(target, json.dumps(made, sort_keys=True).encode())
             written += 1
     return written
