@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -13,10 +14,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import BIN, MINIXEN_TIER, Checkout, copy_checkout
+from conftest import BIN, MINIXEN_TIER, REPO, Checkout, copy_checkout
 from distributed import Client, LocalCluster
 
+from xsplice_build.project import Project
 from xsplice_build.release.cluster import _refusal
+from xsplice_build.vm.channel import RunDir
 
 PAIRS = 10  # 5 advisory variants, the stacked chain's 3 and its 2 cumulative payloads
 _JOB_RE = re.compile(r"^xsplice: cluster: (\S+) (ok|failed) on (\S+): (built|from the payload store)[^\n]*?"
@@ -78,8 +81,6 @@ def test_the_distributed_nightly_releases_the_same_bytes_and_builds_each_tree_on
 
 
 def _pairs(checkout: Checkout) -> list[tuple[str, str]]:
-    import json
-
     manifest = json.loads((checkout.root / "out" / "release" / "manifest.json").read_text())
     return [(entry["baseline"], entry["patch"]) for entry in manifest["payloads"]]
 
@@ -174,3 +175,37 @@ def _worker_compiling(pids: object, deadline: float) -> int:
                 return pid
         time.sleep(0.02)
     raise AssertionError("no worker started a build")
+
+
+@pytest.mark.xen
+def test_a_distributed_real_xen_nightly_ships_only_what_the_real_hypervisor_took(tmp_path: Path) -> None:
+    # The real-Xen tier: a worker builds xen-4.17's pairs, the coordinator signs and proves each on Debian's
+    # hypervisor in a VM, as the one-machine nightly does. regression-test's probe is edited here to expect
+    # what the fix does not print: the hypervisor applies it, the probe refuses it, and it must not ship.
+    workers = tmp_path / "workers"
+    checkout = copy_checkout(tmp_path / "coordinator")
+    if (REPO / "work" / "xen-4.17" / "base.json").is_file():  # a warm worker: this checkout's build
+        shutil.copytree(REPO / "work", workers / "slot0" / "checkout" / "work", symlinks=True,
+                        ignore=lambda directory, names: {"run", "runtime", ".lock", ".noop"} & set(names))
+    probe = checkout.root / "patches" / "regression-test" / "xen-4.17.probe.toml"
+    probe.write_text(probe.read_text().replace('applied = ["-Hello_World"', 'applied = ["-Not_This_Fix"'))
+    with start_cluster(workers, n_workers=1) as local:
+        result = checkout.doit("nightly", "--baseline", "xen-4.17", "--scheduler", local.scheduler_address,
+                               check=False, timeout=3600)
+    entries = {entry["patch"]: entry for entry in json.loads(
+        (checkout.root / "out" / "release" / "manifest.json").read_text())["payloads"]}
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "[rule: changed-data]" in entries["timer-slop-default"]["reason"]  # refused at build, never proven
+    refused = entries["regression-test"]
+    assert refused["status"] == "failed" and refused["reason"].startswith("prove:xen-4.17/regression-test: ")
+    assert "'-Not_This_Fix'" in refused["reason"] and not (checkout.root / "out" / "release" / "xen-4.17" /
+                                                           "regression-test.livepatch").exists()
+    proven = sorted(patch for patch, entry in entries.items() if entry["status"] == "ok")
+    assert proven == ["domctl-iomem-empty-range", "iocap-deny-inverted-range", "stack-1", "stack-1+stack-2",
+                      "stack-1+stack-2+stack-3", "stack-2", "stack-3"]
+    for patch in proven:
+        assert f"xsplice: cluster: xen-4.17/{patch} proven on the real hypervisor" in result.stdout
+        proof = json.loads(checkout.work("xen-4.17", "patches", patch, "proof.json").read_text())
+        assert proof["payload_sha256"] == entries[patch]["payload_sha256"]
+        assert proof["hypervisor_build_id"] == "39a640e6f1412319235087391df9f1c5e13ae920"
+    assert RunDir.of(Project(checkout.root)).pid() is None  # the VM the proofs booted is stopped

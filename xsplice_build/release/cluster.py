@@ -7,7 +7,9 @@ built once per worker. Only workers whose toolchain matches the lock hold the re
 jobs require, and every result whose lock hash is not the coordinator's is refused.
 The coordinator alone signs (the same sign stage as the one-machine nightly, over the
 workers' records copied into its work/) and writes out/release/ and the manifest, so the
-two nightlies give the same bytes.
+two nightlies give the same bytes. A real-Xen pair ships, as in the one-machine nightly, only
+once the real hypervisor loaded, applied and reverted it: the coordinator proves it after
+signing (the same prove stage, one VM for the run), since what ships is what it signed.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ from distributed.comm.core import CommClosedError
 
 from ..errors import XspliceError
 from ..files import sha256_bytes, write_atomic
+from ..patches import build_spec
 from ..project import Project
 from ..records import PayloadRecord, Records
 from ..stages import steps as stages
 from ..stages import toolchain
+from ..vm.vm_runtime import has_runtime
+from ..vm.xen_vm import stop_stage_vm
 from . import manifest as release
 from . import payload_store
 from .cluster_worker import ToolchainGate, pack_sources, record_names, run_job, toolchain_resource
@@ -63,7 +68,40 @@ def run_nightly(project: Project, pairs: list[Pair], scheduler: str, store: str 
             results[pair] = _result(future, pair)
             future.release()
             _report_job(stream, pair, results[pair])
-    return [_entry(project, pair, results[pair], lock_sha256) for pair in pairs]
+    entries = [_entry(project, pair, results[pair], lock_sha256) for pair in pairs]
+    return _proven(project, pairs, entries, stream)
+
+
+def _proven(project: Project, pairs: list[Pair], entries: list[dict[str, Any]],
+            stream: TextIO) -> list[dict[str, Any]]:
+    """`entries` with each signed real-Xen pair proven on its hypervisor here, or failed with the reason."""
+    failed = {pair for pair, item in zip(pairs, entries, strict=True) if item["status"] != "ok"}
+    proven = list(entries)
+    try:
+        for number, pair in enumerate(pairs):
+            if proven[number]["status"] != "ok" or not has_runtime(project, pair.baseline):
+                continue
+            reason = _prove(project, pair, failed)
+            if reason is not None:
+                proven[number] = release.entry(project, pair, reason)
+                failed.add(pair)
+            _say(stream, f"cluster: {pair.name} {'proven on the real hypervisor' if reason is None else reason}")
+    finally:
+        stop_stage_vm(str(project.root))  # the VM the prove stage booted, as the one-machine nightly does
+    return proven
+
+
+def _prove(project: Project, pair: Pair, failed: set[Pair]) -> str | None:
+    """Why the real hypervisor did not take the pair's signed payload, or None when it did."""
+    try:
+        below = [earlier for earlier in build_spec(project, pair.patch, pair.baseline).stack
+                 if Pair(pair.baseline, earlier) in failed]
+        if below:  # its proof applies those first: their payloads are not this run's
+            return f"prove:{pair.name}: {', '.join(below)}, which it goes on top of, failed"
+        stages.stage_prove(project, pair.baseline, pair.patch)
+    except XspliceError as error:
+        return f"prove:{pair.name}: {error.message}"
+    return None
 
 
 def _eligible_workers(client: Client, resource: str, scheduler: str) -> list[str]:
