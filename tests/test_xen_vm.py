@@ -25,6 +25,7 @@ from payload_edits import other_build_id, resign, unknown_symbol, unsigned_paylo
 from xsplice_build.patches import patch_names
 from xsplice_build.project import Project
 from xsplice_build.target.baseline import load_baseline
+from xsplice_build.vm.channel import RunDir
 from xsplice_build.vm.probes import load_probes, probe_file
 from xsplice_build.vm.vm_runtime import boot_files, initramfs, load_runtime, unpacked_root
 from xsplice_build.vm.xen_vm import XenVM
@@ -189,6 +190,23 @@ def test_the_api_gives_a_verdict_and_leaves_nothing_loaded(built: Built, vm: Xen
     assert not refused.ok and refused.action == "upload"
     assert "Error 22" in refused.reason and "check against hypervisor build-id failed" in refused.reason
     _clean(vm)
+
+
+def test_a_hypervisor_that_is_not_the_baselines_is_refused_at_boot(built: Built, vm: XenVM, tmp_path: Path) -> None:
+    # The payloads depend on the baseline's build-id: a VM running another hypervisor must never judge them.
+    # Here the baseline expects another build-id than the one Debian's hypervisor has (same boot files).
+    other = copy_checkout(tmp_path / "other")
+    shutil.copytree(built.checkout.root / "work" / "runtime", other.root / "work" / "runtime", symlinks=True)
+    definition = other.root / "baseline" / f"{BASELINE}.toml"
+    running = vm.build_id
+    assert load_baseline(Project(other.root), BASELINE).build.expected_build_id == running
+    definition.write_text(definition.read_text().replace(running, "0" * 40))
+    result = xen(other, "boot", BASELINE, timeout=1800)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    refusal = result.stderr.splitlines()[-1]  # after the progress lines
+    assert refusal.startswith(f"xen-xsplice: {BASELINE}: the hypervisor booted with build-id {running}, the "
+                              f"baseline expects {'0' * 40}; refusing it"), result.stderr
+    assert RunDir.of(Project(other.root)).pid() is None  # shut down, not left running
 
 
 def test_the_initramfs_is_the_same_bytes_from_any_directory(built: Built, tmp_path: Path) -> None:

@@ -242,7 +242,8 @@ class XenVM:
         if expected and running_id != expected:
             vm.shutdown()
             raise HypervisorError(f"{baseline}: the hypervisor booted with build-id {running_id}, the baseline "
-                                  f"expects {expected}; refusing it (check baseline/runtime/{baseline}.toml)")
+                                  f"expects {expected}; refusing it (baseline/runtime/{baseline}.toml must pin the "
+                                  f"hypervisor package whose image baseline/{baseline}.toml's expected_build_id names)")
         vm.run("xl dmesg -c > /dev/null")
         vm._record(build_id=running_id, boot_seconds=round(time.monotonic() - started, 1))
         return vm
