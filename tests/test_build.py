@@ -191,6 +191,20 @@ def test_an_original_text_that_is_not_the_entrys_is_not_compared_against(built: 
                                                       f"identical {tree / 'kernel.o'}"]
 
 
+def test_a_check_that_fails_compiles_and_the_proof_says_why(built: Checkout) -> None:
+    # An index entry the shortcut cannot read (here its blocks are not numbers): the check raises, the unit
+    # is compiled as always, and proof mode names the failure instead of passing it off as "compiled".
+    _first_header_fix_fills_the_index(built)
+    entry = built.work("minixen", "orig", "reuse-index", "common", "kernel.o.json")
+    entry.write_text(json.dumps({**json.loads(entry.read_text()), "structure": {"blocks": "x", "inline_names": []}}))
+    proof = built.work("minixen", "patches", "inline-header", "reuse-proof.log")
+    proof.parent.mkdir(parents=True, exist_ok=True)
+    built.doit("build-patch", "inline-header", env={"XSPLICE_REUSE_VERIFY": str(proof)})
+    kernel = built.work("minixen", "patched", "0", "common", "kernel.o")
+    assert [line for line in proof.read_text().splitlines() if str(kernel) in line] == \
+        [f"error {kernel} TypeError: '<' not supported between instances of 'int' and 'str'"]
+
+
 def test_the_index_goes_with_the_original_tree_it_describes(built: Checkout) -> None:
     _first_header_fix_fills_the_index(built)
     built.doit("forget", "build-orig:minixen")
