@@ -413,12 +413,19 @@ def test_a_closed_stdout_stops_a_build_before_it_starts(checkout: Checkout) -> N
     assert not (checkout.root / "work").exists()
 
 
+def _sigint_at_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupted(argv: list[str], cwd: Path, pause: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     """Run argv frozen at the os.replace whose destination ends with `pause`, then press Ctrl-C (SIGINT)."""
     marker = tmp_path / "paused"
     env = {**os.environ, "PYTHONPATH": str(FAULTS), "XSPLICE_TEST_PAUSE": f"replace:{pause}",
            "XSPLICE_TEST_PAUSED": str(marker), "XSPLICE_ROOT": str(cwd)}
-    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A terminal's Ctrl-C finds SIGINT at its default; a run started in the background by a non-interactive shell
+    # (`pytest &` in a script) inherits it ignored, and Python then never raises KeyboardInterrupt: restore it.
+    process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_sigint_at_default)
     deadline = time.monotonic() + 300
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
