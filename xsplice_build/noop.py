@@ -39,7 +39,8 @@ import json
 import os
 import stat
 import sys
-from pathlib import Path
+
+# Paths are strings here: pathlib (with the modules it loads) costs half as much as the rest of a replay.
 
 try:  # the interpreter's own sha256: hashlib would load OpenSSL first, a tenth of an interpreter start
     from _sha256 import sha256
@@ -48,12 +49,13 @@ except ImportError:  # another interpreter
 
 TYPE_CHECKING = False  # typing itself costs as much to import: read by type checkers only
 if TYPE_CHECKING:
+    from os import PathLike
     from typing import Any
 
     Fingerprint = list[Any]
 
 FORMAT = 1
-STAMP_DIR = Path("work") / ".noop"  # under the checkout: work/ is the pipeline's own (project.Project.work_dir)
+STAMP_DIR = os.path.join("work", ".noop")  # under the checkout: work/ is the pipeline's own (project.Project.work_dir)
 CLOCK = "clock"  # touched when a recording starts: the file system's own time
 # Audit events that start another program: its reads are not seen, so such a run is no verdict to keep.
 _SPAWNING = frozenset({"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork",
@@ -127,14 +129,17 @@ def stamp_name(argv: list[str]) -> str:
     return sha256(command).hexdigest()[:32] + ".json"
 
 
-def stamp_dir(start: Path | None = None) -> Path | None:
+def stamp_dir(start: str | None = None) -> str | None:
     """The stamps of the checkout a run from here would use: the nearest work/.noop at or above the start
     (XSPLICE_ROOT, else the working directory, where project.Project.find starts too)."""
-    here = Path(start or os.environ.get("XSPLICE_ROOT") or os.getcwd())
-    for candidate in (here, *here.parents):
-        if (candidate / STAMP_DIR).is_dir():
-            return candidate / STAMP_DIR
-    return None
+    candidate = os.path.abspath(start or os.environ.get("XSPLICE_ROOT") or os.getcwd())
+    while True:
+        if os.path.isdir(os.path.join(candidate, STAMP_DIR)):
+            return os.path.join(candidate, STAMP_DIR)
+        parent = os.path.dirname(candidate)
+        if parent == candidate:
+            return None
+        candidate = parent
 
 
 # Replaying
@@ -146,7 +151,8 @@ def replay(argv: list[str]) -> int | None:
     if directory is None:
         return None
     try:
-        stamp = json.loads((directory / stamp_name(argv)).read_bytes())
+        with open(os.path.join(directory, stamp_name(argv)), "rb") as stream:
+            stamp = json.loads(stream.read())
         if stamp["key"] != command_key(argv):
             return None
         lock = _try_shared_lock(stamp["lock"])
@@ -201,7 +207,7 @@ def _print(output: str) -> int | None:
 class Recording:
     """What one normal `doit build-patch` run reads and prints, kept as a stamp if it turns out a pure no-op."""
 
-    def __init__(self, argv: list[str], directory: Path | None) -> None:
+    def __init__(self, argv: list[str], directory: str | None) -> None:
         self.key = command_key(argv)
         self.name = stamp_name(argv)
         self.directory = directory
@@ -234,7 +240,7 @@ class Recording:
             self.spoiled = reason
         _stop_watching()
 
-    def finish(self, code: int, project_work: Path | None, locks: list[Path]) -> None:
+    def finish(self, code: int, project_work: PathLike[str] | None, locks: list[PathLike[str]]) -> None:
         """After doit returned `code`: write the stamp when the run was a pure no-op, else leave none."""
         _stop_watching()
         if code != 0:
@@ -243,24 +249,25 @@ class Recording:
             self.spoil("doit did not complete a run of up-to-date tasks")
         if project_work is None:
             return
-        target = project_work / ".noop"
+        target = os.path.join(project_work, ".noop")
         try:
-            target.mkdir(mode=0o700, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(target, mode=0o700)
             if self.directory is None or not os.path.samefile(target, self.directory):
                 self.spoil("the stamps of another checkout were found first")
             stamp = self._stamp(locks) if self.spoiled is None else None
         except _DOUBT:
             stamp = None
         if stamp is not None:
-            _write(target / self.name, stamp)
+            _write(os.path.join(target, self.name), stamp)
         else:
-            _remove(target / self.name)
+            _remove(os.path.join(target, self.name))
 
-    def _stamp(self, locks: list[Path]) -> dict[str, Any] | None:
+    def _stamp(self, locks: list[PathLike[str]]) -> dict[str, Any] | None:
         """The stamp: every path read, fingerprinted now; None when one changed since the run began."""
         if len(locks) != 1:
             return None  # the one checkout lock lock.hold took, which a replay must find free
-        lock = str(locks[0])
+        lock = os.fspath(locks[0])
         reads = dict(self.reads)
         for module in list(sys.modules.values()):
             source = getattr(module, "__file__", None)
@@ -270,7 +277,7 @@ class Recording:
             reads[("list", os.path.abspath(entry or "."))] = None
         entries = []
         for kind, path in sorted(reads):
-            if path == lock or path.startswith(str(self.directory) + os.sep):
+            if path == lock or path.startswith(f"{self.directory}{os.sep}"):
                 continue  # written by every build (its pid), or the stamps themselves: not inputs
             value, newest = _scanned(path) if kind == "scan" else (_measure(kind, path), 0)
             if max((newest, *_times(value))) >= self.clock:  # type: ignore[operator]
@@ -287,7 +294,7 @@ def record(argv: list[str]) -> Recording:
     directory = stamp_dir() if _streams_open() else None
     recording = Recording(argv, directory)
     if directory is not None:
-        _remove(directory / recording.name)
+        _remove(os.path.join(directory, recording.name))
     if recording.spoiled is None:
         _ACTIVE[:] = [recording]
         _start_watching(recording)
@@ -309,10 +316,10 @@ def observe(event: str) -> None:
         recording.spoil(event)
 
 
-def _touch_clock(directory: Path) -> int | None:
+def _touch_clock(directory: str) -> int | None:
     """The file system's time now (a just-touched file's mtime_ns): what a later change's times are not below."""
     try:
-        descriptor = os.open(directory / CLOCK, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        descriptor = os.open(os.path.join(directory, CLOCK), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             os.utime(descriptor)
             return os.fstat(descriptor).st_mtime_ns
@@ -322,8 +329,9 @@ def _touch_clock(directory: Path) -> int | None:
         return None
 
 
-def _write(path: Path, stamp: dict[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+def _write(path: str, stamp: dict[str, Any]) -> None:
+    folder, name = os.path.split(path)
+    temporary = os.path.join(folder, f".{name}.{os.getpid()}")
     try:
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8", errors="surrogateescape") as stream:
@@ -333,7 +341,7 @@ def _write(path: Path, stamp: dict[str, Any]) -> None:
         _remove(temporary)
 
 
-def _remove(path: Path) -> None:
+def _remove(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
 
