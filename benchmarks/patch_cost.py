@@ -17,6 +17,10 @@ checkout's, where the baseline was built), and with --against a copy of another 
   no-op         the same `doit build-patch` again, everything up to date (doit's start, planning, checks)
   sandbox       one sandbox with a Python that does nothing (a sandboxed stage's start)
   floor         no-op + sandbox + limit: what a build through doit cannot go below
+  interpreter   this virtualenv's Python doing nothing (the command's own start)
+  bare sandbox  one sandbox running /bin/true (isolating the patch's build, nothing in it)
+  bare floor    interpreter + bare sandbox + limit: what no sandboxed build started by a Python command
+                goes below, before any diff, payload, signature or record
 It prints each median and the paired ratios (median over rounds) to the limit.
 """
 
@@ -70,6 +74,12 @@ def no_op(root: Path, doit: Path, baseline: str, patch: str) -> float:
 def sandboxed_start(root: Path, scratch: Path) -> float:
     """One sandbox with a Python in it that does nothing: what a sandboxed stage costs before its work."""
     argv = [*bwrap_command(layout(Project(root), [scratch]), root), "--", sys.executable, "-c", "pass"]
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def bare_start(argv: list[str]) -> float:
     start = time.perf_counter()
     subprocess.run(argv, check=True, capture_output=True)
     return time.perf_counter() - start
@@ -150,11 +160,16 @@ def main() -> None:
                     runs["against"] = lambda p=patch: build_patch(other[0], other[1], arguments.baseline, p, {})
                 runs["no-op"] = lambda p=patch: no_op(root, doit, arguments.baseline, p)
                 runs["sandbox"] = lambda: sandboxed_start(root, scratch)
+                runs["interpreter"] = lambda: bare_start([sys.executable, "-c", "pass"])
+                runs["bare sandbox"] = lambda: bare_start(
+                    [*bwrap_command(layout(Project(root), [scratch]), root), "--", "/bin/true"])
                 for name, run in runs.items():
                     figures.setdefault((patch, name), []).append(run())
                 # What no build through doit can go below: its no-op, one sandboxed start, the compile and link.
                 figures.setdefault((patch, "floor"), []).append(
                     sum(figures[(patch, name)][-1] for name in ("no-op", "sandbox", "limit")))
+                figures.setdefault((patch, "bare floor"), []).append(
+                    sum(figures[(patch, name)][-1] for name in ("interpreter", "bare sandbox", "limit")))
         report(arguments, figures, root)
 
 
@@ -166,7 +181,8 @@ def report(arguments: argparse.Namespace, figures: dict[tuple[str, str], list[fl
         print(f"  {patch}: touches {', '.join(record['touched'])}; make recompiled {len(record['recompiled'])}, "
               f"{len(record['changed'])} changed")
         limits = figures[(patch, "limit")]
-        for name in ("build-patch", "no-reuse", "against", "limit", "no-op", "sandbox", "floor"):
+        for name in ("build-patch", "no-reuse", "against", "limit", "no-op", "sandbox", "floor", "interpreter",
+                     "bare sandbox", "bare floor"):
             values = figures.get((patch, name))
             if not values:
                 continue
