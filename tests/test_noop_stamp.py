@@ -73,6 +73,14 @@ def stamped(checkout: Checkout, env: dict[str, str] | None = None) -> Run:
     return second
 
 
+def test_a_replayed_no_op_loads_no_install_hook_and_no_pathlib(built: Checkout) -> None:
+    """What a replay costs beyond the interpreter: setup installs the package as a path, not as setuptools'
+    import hook that site would load at every start, and noop.py keeps its paths as strings."""
+    loaded = stamped(built).modules
+    assert not [name for name in loaded if name.startswith("__editable__")], "reinstall with ./setup"
+    assert "pathlib" not in loaded
+
+
 def test_a_second_no_op_is_answered_from_the_stamp_with_the_same_lines(built: Checkout) -> None:
     answered = stamped(built)
     assert NO_OP_LINE in answered.stdout.splitlines()
