@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -54,35 +55,27 @@ def warm_copy(checkout: Path, work: Path, destination: Path) -> Path:
     return destination
 
 
+def timed(argv: list[str], **options: Any) -> float:
+    """Seconds one run of argv takes (its output captured; a failure stops the benchmark)."""
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True, **options)
+    return time.perf_counter() - start
+
+
 def build_patch(root: Path, doit: Path, baseline: str, patch: str, env: dict[str, str]) -> float:
     shutil.rmtree(root / "work" / baseline / "patches" / patch, ignore_errors=True)
     shutil.rmtree(root / "out" / baseline / patch, ignore_errors=True)
-    start = time.perf_counter()
-    subprocess.run([str(doit), "build-patch", "--baseline", baseline, patch], cwd=root, check=True,
-                   capture_output=True, env={**os.environ, **env})
-    return time.perf_counter() - start
+    return timed([str(doit), "build-patch", "--baseline", baseline, patch], cwd=root, env={**os.environ, **env})
 
 
 def no_op(root: Path, doit: Path, baseline: str, patch: str) -> float:
     """The pair's `doit build-patch` with everything up to date: doit's start, planning and checks."""
-    start = time.perf_counter()
-    subprocess.run([str(doit), "build-patch", "--baseline", baseline, patch], cwd=root, check=True,
-                   capture_output=True)
-    return time.perf_counter() - start
+    return timed([str(doit), "build-patch", "--baseline", baseline, patch], cwd=root)
 
 
-def sandboxed_start(root: Path, scratch: Path) -> float:
-    """One sandbox with a Python in it that does nothing: what a sandboxed stage costs before its work."""
-    argv = [*bwrap_command(layout(Project(root), [scratch]), root), "--", sys.executable, "-c", "pass"]
-    start = time.perf_counter()
-    subprocess.run(argv, check=True, capture_output=True)
-    return time.perf_counter() - start
-
-
-def bare_start(argv: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(argv, check=True, capture_output=True)
-    return time.perf_counter() - start
+def sandboxed(root: Path, scratch: Path, *program: str) -> list[str]:
+    """argv running `program` in a sandbox as a stage's: the checkout read-only, `scratch` writable."""
+    return [*bwrap_command(layout(Project(root), [scratch]), root), "--", *program]
 
 
 def source_of(tree: Path, obj: str) -> Path:
@@ -159,10 +152,9 @@ def main() -> None:
                 if other:
                     runs["against"] = lambda p=patch: build_patch(other[0], other[1], arguments.baseline, p, {})
                 runs["no-op"] = lambda p=patch: no_op(root, doit, arguments.baseline, p)
-                runs["sandbox"] = lambda: sandboxed_start(root, scratch)
-                runs["interpreter"] = lambda: bare_start([sys.executable, "-c", "pass"])
-                runs["bare sandbox"] = lambda: bare_start(
-                    [*bwrap_command(layout(Project(root), [scratch]), root), "--", "/bin/true"])
+                runs["sandbox"] = lambda: timed(sandboxed(root, scratch, sys.executable, "-c", "pass"))
+                runs["interpreter"] = lambda: timed([sys.executable, "-c", "pass"])
+                runs["bare sandbox"] = lambda: timed(sandboxed(root, scratch, "/bin/true"))
                 for name, run in runs.items():
                     figures.setdefault((patch, name), []).append(run())
                 # What no build through doit can go below: its no-op, one sandboxed start, the compile and link.
